@@ -1,0 +1,204 @@
+"""The mount's lifecycle: harden, mount, daemonize, serve, flush, unmount.
+
+Everything that can fail with a message a user should read (store, keys,
+mountpoint) happens *before* the fork, in :func:`prepare`; the parent then
+waits on a pipe until the child reports that the kernel mount exists, so
+``sealfs mount`` returns only when the mount is usable and exits non-zero
+with one line when it is not.
+
+Signals: SIGTERM/SIGINT upload dirty data and unmount; SIGHUP reloads the
+policy (when one is configured).  A timer writes pending directory times.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import logging.handlers
+import os
+import resource
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from .errors import MountError, SealfsError
+from .fs.core import Filesystem, Options
+from .volume import Volume
+
+log = logging.getLogger("sealfs")
+
+PR_SET_DUMPABLE = 4
+METADATA_FLUSH_SECONDS = 1.0
+
+
+@dataclass
+class MountConfig:
+    mountpoint: str
+    fsname: str
+    foreground: bool = False
+    allow_other: bool = False
+    read_only: bool = False
+    log_file: str | None = None
+    log_level: str = "info"
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    fs_options: Options = field(default_factory=Options)
+
+
+def harden() -> None:
+    """No core dumps and no ptrace by other users: the process holds keys."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+    except (OSError, AttributeError) as exc:
+        logging.getLogger("sealfs").warning("cannot make the daemon non-dumpable: %s", exc)
+
+
+def check_mountpoint(path: str) -> str:
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} does not exist or is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"mountpoint {path} is busy: something is already mounted there")
+    return path
+
+
+def setup_logging(cfg: MountConfig) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if cfg.log_file:
+        handler: logging.Handler = logging.FileHandler(cfg.log_file)
+    elif cfg.foreground:
+        handler = logging.StreamHandler(sys.stderr)
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        handler.ident = "sealfs: "  # type: ignore[attr-defined]
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
+    """Mount and serve until unmounted or signalled.  Returns an exit code."""
+    import pyfuse3
+    import trio
+
+    from .fuseops import SealfsOps, mount_options
+
+    fs = Filesystem(vol, cfg.fs_options)
+    ops = SealfsOps(fs, attr_timeout=cfg.attr_timeout, entry_timeout=cfg.entry_timeout)
+    try:
+        pyfuse3.init(ops, cfg.mountpoint, mount_options(
+            fsname=cfg.fsname, allow_other=cfg.allow_other, read_only=cfg.read_only))
+    except RuntimeError as exc:
+        msg = f"cannot mount on {cfg.mountpoint}: {exc} (is /dev/fuse available? allow_other needs user_allow_other in /etc/fuse.conf for non-root)"
+        _report(ready_fd, msg)
+        log.error(msg)
+        return 8
+    _report(ready_fd, "")
+    log.info("mounted %s on %s", cfg.fsname, cfg.mountpoint)
+    unmount = True
+    try:
+        trio.run(_main, fs, pyfuse3)
+    except BaseException:
+        log.exception("the FUSE main loop failed")
+        raise
+    finally:
+        try:
+            fs.sync_all()
+        finally:
+            pyfuse3.close(unmount=unmount)
+            vol.close()
+            log.info("unmounted %s", cfg.mountpoint)
+    return 0
+
+
+async def _main(fs: Filesystem, pyfuse3) -> None:
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_signals, fs, pyfuse3, nursery.cancel_scope)
+        nursery.start_soon(_flush_timer, fs)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _signals(fs: Filesystem, pyfuse3, scope) -> None:
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: nothing to reload (no policy configured)")
+                continue
+            log.info("signal %d: uploading pending data and unmounting", signum)
+            await trio.to_thread.run_sync(fs.sync_all)
+            pyfuse3.terminate()
+            return
+
+
+async def _flush_timer(fs: Filesystem) -> None:
+    import trio
+
+    while True:
+        await trio.sleep(METADATA_FLUSH_SECONDS)
+        await trio.to_thread.run_sync(fs.flush_metadata)
+
+
+def _report(fd: int | None, message: str) -> None:
+    """Tell the waiting parent: empty message = mounted, else the error."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, (message or "ok").encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def daemonize_and_serve(vol: Volume, cfg: MountConfig) -> int:
+    """Fork; the parent returns once the child mounted (or failed)."""
+    if cfg.foreground:
+        setup_logging(cfg)
+        return serve(vol, cfg)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:  # parent: wait for the child's word
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            word = f.readline().decode(errors="replace").strip()
+        if word == "ok":
+            return 0
+        if not word:
+            _, status = os.waitpid(pid, 0)
+            word = f"the mount daemon exited before mounting (status {status})"
+        raise MountError(word)
+    # child
+    os.close(r)
+    os.setsid()
+    if os.fork():  # the session leader exits; the daemon can never get a tty
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    code = 1
+    try:
+        setup_logging(cfg)
+        code = serve(vol, cfg, w)
+    except SealfsError as exc:
+        _report(w, str(exc))
+        log.error("%s", exc)
+    except BaseException as exc:  # noqa: BLE001 - a daemon must report, not vanish
+        _report(w, f"mount daemon failed: {exc}")
+        log.exception("mount daemon failed")
+    finally:
+        logging.shutdown()
+        os._exit(code)

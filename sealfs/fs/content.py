@@ -1,0 +1,205 @@
+"""The contents of one regular file while the mount works on it.
+
+A :class:`FileContent` starts from a stored version of the file (the
+*base*, read through the block cache with readahead) and collects local
+changes: dirty blocks in memory, spilled to an encrypted :class:`Spool`
+past a memory budget.  :meth:`FileContent.upload` writes a new version in
+which unchanged blocks are reused as ciphertext.
+
+Truncation invalidates base blocks without touching the store: only blocks
+below ``_valid_base`` may still come from the base; later ones are holes
+(zeros) unless written again.
+
+Not thread-safe by itself: the filesystem core holds the node's lock.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..volume import Entry, FileReader, Volume
+from .cache import BlockCache
+from .spool import Spool
+
+#: Readahead starts at one block and doubles on sequential reads up to this.
+MAX_READAHEAD_BYTES = 8 * 1024 * 1024
+
+
+class FileContent:
+    def __init__(self, vol: Volume, entry: Entry, cache: BlockCache, spool_dir: str, dirty_limit: int):
+        self.vol = vol
+        self.cache = cache
+        self.spool_dir = spool_dir
+        self.dirty_limit = dirty_limit
+        self.block_size = vol.layout.block_size
+        self.dirty: dict[int, bytearray] = {}
+        self.spool: Spool | None = None
+        self._set_base(vol.reader(entry))
+        self._next_block = -1
+        self._window = 1
+        self._read_stop = 0
+
+    def _set_base(self, reader: FileReader) -> None:
+        self.base = reader
+        self.size = reader.size
+        self._valid_base = -(-reader.size // self.block_size)
+        #: Local changes not yet uploaded.
+        self.changed = False
+
+    @property
+    def etag(self) -> str:
+        return self.base.etag
+
+    def rebase(self, entry: Entry) -> None:
+        """The stored object moved or got new metadata (same content): keep
+        local changes, read the base from its new key/etag."""
+        old = self.base
+        reader = self.vol.reader(entry)
+        reader.adopt(old)
+        size, changed, valid = self.size, self.changed, self._valid_base
+        self._set_base(reader)
+        if changed:
+            self.size, self.changed, self._valid_base = size, changed, valid
+
+    # -- reading ------------------------------------------------------------------
+
+    def _block_len(self, index: int) -> int:
+        return self.vol.layout.plain_block_len(index, self.size)
+
+    def _fits(self, data: bytes | bytearray, index: int) -> bytes:
+        want = self._block_len(index)
+        data = bytes(data[:want])
+        return data + bytes(want - len(data)) if len(data) < want else data
+
+    def _base_block(self, index: int) -> bytes:
+        key = (self.base.entry.id, self.base.etag, index)
+        data = self.cache.get(key)
+        if data is None:
+            self._fetch(index)
+            data = self.cache.get(key)
+            if data is None:  # the cache is smaller than one block
+                data = self.base.read_blocks(index, index + 1)[0]
+        return data
+
+    def _fetch(self, index: int) -> None:
+        stop = min(self._valid_base, max(index + self._window, self._read_stop))
+        for i, data in enumerate(self.base.read_blocks(index, stop), start=index):
+            self.cache.put((self.base.entry.id, self.base.etag, i), data)
+
+    def block(self, index: int) -> bytes:
+        """Current plaintext of block ``index``, exactly its length."""
+        if index in self.dirty:
+            return self._fits(self.dirty[index], index)
+        if self.spool is not None and index in self.spool:
+            return self._fits(self.spool.get(index), index)
+        if index < self._valid_base:
+            return self._fits(self._base_block(index), index)
+        return bytes(self._block_len(index))
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        first, stop = offset // bs, -(-end // bs)
+        if first == self._next_block:
+            self._window = min(self._window * 2, max(1, MAX_READAHEAD_BYTES // bs))
+        else:
+            self._window = 1
+        self._next_block, self._read_stop = stop, stop
+        data = b"".join(self.block(i) for i in range(first, stop))
+        return data[offset - first * bs : end - first * bs]
+
+    # -- changing -----------------------------------------------------------------
+
+    def write(self, offset: int, data: bytes | memoryview) -> int:
+        bs = self.block_size
+        view = memoryview(data)
+        end = offset + len(view)
+        if not len(view):
+            return 0
+        new_size = max(self.size, end)
+        pos = offset
+        while pos < end:
+            index, within = divmod(pos, bs)
+            take = min(bs - within, end - pos)
+            if index in self.dirty:
+                buf = self.dirty[index]
+            elif within == 0 and take == bs:
+                buf = bytearray()  # fully overwritten: no need to read it
+            else:
+                buf = bytearray(self.block(index))
+            if len(buf) < within:
+                buf.extend(bytes(within - len(buf)))
+            buf[within : within + take] = view[pos - offset : pos - offset + take]
+            self.dirty[index] = buf
+            if self.spool is not None:
+                self.spool.discard(index)
+            pos += take
+        self.size = new_size
+        self.changed = True
+        self._spill()
+        return len(view)
+
+    def truncate(self, new_size: int) -> None:
+        bs = self.block_size
+        if new_size < self.size:
+            keep = -(-new_size // bs)
+            if new_size % bs:
+                last = new_size // bs
+                self.dirty[last] = bytearray(self.block(last)[: new_size % bs])
+                if self.spool is not None:
+                    self.spool.discard(last)
+            for i in [i for i in self.dirty if i >= keep]:
+                del self.dirty[i]
+            if self.spool is not None:
+                self.spool.discard_from(keep)
+            self._valid_base = min(self._valid_base, new_size // bs)
+        self.size = new_size
+        self.changed = True
+
+    def _spill(self) -> None:
+        """Move dirty blocks to the encrypted spool while over budget (the
+        highest block, likely still being appended to, stays)."""
+        if len(self.dirty) * self.block_size <= self.dirty_limit:
+            return
+        if self.spool is None:
+            self.spool = Spool(self.spool_dir, self.block_size)
+        top = max(self.dirty)
+        for i in sorted(self.dirty):
+            if i != top:
+                self.spool.put(i, self.dirty.pop(i))
+
+    # -- uploading ------------------------------------------------------------------
+
+    def _dirty_block(self, index: int) -> bytes | None:
+        if index in self.dirty or (self.spool is not None and index in self.spool) or index >= self._valid_base:
+            return self.block(index)
+        return None
+
+    def upload(self, entry: Entry, progress: Callable[[int], None] | None = None) -> Entry:
+        """Write the current contents as a new version with ``entry``'s
+        metadata.  PreconditionFailed if the stored object changed under us
+        (another mount wrote it); local changes are then kept."""
+        new = self.vol.write_content(
+            entry, self.size, self._dirty_block, base=self.base, if_match=self.base.etag, progress=progress
+        )
+        reader = self.vol.reader(new)
+        reader.adopt(self.base)
+        for i, data in self.dirty.items():
+            if len(data) == self.vol.layout.plain_block_len(i, self.size):
+                self.cache.put((new.id, new.etag, i), bytes(data))
+        self.dirty.clear()
+        self._drop_spool()
+        self._set_base(reader)
+        return new
+
+    def _drop_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    def close(self) -> None:
+        self._drop_spool()
+        self.dirty.clear()
+

@@ -1,0 +1,690 @@
+"""The filesystem core: FUSE-shaped operations over a :class:`Volume`.
+
+It never imports pyfuse3 or trio.  Every method is blocking, thread-safe,
+takes inode numbers and plain values, and raises
+:class:`~sealfs.errors.FsError` (or another SealfsError, which the adapter
+maps to EIO) — so it can be tested without a mount.
+
+What it keeps in memory:
+
+* **nodes**: one per inode the kernel knows (lookup counts as FUSE defines
+  them), keyed by the entry id so an inode survives renames;
+* **open contents**: a :class:`FileContent` per regular file with open
+  handles, shared by its handles; data is uploaded at flush/fsync/release
+  (close-to-open consistency) and revalidated against the stored etag at
+  open;
+* **directory snapshots** for readdir (stable offsets while a handle is
+  open);
+* **pending directory times**: the mtime/ctime of directories changed by
+  create/unlink/rename, written back by :meth:`flush_metadata` (called
+  periodically and at unmount) rather than one store write per change.
+
+Locking: ``_lock`` guards the tables; each node has its own lock for its
+contents and metadata.  Lock order: directory nodes (lower inode first),
+then the node being changed, then ``_lock`` (only briefly).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+from ..errors import FsError, NotFound, PreconditionFailed
+from ..volume import KIND_FILE, ROOT_ID, Entry, Volume, check_name, now_ns
+from .cache import BlockCache
+from .content import FileContent
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_SIZE_MAX = 65536
+#: Entries answered per readdir call (the kernel asks again for more).
+READDIR_PAGE = 256
+#: xattr namespaces stored as given; others are refused (ENOTSUP).
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Who is asking: from the FUSE request."""
+
+    uid: int = 0
+    gid: int = 0
+    pid: int = 0
+    umask: int = 0o022
+
+
+@dataclass
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    blksize: int
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.size // 512)
+
+
+@dataclass
+class Options:
+    cache_bytes: int = 256 * 1024 * 1024
+    dirty_bytes: int = 64 * 1024 * 1024
+    cache_dir: str = "/var/cache/sealfs"
+    read_only: bool = False
+
+
+@dataclass
+class Node:
+    ino: int
+    entry: Entry
+    parent: int
+    lookups: int = 0
+    opens: int = 0
+    content: FileContent | None = None
+    subdirs: int | None = None
+    #: Metadata changed in memory only (written with the next upload, or
+    #: by flush_metadata for directories).
+    meta_dirty: bool = False
+    #: Unlinked while open: the object now lives at an orphan key.
+    orphan: bool = False
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+@dataclass
+class Handle:
+    node: Node
+    writable: bool
+    append: bool
+
+
+class Filesystem:
+    def __init__(self, vol: Volume, options: Options | None = None):
+        self.vol = vol
+        self.opts = options or Options()
+        self.cache = BlockCache(self.opts.cache_bytes)
+        self._lock = threading.Lock()
+        root = vol.root()
+        self._nodes: dict[int, Node] = {ROOT_INO: Node(ROOT_INO, root, ROOT_INO, lookups=1)}
+        self._by_id: dict[bytes, int] = {ROOT_ID: ROOT_INO}
+        self._next_ino = ROOT_INO + 1
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, tuple[int, list[Entry]]] = {}
+        self._next_fh = 1
+        self.spool_dir = os.path.join(self.opts.cache_dir, vol.config.volume_id.hex())
+
+    # -- nodes ----------------------------------------------------------------------
+
+    def _node(self, ino: int) -> Node:
+        node = self._nodes.get(ino)
+        if node is None:
+            raise FsError(errno.ESTALE, f"inode {ino} is not known")
+        return node
+
+    def _remember(self, entry: Entry, parent: int) -> Node:
+        """The node for ``entry`` (reusing its inode if the id is known)."""
+        with self._lock:
+            ino = self._by_id.get(entry.id)
+            if ino is not None:
+                node = self._nodes[ino]
+                with_content = node.content is not None or node.meta_dirty
+                if not with_content and (node.entry.etag != entry.etag or node.entry.key != entry.key):
+                    node.entry = entry
+                    node.subdirs = None if entry.is_dir else node.subdirs
+                node.parent = parent
+                return node
+            ino = self._next_ino
+            self._next_ino += 1
+            node = Node(ino, entry, parent)
+            self._nodes[ino] = node
+            self._by_id[entry.id] = ino
+            return node
+
+    def _attr(self, node: Node) -> Attr:
+        e = node.entry
+        size = node.content.size if node.content is not None else e.size
+        if e.is_dir:
+            if node.subdirs is None:
+                node.subdirs = self.vol.count_subdirs(e.id)
+            nlink = 2 + node.subdirs
+        else:
+            nlink = 0 if node.orphan else 1
+        return Attr(node.ino, e.mode, nlink, e.uid, e.gid, size, e.mtime_ns, e.mtime_ns, e.ctime_ns,
+                    self.vol.layout.block_size)
+
+    def incref(self, ino: int, n: int = 1) -> None:
+        with self._lock:
+            self._nodes[ino].lookups += n
+
+    def forget(self, items: Iterable[tuple[int, int]]) -> None:
+        with self._lock:
+            for ino, n in items:
+                node = self._nodes.get(ino)
+                if node is None:
+                    continue
+                node.lookups -= n
+                self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        """Caller holds ``_lock``."""
+        if node.ino != ROOT_INO and node.lookups <= 0 and node.opens <= 0 and not node.meta_dirty:
+            self._nodes.pop(node.ino, None)
+            if self._by_id.get(node.entry.id) == node.ino:
+                del self._by_id[node.entry.id]
+
+    def entry_attr(self, entry: Entry, parent: int) -> Attr:
+        """Attributes of ``entry`` (registering its node, lookup count
+        unchanged: the adapter calls :meth:`incref` once the kernel took it)."""
+        node = self._remember(entry, parent)
+        with node.lock:
+            return self._attr(node)
+
+    # -- lookups and attributes ------------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Attr:
+        pnode = self._node(parent)
+        if name == b".":
+            node = pnode
+        elif name == b"..":
+            node = self._node(pnode.parent)
+        else:
+            self._need_dir(pnode)
+            if len(name) > 255:
+                raise FsError(errno.ENAMETOOLONG, "name too long")
+            node = self._remember(self.vol.lookup(pnode.entry.id, name), parent)
+        with node.lock:
+            attr = self._attr(node)
+        self.incref(node.ino)
+        return attr
+
+    def getattr(self, ino: int) -> Attr:
+        node = self._node(ino)
+        with node.lock:
+            return self._attr(node)
+
+    def setattr(self, ino: int, ctx: Ctx, *, size: int | None = None, mode: int | None = None,
+                uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
+                mtime_ns: int | None = None, fh: int | None = None) -> Attr:
+        node = self._node(ino)
+        self._writable()
+        with node.lock:
+            e = node.entry
+            t = now_ns()
+            changes: dict = {"ctime_ns": t}
+            if mode is not None:
+                changes["mode"] = stat.S_IFMT(e.mode) | (mode & 0o7777)
+            if uid is not None:
+                changes["uid"] = uid
+            if gid is not None:
+                changes["gid"] = gid
+            if mtime_ns is not None:
+                changes["mtime_ns"] = mtime_ns
+            if size is not None:
+                if e.is_dir:
+                    raise FsError(errno.EISDIR, "is a directory")
+                if not e.is_file:
+                    raise FsError(errno.EINVAL, "not a regular file")
+                content = self._content(node)
+                content.truncate(size)
+                changes["mtime_ns"] = mtime_ns if mtime_ns is not None else t
+            node.entry = replace(e, **changes)
+            if node.content is None or not (node.content.changed or node.opens):
+                self._store_meta(node)
+            elif node.opens:
+                node.meta_dirty = True  # written with the next upload
+            else:  # a path truncate: upload now
+                node.meta_dirty = True
+                self._upload(node)
+                self._drop_content(node)
+            return self._attr(node)
+
+    def _store_meta(self, node: Node) -> None:
+        """Write ``node.entry``'s metadata now (server-side copy for files)."""
+        try:
+            stored = self.vol.set_meta(node.entry)
+        except NotFound:
+            raise FsError(errno.ENOENT, "file was removed meanwhile") from None
+        node.entry = stored
+        node.meta_dirty = False
+        if node.content is not None:
+            node.content.rebase(stored)
+
+    def _writable(self) -> None:
+        if self.opts.read_only:
+            raise FsError(errno.EROFS, "read-only mount")
+
+    def _need_dir(self, node: Node) -> None:
+        if not node.entry.is_dir:
+            raise FsError(errno.ENOTDIR, "not a directory")
+
+    # -- directory times --------------------------------------------------------------
+
+    def _touch_dir(self, pnode: Node, subdirs_delta: int = 0) -> None:
+        t = now_ns()
+        with pnode.lock:
+            pnode.entry = replace(pnode.entry, mtime_ns=t, ctime_ns=t)
+            pnode.meta_dirty = True
+            if pnode.subdirs is not None:
+                pnode.subdirs += subdirs_delta
+
+    def flush_metadata(self) -> None:
+        """Write the pending times of directories."""
+        with self._lock:
+            pending = [n for n in self._nodes.values() if n.meta_dirty and n.entry.is_dir]
+        for node in pending:
+            with node.lock:
+                if not node.meta_dirty:
+                    continue
+                try:
+                    self._store_meta(node)
+                except FsError:
+                    node.meta_dirty = False  # the directory is gone
+                except Exception:
+                    log.exception("cannot write the times of a directory")
+            with self._lock:
+                self._maybe_drop(node)
+
+    # -- namespace ----------------------------------------------------------------------
+
+    def _new_owner(self, pnode: Node, mode: int, ctx: Ctx, is_dir: bool) -> tuple[int, int, int]:
+        gid = ctx.gid
+        if pnode.entry.mode & stat.S_ISGID:
+            gid = pnode.entry.gid
+            if is_dir:
+                mode |= stat.S_ISGID
+        return mode, ctx.uid, gid
+
+    def mkdir(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> Attr:
+        self._writable()
+        pnode = self._node(parent)
+        self._need_dir(pnode)
+        mode, uid, gid = self._new_owner(pnode, mode, ctx, True)
+        with pnode.lock:
+            entry = self.vol.mkdir(pnode.entry.id, check_name(name), mode, uid, gid)
+        node = self._remember(entry, parent)
+        node.subdirs = 0
+        self._touch_dir(pnode, +1)
+        return self._counted(node)
+
+    def _counted(self, node: Node) -> Attr:
+        with node.lock:
+            attr = self._attr(node)
+        self.incref(node.ino)
+        return attr
+
+    def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx) -> Attr:
+        self._writable()
+        pnode = self._node(parent)
+        self._need_dir(pnode)
+        _, uid, gid = self._new_owner(pnode, 0o777, ctx, False)
+        with pnode.lock:
+            entry = self.vol.symlink(pnode.entry.id, check_name(name), target, uid, gid)
+        node = self._remember(entry, parent)
+        self._touch_dir(pnode)
+        return self._counted(node)
+
+    def readlink(self, ino: int) -> bytes:
+        node = self._node(ino)
+        if not node.entry.is_link:
+            raise FsError(errno.EINVAL, "not a symbolic link")
+        with node.lock:
+            return self.vol.readlink(node.entry)
+
+    def mknod(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> Attr:
+        if stat.S_ISREG(mode):
+            attr, fh = self.create(parent, name, mode, os.O_WRONLY, ctx)
+            self.release(fh)
+            return attr
+        raise FsError(errno.EPERM, "sealfs stores only files, directories and symlinks (no FIFOs, sockets or devices)")
+
+    def link(self, ino: int, parent: int, name: bytes) -> Attr:
+        raise FsError(errno.EPERM, "hard links are not supported")
+
+    def _child(self, pnode: Node, name: bytes) -> Entry:
+        return self.vol.lookup(pnode.entry.id, check_name(name))
+
+    def _node_of(self, entry: Entry) -> Node | None:
+        with self._lock:
+            ino = self._by_id.get(entry.id)
+            return self._nodes.get(ino) if ino is not None else None
+
+    def unlink(self, parent: int, name: bytes, ctx: Ctx) -> None:
+        self._writable()
+        pnode = self._node(parent)
+        self._need_dir(pnode)
+        with pnode.lock:
+            entry = self._child(pnode, name)
+            if entry.is_dir:
+                raise FsError(errno.EISDIR, "is a directory")
+            self._drop_entry(entry)
+        self._touch_dir(pnode)
+
+    def _drop_entry(self, entry: Entry) -> None:
+        """Remove ``entry``'s name.  An open file keeps its data at an
+        orphan key until its last handle closes (POSIX unlink-while-open)."""
+        node = self._node_of(entry)
+        if node is not None and node.opens > 0 and entry.kind == KIND_FILE:
+            with node.lock:
+                if node.content is not None and node.content.changed:
+                    self._upload(node)
+                orphan = self.vol.orphan(node.entry)
+                node.entry = orphan
+                node.orphan = True
+                if node.content is not None:
+                    node.content.rebase(orphan)
+            return
+        self.vol.remove(entry)
+        if node is not None:
+            with node.lock:
+                node.orphan = True
+                self._drop_content(node)
+                node.meta_dirty = False
+
+    def rmdir(self, parent: int, name: bytes, ctx: Ctx) -> None:
+        self._writable()
+        pnode = self._node(parent)
+        self._need_dir(pnode)
+        with pnode.lock:
+            entry = self._child(pnode, name)
+            if not entry.is_dir:
+                raise FsError(errno.ENOTDIR, "not a directory")
+            self.vol.remove(entry)
+            node = self._node_of(entry)
+            if node is not None:
+                node.meta_dirty = False
+                node.orphan = True
+        self._touch_dir(pnode, -1)
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int,
+               ctx: Ctx) -> None:
+        self._writable()
+        if flags & RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        if flags & ~RENAME_NOREPLACE:
+            raise FsError(errno.EINVAL, "unknown rename flags")
+        p_old, p_new = self._node(old_parent), self._node(new_parent)
+        self._need_dir(p_old)
+        self._need_dir(p_new)
+        check_name(new_name)
+        first, second = sorted({p_old, p_new}, key=lambda n: n.ino) if p_old is not p_new else (p_old, p_old)
+        with first.lock, second.lock:
+            src = self._child(p_old, old_name)
+            try:
+                dst: Entry | None = self._child(p_new, new_name)
+            except FsError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                dst = None
+            if dst is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise FsError(errno.EEXIST, "target exists")
+                if dst.id == src.id:
+                    return
+                if src.is_dir and not dst.is_dir:
+                    raise FsError(errno.ENOTDIR, "target is not a directory")
+                if dst.is_dir and not src.is_dir:
+                    raise FsError(errno.EISDIR, "target is a directory")
+                if dst.is_dir and not self.vol.is_empty(dst.id):
+                    raise FsError(errno.ENOTEMPTY, "target directory not empty")
+                dnode = self._node_of(dst)
+                if dnode is not None and dnode.opens > 0 and dst.is_file:
+                    self._drop_entry(dst)  # keep the open file's data as an orphan
+                    dst = None
+            node = self._node_of(src)
+            if node is not None:
+                with node.lock:
+                    if node.content is not None and node.content.changed:
+                        self._upload(node)
+                    current = node.entry if node.entry.key == src.key else src
+                    moved = self.vol.rename(current, p_new.entry.id, new_name, replace_entry=dst)
+                    node.entry = moved
+                    node.parent = p_new.ino
+                    if node.content is not None:
+                        node.content.rebase(moved)
+            else:
+                self.vol.rename(src, p_new.entry.id, new_name, replace_entry=dst)
+            if dst is not None:
+                gone = self._node_of(dst)
+                if gone is not None:
+                    gone.orphan = True
+                    gone.meta_dirty = False
+        moved_dir = 1 if src.is_dir else 0
+        replaced_dir = 1 if dst is not None and dst.is_dir else 0
+        if p_new is p_old:
+            self._touch_dir(p_old, -replaced_dir)
+        else:
+            self._touch_dir(p_old, -moved_dir)
+            self._touch_dir(p_new, moved_dir - replaced_dir)
+
+    # -- directories ----------------------------------------------------------------------
+
+    def opendir(self, ino: int, ctx: Ctx) -> int:
+        node = self._node(ino)
+        self._need_dir(node)
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._dirs[fh] = (ino, [])
+        return fh
+
+    def readdir(self, fh: int, start: int) -> list[tuple[bytes, Attr, int]]:
+        """Entries from offset ``start`` on as (name, attributes, next
+        offset).  The listing is taken once per handle (at offset 0), so
+        offsets stay stable across pages.  Nodes are registered without a
+        lookup count: the adapter calls :meth:`incref` for each entry the
+        kernel accepted."""
+        ino, snapshot = self._dirs[fh]
+        node = self._node(ino)
+        if start == 0:
+            entries = self.vol.listdir(node.entry.id, on_error=self._bad_entry)
+            entries.sort(key=lambda e: e.name)
+            snapshot = entries
+            self._dirs[fh] = (ino, snapshot)
+            with node.lock:
+                node.subdirs = sum(1 for e in entries if e.is_dir)
+        page = snapshot[start : start + READDIR_PAGE]
+        return [(e.name, self.entry_attr(e, ino), i + 1) for i, e in enumerate(page, start)]
+
+    def _bad_entry(self, key: str, exc: Exception) -> None:
+        log.error("skipping damaged directory entry %s: %s", key, exc)
+
+    def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _content(self, node: Node) -> FileContent:
+        if node.content is None:
+            node.content = FileContent(self.vol, node.entry, self.cache, self.spool_dir, self.opts.dirty_bytes)
+        return node.content
+
+    def _new_handle(self, node: Node, flags: int) -> int:
+        acc = flags & os.O_ACCMODE
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = Handle(node, acc != os.O_RDONLY, bool(flags & os.O_APPEND))
+            node.opens += 1
+        return fh
+
+    def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx) -> tuple[Attr, int]:
+        self._writable()
+        pnode = self._node(parent)
+        self._need_dir(pnode)
+        mode, uid, gid = self._new_owner(pnode, mode, ctx, False)
+        with pnode.lock:
+            entry = self.vol.create_file(pnode.entry.id, check_name(name), mode, uid, gid)
+        node = self._remember(entry, parent)
+        self._touch_dir(pnode)
+        fh = self._new_handle(node, flags)
+        return self._counted(node), fh
+
+    def open(self, ino: int, flags: int, ctx: Ctx) -> tuple[int, bool]:
+        """Open a file; returns (handle, keep kernel cache)."""
+        node = self._node(ino)
+        acc = flags & os.O_ACCMODE
+        if acc != os.O_RDONLY or flags & os.O_TRUNC:
+            self._writable()
+        if node.entry.is_dir:
+            raise FsError(errno.EISDIR, "is a directory")
+        keep = True
+        with node.lock:
+            if node.opens == 0 and node.content is None and not node.orphan:
+                # close-to-open: revalidate against the store
+                fresh = self.vol.reload(node.entry)
+                keep = fresh.etag == node.entry.etag
+                node.entry = fresh
+            if flags & os.O_TRUNC and (node.content is not None or node.entry.size):
+                self._content(node).truncate(0)
+                node.entry = replace(node.entry, mtime_ns=now_ns(), ctime_ns=now_ns())
+                keep = False
+            fh = self._new_handle(node, flags)
+        return fh, keep
+
+    def read(self, fh: int, offset: int, length: int) -> bytes:
+        node = self._handles[fh].node
+        with node.lock:
+            return self._content(node).read(offset, length)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        h = self._handles[fh]
+        node = h.node
+        if not h.writable:
+            raise FsError(errno.EBADF, "file not open for writing")
+        with node.lock:
+            content = self._content(node)
+            if h.append:
+                offset = content.size
+            n = content.write(offset, data)
+            # (set-user-id/set-group-id bits are cleared by the kernel,
+            # which sends a setattr before the write)
+            t = now_ns()
+            node.entry = replace(node.entry, mtime_ns=t, ctime_ns=t)
+            node.meta_dirty = True
+            return n
+
+    def _upload(self, node: Node) -> None:
+        """Upload a node's changes (caller holds node.lock)."""
+        content = node.content
+        if content is None or (not content.changed and not node.meta_dirty):
+            return
+        if not content.changed:
+            self._store_meta(node)
+            return
+        try:
+            node.entry = content.upload(node.entry)
+        except PreconditionFailed:
+            raise FsError(errno.EIO, f"{node.entry.name!r} was changed by another mount; local changes kept until close") from None
+        node.meta_dirty = False
+
+    def flush(self, fh: int) -> None:
+        h = self._handles.get(fh)
+        if h is None or not h.writable:
+            return
+        with h.node.lock:
+            self._upload(h.node)
+
+    fsync = flush
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            h = self._handles.pop(fh, None)
+        if h is None:
+            return
+        node = h.node
+        with node.lock:
+            try:
+                if h.writable and not (node.orphan and node.opens == 1):
+                    self._upload(node)
+            finally:
+                with self._lock:
+                    node.opens -= 1
+                    last = node.opens == 0
+                if last:
+                    if node.content is not None and not node.content.changed:
+                        self._drop_content(node)
+                    if node.orphan:
+                        self._drop_content(node)
+                        self.vol.store.delete(node.entry.key)
+                with self._lock:
+                    self._maybe_drop(node)
+
+    def _drop_content(self, node: Node) -> None:
+        if node.content is not None:
+            node.content.close()
+            node.content = None
+
+    # -- xattrs -----------------------------------------------------------------------------
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        node = self._node(ino)
+        value = node.entry.xattrs.get(name)
+        if value is None:
+            raise FsError(errno.ENODATA, "no such attribute")
+        return value
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return sorted(self._node(ino).entry.xattrs)
+
+    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self._writable()
+        if not name.startswith(XATTR_NAMESPACES):
+            raise FsError(errno.ENOTSUP, "only user., trusted. and security. attributes are supported")
+        if len(name) > 255:
+            raise FsError(errno.ERANGE, "attribute name too long")
+        if len(value) > XATTR_SIZE_MAX:
+            raise FsError(errno.E2BIG, "attribute value too large")
+        self._change_xattrs(ino, lambda x: x.__setitem__(name, bytes(value)))
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self._writable()
+        node = self._node(ino)
+        if name not in node.entry.xattrs:
+            raise FsError(errno.ENODATA, "no such attribute")
+        self._change_xattrs(ino, lambda x: x.pop(name))
+
+    def _change_xattrs(self, ino: int, change) -> None:
+        node = self._node(ino)
+        with node.lock:
+            xattrs = dict(node.entry.xattrs)
+            change(xattrs)
+            node.entry = replace(node.entry, xattrs=xattrs, ctime_ns=now_ns())
+            if node.content is not None and node.opens:
+                node.meta_dirty = True
+            else:
+                self._store_meta(node)
+
+    # -- whole filesystem ------------------------------------------------------------------
+
+    def statfs(self) -> dict:
+        bs = self.vol.layout.block_size
+        total = (1 << 50) // bs
+        return {"bsize": bs, "frsize": bs, "blocks": total, "bfree": total, "bavail": total,
+                "files": 1 << 32, "ffree": 1 << 31, "favail": 1 << 31, "namemax": 255}
+
+    def sync_all(self) -> None:
+        """Upload everything pending (unmount, SIGTERM)."""
+        with self._lock:
+            nodes = [n for n in self._nodes.values() if n.content is not None or n.meta_dirty]
+        for node in nodes:
+            with node.lock:
+                try:
+                    if node.entry.is_dir:
+                        continue
+                    self._upload(node)
+                except Exception:
+                    log.exception("cannot upload %r at shutdown", node.entry.name)
+        self.flush_metadata()

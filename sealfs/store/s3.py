@@ -1,0 +1,537 @@
+"""Amazon S3 and S3-compatible servers (MinIO, Ceph RGW, moto, ...) via boto3.
+
+Credentials come from the standard AWS chain (environment, shared config
+and credentials files, SSO, container and instance roles); they are never
+part of the store URL and never appear in messages.
+
+Retries.  botocore's "standard" retry mode retries, with exponential backoff
+and full jitter (base 50 ms, or 1 s for throttling; capped at 20 s):
+
+* HTTP 500, 502, 503 and 504, and 429 whatever the error code;
+* the throttling codes (``SlowDown``, ``Throttling``, ``RequestLimitExceeded``
+  and kin) and the transient ones (``RequestTimeout``,
+  ``RequestTimeoutException``, ``PriorRequestNotComplete``);
+* connection errors, connect and read timeouts raised while sending the
+  request or waiting for the response's headers;
+
+up to ``max_attempts`` attempts in all, while the client's retry quota lasts
+(a token bucket shared by all threads, which stops retrying a store that
+fails for everyone).  Other errors (4xx) are answers, not failures, and are
+not retried.  botocore does *not* retry a body that breaks off while it is
+being read (a reset connection, a short read, a read timeout mid-body):
+:meth:`S3Store._get` retries those itself.
+
+Where moto (the test server) is more lenient than S3, the limits are
+enforced here: user metadata size (:func:`~sealfs.store.base.check_metadata`),
+part numbers 1..10000, part order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import boto3
+import botocore.exceptions as bce
+import urllib3.exceptions
+from botocore.config import Config
+
+from ..errors import NotFound, PreconditionFailed, StoreError, StoreUnavailable
+from .base import (
+    MAX_KEY_BYTES,
+    MAX_PARTS,
+    ListPage,
+    ObjectInfo,
+    Store,
+    Upload,
+    check_conditions,
+    check_key,
+    check_metadata,
+    check_part_number,
+    check_parts,
+    check_range,
+)
+
+#: Error codes meaning the credentials are wrong or lack a permission.
+_ACCESS_CODES = {
+    "AccessDenied": "access denied",
+    "AllAccessDisabled": "all access to the bucket is disabled",
+    "InvalidAccessKeyId": "the AWS access key id is not known to the server",
+    "SignatureDoesNotMatch": "the AWS secret access key does not match the access key id",
+    "ExpiredToken": "the AWS session token has expired",
+    "InvalidToken": "the AWS session token is not valid",
+    "TokenRefreshRequired": "the AWS session token must be refreshed",
+}
+#: Codes of failures botocore retried until it gave up.
+_RETRIED_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "ServiceUnavailable",
+    "InternalError",
+}
+#: Errors raised while reading a response body, which botocore does not retry.
+_BODY_ERRORS = (
+    bce.IncompleteReadError,
+    bce.ResponseStreamingError,
+    bce.ReadTimeoutError,
+    urllib3.exceptions.ProtocolError,
+)
+
+
+class _RangeNotSatisfiable(StoreError):
+    """416: the object exists and the range starts at or past its end."""
+
+
+class S3Store(Store):
+    """The objects under ``prefix`` in an S3 bucket.
+
+    ``endpoint`` is the URL of an S3-compatible server (default: AWS, in
+    ``region`` or the region of the credential chain's configuration);
+    ``path_style`` addresses the bucket in the path rather than the host
+    name, which most servers other than AWS need.  ``max_pool`` bounds the
+    connections, which should be at least the number of threads that use
+    the store.  ``max_attempts``, ``connect_timeout`` and ``read_timeout``
+    (seconds) tune how long a failing server is retried before calls raise
+    :class:`~sealfs.errors.StoreUnavailable`.
+    """
+
+    #: Part size of a server-side copy of an object over ``max_put_size``.
+    copy_part_size = 512 * 1024 * 1024
+    #: Parts of such a copy that run at once.
+    copy_threads = 4
+    #: Attempts to read a GET's body that keeps breaking off.
+    body_read_attempts = 4
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        path_style: bool = False,
+        max_pool: int = 32,
+        max_attempts: int = 6,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+    ):
+        if not bucket or "/" in bucket:
+            raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        prefix = prefix.strip("/")
+        if prefix:
+            check_key(prefix)
+        self.bucket = bucket
+        self._prefix = prefix + "/" if prefix else ""
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._max_attempts = max_attempts
+        config = Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max_pool,
+            s3={"addressing_style": "path"} if path_style else None,
+        )
+        try:
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=endpoint, region_name=region, config=config
+            )
+        except bce.ProfileNotFound as e:
+            raise StoreError(f"AWS profile {e.kwargs.get('profile')!r} is not configured") from e
+        except (bce.BotoCoreError, ValueError) as e:
+            raise StoreError(f"cannot set up an S3 client for {self.url}: {type(e).__name__}") from e
+        self.endpoint = self._client.meta.endpoint_url
+
+    def check(self) -> None:
+        """Raise a clear StoreError unless the bucket exists and the
+        credentials may use it (HeadBucket)."""
+        self._call("bucket check", None, self._client.head_bucket, Bucket=self.bucket, bucket_call=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- reading -----------------------------------------------------------
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        check_range(start, end)
+        if end == start:
+            self.head(key)  # HTTP cannot ask for no bytes; still report a missing key
+            return b""
+        if start == 0 and end is None:
+            return self._get(key)[0]
+        byte_range = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
+        try:
+            return self._get(key, Range=byte_range)[0]
+        except _RangeNotSatisfiable:
+            return b""
+
+    def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        data, response = self._get(key)
+        return data, self._info(key, response, with_metadata=True)
+
+    def head(self, key: str) -> ObjectInfo:
+        response = self._call("lookup", key, self._client.head_object, Bucket=self.bucket, Key=self._key(key))
+        return self._info(key, response, with_metadata=True)
+
+    def list(
+        self,
+        prefix: str = "",
+        *,
+        delimiter: str | None = None,
+        token: str | None = None,
+        max_keys: int = 1000,
+    ) -> ListPage:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, not {max_keys}")
+        if delimiter == "":
+            raise ValueError("the delimiter must not be empty")
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._prefix + prefix, "MaxKeys": min(max_keys, 1000)}
+        if delimiter is not None:
+            args["Delimiter"] = delimiter
+        if token is not None:
+            args["ContinuationToken"] = token
+        response = self._call("listing", prefix or None, self._client.list_objects_v2, **args)
+        strip = len(self._prefix)
+        return ListPage(
+            objects=[
+                ObjectInfo(
+                    key=o["Key"][strip:],
+                    size=o["Size"],
+                    etag=_unquote(o["ETag"]),
+                    mtime=o["LastModified"].timestamp(),
+                )
+                for o in response.get("Contents", [])
+            ],
+            prefixes=[p["Prefix"][strip:] for p in response.get("CommonPrefixes", [])],
+            next_token=response.get("NextContinuationToken") if response.get("IsTruncated") else None,
+        )
+
+    # -- writing -----------------------------------------------------------
+    def put(
+        self,
+        key: str,
+        data: bytes | bytearray | memoryview,
+        metadata: dict[str, str] | None = None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        args = {"Bucket": self.bucket, "Key": self._key(key), "Metadata": check_metadata(metadata)}
+        args |= self._conditions(if_match, if_none_match)
+        if len(data) > self.max_put_size:
+            raise ValueError(f"{len(data)} bytes exceed the single-put limit of {self.max_put_size}")
+        response = self._call("write", key, self._client.put_object, Body=_body(data), conditional=if_match is not None, **args)
+        return _unquote(response["ETag"])
+
+    def copy(self, src: str, dst: str, metadata: dict[str, str]) -> str:
+        """Server-side copy.  Above ``max_put_size`` (S3: 5 GiB) the copy is
+        a multipart upload of ``copy_part_size`` parts copied from one
+        version of ``src``; if ``src`` is replaced meanwhile the copy fails
+        with PreconditionFailed instead of mixing versions."""
+        dst_key = self._key(dst)
+        md = check_metadata(metadata)
+        source = self.head(src)
+        if source.size > self.max_put_size:
+            return self._copy_in_parts(source, dst, md)
+        response = self._call(
+            "copy",
+            src,
+            self._client.copy_object,
+            Bucket=self.bucket,
+            Key=dst_key,
+            CopySource={"Bucket": self.bucket, "Key": self._key(src)},
+            Metadata=md,
+            MetadataDirective="REPLACE",
+        )
+        return _unquote(response["CopyObjectResult"]["ETag"])
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def delete_many(self, keys: list[str]) -> None:
+        full_keys = [self._key(key) for key in keys]
+        for i in range(0, len(full_keys), 1000):
+            batch = full_keys[i : i + 1000]
+            response = self._call(
+                "delete",
+                None,
+                self._client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+            )
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise StoreError(
+                    f"S3 did not delete {len(errors)} of {len(batch)} objects in {self.url} "
+                    f"(first: {first['Key'][len(self._prefix):]}: {first.get('Code', '?')})"
+                )
+
+    # -- multipart ---------------------------------------------------------
+    def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        response = self._call(
+            "multipart start",
+            key,
+            self._client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Metadata=check_metadata(metadata),
+        )
+        return response["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | memoryview) -> str:
+        check_part_number(part_number)
+        response = self._call(
+            "part upload",
+            key,
+            self._client.upload_part,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            PartNumber=part_number,
+            Body=_body(data),
+            upload_id=upload_id,
+        )
+        return _unquote(response["ETag"])
+
+    def upload_part_copy(
+        self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int
+    ) -> str:
+        return self._upload_part_copy(key, upload_id, part_number, src, start, end, None)
+
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        check_parts(parts)
+        response = self._call(
+            "multipart completion",
+            key,
+            self._client.complete_multipart_upload,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": _quote(etag)} for n, etag in parts]},
+            upload_id=upload_id,
+            conditional=if_match is not None,
+            **self._conditions(if_match, if_none_match),
+        )
+        return _unquote(response["ETag"])
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            self._call(
+                "multipart abort",
+                key,
+                self._client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                upload_id=upload_id,
+            )
+
+    def list_multipart_uploads(self, prefix: str = "") -> list[Upload]:
+        uploads = []
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._prefix + prefix}
+        while True:
+            response = self._call("multipart listing", prefix or None, self._client.list_multipart_uploads, **args)
+            uploads += [
+                Upload(u["Key"][len(self._prefix) :], u["UploadId"], u["Initiated"].timestamp())
+                for u in response.get("Uploads", [])
+            ]
+            if not response.get("IsTruncated"):
+                return uploads
+            args["KeyMarker"] = response["NextKeyMarker"]
+            args["UploadIdMarker"] = response["NextUploadIdMarker"]
+
+    # -- helpers -----------------------------------------------------------
+    def _key(self, key: str) -> str:
+        full = self._prefix + check_key(key)
+        if len(full) > MAX_KEY_BYTES:
+            raise ValueError(f"object key {key!r} with the store prefix exceeds {MAX_KEY_BYTES} bytes")
+        return full
+
+    @staticmethod
+    def _conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
+        check_conditions(if_match, if_none_match)
+        if if_none_match:
+            return {"IfNoneMatch": "*"}
+        if if_match is not None:
+            return {"IfMatch": _quote(if_match)}
+        return {}
+
+    def _info(self, key: str, response: dict, *, with_metadata: bool) -> ObjectInfo:
+        return ObjectInfo(
+            key=key,
+            size=response["ContentLength"],
+            etag=_unquote(response["ETag"]),
+            metadata=dict(response.get("Metadata", {})) if with_metadata else None,
+            mtime=response["LastModified"].timestamp(),
+        )
+
+    def _get(self, key: str, **args: Any) -> tuple[bytes, dict]:
+        """GetObject and read its body, retrying a body that breaks off
+        (each attempt re-requests the same bytes, so the result is one
+        response's body, never a splice of two)."""
+        full_key = self._key(key)
+        attempt = 1
+        while True:
+            response = self._call("read", key, self._client.get_object, Bucket=self.bucket, Key=full_key, **args)
+            body = response["Body"]
+            try:
+                return body.read(), response
+            except _BODY_ERRORS as e:
+                if attempt == self.body_read_attempts:
+                    raise StoreUnavailable(
+                        f"reading {key} from {self.url} kept breaking off ({type(e).__name__} "
+                        f"after {attempt} attempts)"
+                    ) from e
+            finally:
+                body.close()
+            time.sleep(random.uniform(0, 0.1 * 2**attempt))
+            attempt += 1
+
+    def _upload_part_copy(
+        self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int, src_etag: str | None
+    ) -> str:
+        check_part_number(part_number)
+        if not 0 <= start < end:
+            raise ValueError(f"invalid source range [{start}, {end}) for a part copy")
+        args: dict[str, Any] = {}
+        if src_etag is not None:
+            args["CopySourceIfMatch"] = _quote(src_etag)
+        response = self._call(
+            "part copy",
+            src,
+            self._client.upload_part_copy,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            PartNumber=part_number,
+            CopySource={"Bucket": self.bucket, "Key": self._key(src)},
+            CopySourceRange=f"bytes={start}-{end - 1}",
+            upload_id=upload_id,
+            **args,
+        )
+        return _unquote(response["CopyPartResult"]["ETag"])
+
+    def _copy_in_parts(self, source: ObjectInfo, dst: str, metadata: dict[str, str]) -> str:
+        part_size = max(self.copy_part_size, self.min_part_size, -(-source.size // MAX_PARTS))
+        ranges = [(start, min(start + part_size, source.size)) for start in range(0, source.size, part_size)]
+        upload_id = self.create_multipart(dst, metadata)
+        try:
+            with ThreadPoolExecutor(max_workers=min(self.copy_threads, len(ranges))) as pool:
+                etags = list(
+                    pool.map(
+                        lambda i: self._upload_part_copy(dst, upload_id, i + 1, source.key, *ranges[i], source.etag),
+                        range(len(ranges)),
+                    )
+                )
+            return self.complete_multipart(dst, upload_id, list(enumerate(etags, start=1)))
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                self.abort_multipart(dst, upload_id)
+            raise
+
+    def _call(
+        self,
+        action: str,
+        key: str | None,
+        method: Callable[..., dict],
+        *,
+        upload_id: str | None = None,
+        conditional: bool = False,
+        bucket_call: bool = False,
+        **args: Any,
+    ) -> dict:
+        """``method(**args)`` with its exceptions turned into sealfs errors.
+        ``key`` (and ``upload_id``) name what the call is about in messages;
+        ``conditional`` (an If-Match write): a 404 means the write lost, not
+        a missing key; ``bucket_call``: a 404 means the bucket is missing."""
+        try:
+            return method(**args)
+        except bce.ClientError as e:
+            raise self._client_error(e, action, key, upload_id, conditional, bucket_call) from e
+        except bce.NoCredentialsError as e:
+            raise StoreError(
+                "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "configure a profile, or run with an instance role)"
+            ) from e
+        except bce.PartialCredentialsError as e:
+            raise StoreError(f"incomplete AWS credentials: {e.kwargs.get('cred_var')} is missing") from e
+        except (bce.ConnectionError, bce.HTTPClientError) as e:
+            raise StoreUnavailable(
+                f"cannot reach S3 endpoint {self.endpoint} ({type(e).__name__} "
+                f"after {self._max_attempts} attempts)"
+            ) from e
+        except bce.ParamValidationError:
+            raise  # a bug in the caller, not a store failure
+        except bce.BotoCoreError as e:
+            what = f"{key} in {self.url}" if key is not None else self.url
+            raise StoreError(f"S3 {action} of {what} failed: {type(e).__name__}") from e
+
+    def _client_error(
+        self,
+        e: bce.ClientError,
+        action: str,
+        key: str | None,
+        upload_id: str | None,
+        conditional: bool,
+        bucket_call: bool,
+    ) -> StoreError:
+        error = e.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        what = f"{key} in {self.url}" if key is not None else self.url
+        if code == "NoSuchBucket" or (bucket_call and status == 404):
+            return StoreError(f"bucket '{self.bucket}' does not exist at {self.endpoint}")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+            return PreconditionFailed(
+                f"conditional {action} of {what} failed: the object changed or already exists ({code or status})"
+            )
+        if code == "NoSuchUpload":
+            return NotFound(f"no multipart upload {upload_id} for {what}")
+        if code in ("NoSuchKey", "NotFound") or status == 404:
+            if conditional:
+                return PreconditionFailed(f"conditional {action} of {what} failed: the object is gone")
+            return NotFound(f"no object {what}")
+        if code == "InvalidRange" or status == 416:
+            return _RangeNotSatisfiable(f"S3 {action} of {what} failed: the range starts past the end")
+        if code in _ACCESS_CODES or status == 403:
+            reason = _ACCESS_CODES.get(code, "access denied")
+            return StoreError(
+                f"S3 refused the {action} of {what}: {reason} ({code or status}); "
+                "check the AWS credentials and the bucket's permissions"
+            )
+        if code in _RETRIED_CODES or status >= 500:
+            return StoreUnavailable(
+                f"S3 at {self.endpoint} kept failing ({code or status}) "
+                f"after {self._max_attempts} attempts ({action} of {what})"
+            )
+        message = " ".join(str(error.get("Message", "")).split())[:200]
+        return StoreError(f"S3 {action} of {what} failed: {code or status} {message}".rstrip())
+
+
+def _body(data: bytes | bytearray | memoryview) -> bytes | bytearray:
+    """botocore takes bytes, bytearray or a file, not a memoryview."""
+    return bytes(data) if isinstance(data, memoryview) else data
+
+
+def _quote(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def _unquote(etag: str) -> str:
+    return etag.strip('"')

@@ -1,0 +1,761 @@
+"""The volume: plaintext paths, entries and file contents over an object store.
+
+This is the library API (no FUSE, no trio): the offline CLI and the mount
+both use it, so both read and write exactly the same layout.
+
+Store layout (docs/FORMAT.md):
+
+    sealfs.json                 the volume config (key slots, keyring, MAC)
+    d/<dir id hex>/<name>       one object per directory entry; <name> is the
+                                encrypted name (names.py).  A regular file's
+                                object is its content (header + blocks), a
+                                symlink's its sealed target; a directory's is
+                                empty, so a LIST alone counts subdirectories.
+    x/<entry id hex>            overflow metadata (large xattrs) that does
+                                not fit in user metadata
+
+Every entry object carries user metadata ``m`` (sealed entry metadata bound
+to the object's key) and, for long names, ``n`` (the name ciphertext).
+The root directory's own metadata lives in the entry ``r`` (key ``root``).
+
+All methods are blocking and thread-safe; callers that must not block (the
+FUSE adapter) run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator
+
+from .codec import crypto
+from .codec.blocks import FileCipher, Layout
+from .codec.header import HEADER_SIZE, open_header, peek_header, seal_header
+from .codec.meta import MetaCipher
+from .codec.names import NAME_MAX, NameCipher, is_long
+from .errors import ConfigError, FsError, IntegrityError, NotFound, PreconditionFailed, UsageError
+from .keys.slots import CONFIG_KEY, Credential, Keyring, VolumeConfig, create as create_config
+from .store.base import MAX_METADATA_BYTES, MAX_PARTS, Store
+
+ROOT_ID = bytes(16)
+ROOT_KEY = "root"
+ID_SIZE = 16
+#: Room left in user metadata for the sealed blob after the long name.
+_META_BUDGET = MAX_METADATA_BYTES - 64
+#: Files whose object is at most this big are written with one PUT.
+SINGLE_PUT_MAX = 16 * 1024 * 1024
+PART_SIZE = 8 * 1024 * 1024
+KIND_FILE, KIND_DIR, KIND_LINK = "f", "d", "l"
+#: A symlink object is its target sealed by MetaCipher.seal_bytes.
+LINK_OVERHEAD = 4 + crypto.NONCE_SIZE + crypto.TAG_SIZE
+_KIND_MODE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_LINK: stat.S_IFLNK}
+
+
+def dir_prefix(dir_id: bytes) -> str:
+    return f"d/{dir_id.hex()}/"
+
+
+def overflow_key(entry_id: bytes) -> str:
+    return f"x/{entry_id.hex()}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def check_name(name: bytes) -> bytes:
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise FsError(errno.EINVAL, f"invalid file name {name!r}")
+    if len(name) > NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG, "file name longer than 255 bytes")
+    return name
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass
+class Entry:
+    """One directory entry with its decrypted metadata."""
+
+    parent_id: bytes
+    name: bytes
+    key: str
+    kind: str
+    id: bytes
+    mode: int  # with the file-type bits
+    uid: int
+    gid: int
+    mtime_ns: int
+    ctime_ns: int
+    size: int = 0  # plaintext size (files), target length (symlinks)
+    etag: str = ""
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    target: bytes | None = None
+    long_ct: bytes | None = None
+    #: xattrs live in the overflow object ``x/<id>``.
+    overflow: bool = False
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == KIND_DIR
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == KIND_FILE
+
+    @property
+    def is_link(self) -> bool:
+        return self.kind == KIND_LINK
+
+
+class Volume:
+    """An unlocked volume on a store."""
+
+    def __init__(self, store: Store, config: VolumeConfig, keyring: Keyring, config_etag: str = ""):
+        self.store = store
+        self.config = config
+        self.keyring = keyring
+        self.config_etag = config_etag
+        self.layout = Layout(config.block_size)
+        self.names = NameCipher(keyring.name_key())
+        self.meta = MetaCipher(keyring.meta_keys(), keyring.current)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sealfs-io")
+
+    # -- creating and opening -------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, store: Store, cred: Credential, *, block_size: int, argon2: dict | None = None, uid: int | None = None,
+        gid: int | None = None,
+    ) -> "Volume":
+        store.check()
+        config, keyring = create_config(block_size, cred, argon2)
+        try:
+            etag = store.put(CONFIG_KEY, config.to_bytes(), if_none_match=True)
+        except PreconditionFailed:
+            raise UsageError(f"{store.url} already holds a sealfs volume") from None
+        vol = cls(store, config, keyring, etag)
+        t = now_ns()
+        root = Entry(ROOT_ID, b"", ROOT_KEY, KIND_DIR, ROOT_ID, stat.S_IFDIR | 0o755,
+                     os.getuid() if uid is None else uid, os.getgid() if gid is None else gid, t, t)
+        vol._put_entry(root, b"", if_none_match=True)
+        return vol
+
+    @classmethod
+    def open(cls, store: Store, credentials: list[Credential]) -> "Volume":
+        config, etag = read_config(store)
+        keyring = config.unlock(credentials)
+        return cls(store, config, keyring, etag)
+
+    def save_config(self) -> None:
+        """Write the (changed) config back, refusing to clobber a concurrent change."""
+        try:
+            self.config_etag = self.store.put(CONFIG_KEY, self.config.to_bytes(), if_match=self.config_etag)
+        except PreconditionFailed:
+            raise UsageError("the volume config was changed by someone else meanwhile; run the command again") from None
+        self.meta = MetaCipher(self.keyring.meta_keys(), self.keyring.current)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.store.close()
+
+    # -- metadata encoding ----------------------------------------------------------------
+
+    def _fields(self, e: Entry) -> dict:
+        f = {"k": e.kind, "id": e.id.hex(), "mode": e.mode, "uid": e.uid, "gid": e.gid,
+             "mt": e.mtime_ns, "ct": e.ctime_ns}
+        if e.xattrs:
+            f["x"] = {_b64(k): _b64(v) for k, v in sorted(e.xattrs.items())}
+        return f
+
+    def _user_metadata(self, e: Entry) -> tuple[dict[str, str], bytes | None]:
+        """User metadata for ``e``'s object, and the overflow blob to store
+        beside it when the xattrs do not fit (else None)."""
+        aad = e.key.encode()
+        md = {}
+        if e.long_ct is not None:
+            md["n"] = _b64(e.long_ct)
+        fields = self._fields(e)
+        md["m"] = self.meta.seal(fields, aad)
+        if sum(len(k) + len(v) for k, v in md.items()) <= _META_BUDGET:
+            return md, None
+        big = {"x": fields.pop("x", {})}
+        fields["ov"] = 1
+        md["m"] = self.meta.seal(fields, aad)
+        blob = self.meta.seal_bytes(_json_bytes(big), b"sealfs overflow " + e.id)
+        return md, blob
+
+    def _entry_from(self, parent_id: bytes, component: str, key: str, md: dict[str, str] | None,
+                    size: int, etag: str) -> Entry:
+        what = f"entry {key}"
+        if not md or "m" not in md:
+            raise IntegrityError(f"{what}: has no sealfs metadata")
+        f = self.meta.open(md["m"], key.encode(), what)
+        long_ct = None
+        if key == ROOT_KEY:
+            name = b""
+        else:
+            if is_long(component):
+                try:
+                    long_ct = _unb64(md.get("n", ""))
+                except ValueError:
+                    raise IntegrityError(f"{what}: long name is not base64") from None
+            name = self.names.decrypt(parent_id, component, long_ct)
+        try:
+            kind = f["k"]
+            e = Entry(parent_id, name, key, kind, bytes.fromhex(f["id"]), int(f["mode"]), int(f["uid"]),
+                      int(f["gid"]), int(f["mt"]), int(f["ct"]), etag=etag, long_ct=long_ct)
+            if kind not in _KIND_MODE or stat.S_IFMT(e.mode) != _KIND_MODE[kind] or len(e.id) != ID_SIZE:
+                raise ValueError("kind")
+            if f.get("ov"):
+                e.overflow = True
+                blob = self.store.get(overflow_key(e.id))
+                f.update(_json_of(self.meta.open_bytes(blob, b"sealfs overflow " + e.id, what + " overflow")))
+            e.xattrs = {_unb64(k): _unb64(v) for k, v in f.get("x", {}).items()}
+        except (KeyError, ValueError, TypeError):
+            raise IntegrityError(f"{what}: metadata is malformed") from None
+        if kind == KIND_FILE:
+            e.size = self.layout.plain_size_for(size)
+        elif kind == KIND_LINK:
+            e.size = size - LINK_OVERHEAD
+            if e.size <= 0:
+                raise IntegrityError(f"{what}: symlink object is too short")
+        elif size != 0:
+            raise IntegrityError(f"{what}: directory entry has content")
+        return e
+
+    def _prepare_meta(self, e: Entry) -> dict[str, str]:
+        """User metadata for ``e``; writes its overflow object first if needed."""
+        md, blob = self._user_metadata(e)
+        e.overflow = blob is not None
+        if blob is not None:
+            self.store.put(overflow_key(e.id), blob)
+        return md
+
+    def _drop_overflow(self, old: Entry, new: Entry | None) -> None:
+        """Remove ``old``'s overflow object once nothing uses it."""
+        if old.overflow and (new is None or not new.overflow):
+            self.store.delete(overflow_key(old.id))
+
+    def _put_entry(self, e: Entry, body: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> Entry:
+        md = self._prepare_meta(e)
+        e.etag = self.store.put(e.key, body, md, if_match=if_match, if_none_match=if_none_match)
+        return e
+
+    # -- entries ------------------------------------------------------------------------------
+
+    def entry_key(self, parent_id: bytes, name: bytes) -> tuple[str, bytes | None]:
+        component, long_ct = self.names.encrypt(parent_id, check_name(name))
+        return dir_prefix(parent_id) + component, long_ct
+
+    def root(self) -> Entry:
+        info = self.store.head(ROOT_KEY)
+        return self._entry_from(ROOT_ID, "", ROOT_KEY, info.metadata, info.size, info.etag)
+
+    def lookup(self, parent_id: bytes, name: bytes) -> Entry:
+        """The entry ``name`` in directory ``parent_id``; ENOENT if absent."""
+        key, _ = self.entry_key(parent_id, name)
+        try:
+            info = self.store.head(key)
+        except NotFound:
+            raise FsError(errno.ENOENT, f"no such file: {name.decode(errors='replace')}") from None
+        return self._entry_from(parent_id, key[len(dir_prefix(parent_id)):], key, info.metadata, info.size, info.etag)
+
+    def reload(self, e: Entry) -> Entry:
+        if e.key == ROOT_KEY:
+            return self.root()
+        return self.lookup(e.parent_id, e.name)
+
+    def listdir(self, dir_id: bytes, on_error: Callable[[str, Exception], None] | None = None) -> list[Entry]:
+        """Every entry of the directory, with metadata, sorted by key.
+        Entries that fail authentication are skipped and reported to
+        ``on_error(key, exc)`` (or raise when no callback is given)."""
+        prefix = dir_prefix(dir_id)
+        infos = [o for o in self.store.list_all(prefix) if not isinstance(o, str)]
+
+        def load(info) -> Entry | None:
+            try:
+                md = info.metadata
+                if md is None:
+                    full = self.store.head(info.key)
+                    md, size, etag = full.metadata, full.size, full.etag
+                else:
+                    size, etag = info.size, info.etag
+                return self._entry_from(dir_id, info.key[len(prefix):], info.key, md, size, etag)
+            except NotFound:
+                return None  # removed since the LIST
+            except IntegrityError as exc:
+                if on_error is None:
+                    raise
+                on_error(info.key, exc)
+                return None
+
+        if len(infos) > 4:
+            loaded = list(self._pool.map(load, infos))
+        else:
+            loaded = [load(i) for i in infos]
+        return [e for e in loaded if e is not None]
+
+    def count_subdirs(self, dir_id: bytes) -> int:
+        """Subdirectories of a directory, from one LIST (their objects, and
+        only theirs, are empty)."""
+        return sum(1 for o in self.store.list_all(dir_prefix(dir_id)) if not isinstance(o, str) and o.size == 0)
+
+    def is_empty(self, dir_id: bytes) -> bool:
+        return not self.store.list(dir_prefix(dir_id), max_keys=1).objects
+
+    def _new_entry(self, parent_id: bytes, name: bytes, kind: str, mode: int, uid: int, gid: int,
+                   entry_id: bytes | None = None) -> Entry:
+        key, long_ct = self.entry_key(parent_id, name)
+        t = now_ns()
+        return Entry(parent_id, name, key, kind, entry_id or crypto.random_bytes(ID_SIZE),
+                     _KIND_MODE[kind] | (mode & 0o7777), uid, gid, t, t, long_ct=long_ct)
+
+    def _create(self, e: Entry, body: bytes) -> Entry:
+        try:
+            return self._put_entry(e, body, if_none_match=True)
+        except PreconditionFailed:
+            raise FsError(errno.EEXIST, f"{e.name.decode(errors='replace')} already exists") from None
+
+    def mkdir(self, parent_id: bytes, name: bytes, mode: int, uid: int, gid: int) -> Entry:
+        return self._create(self._new_entry(parent_id, name, KIND_DIR, mode, uid, gid), b"")
+
+    def symlink(self, parent_id: bytes, name: bytes, target: bytes, uid: int, gid: int) -> Entry:
+        if not target or b"\0" in target or len(target) > 4095:
+            raise FsError(errno.ENAMETOOLONG if len(target) > 4095 else errno.EINVAL, "invalid symlink target")
+        e = self._new_entry(parent_id, name, KIND_LINK, 0o777, uid, gid)
+        e.target = target
+        e.size = len(target)
+        return self._create(e, self.meta.seal_bytes(target, _link_aad(e.id)))
+
+    def readlink(self, e: Entry) -> bytes:
+        """The target of symlink ``e`` (fetched once, then kept on the entry)."""
+        if e.target is None:
+            blob = self.store.get(e.key)
+            e.target = self.meta.open_bytes(blob, _link_aad(e.id), f"symlink {e.key}")
+        return e.target
+
+    def new_file_entry(self, parent_id: bytes, name: bytes, mode: int, uid: int, gid: int) -> Entry:
+        """An entry for a file not yet stored (write it with write_content)."""
+        return self._new_entry(parent_id, name, KIND_FILE, mode, uid, gid)
+
+    def create_file(self, parent_id: bytes, name: bytes, mode: int, uid: int, gid: int) -> Entry:
+        """A new empty regular file; EEXIST if the name is taken."""
+        e = self._new_entry(parent_id, name, KIND_FILE, mode, uid, gid)
+        dek = crypto.random_bytes(32)
+        body = self._new_header(e.id, dek) + FileCipher(dek, e.id, self.layout).seal_block(0, True, b"")
+        return self._create(e, body)
+
+    def _new_header(self, file_id: bytes, dek: bytes) -> bytes:
+        g = self.keyring.current
+        return seal_header(self.keyring.kek(g), block_size=self.layout.block_size, generation=g, file_id=file_id, dek=dek)
+
+    def set_meta(self, e: Entry, **changes) -> Entry:
+        """Change metadata fields of ``e`` (mode, uid, gid, mtime_ns,
+        ctime_ns, xattrs, ...) with a server-side copy; content untouched."""
+        new = replace(e, **changes)
+        md = self._prepare_meta(new)
+        new.etag = self._write_entry_object(e.key, new, md)
+        self._drop_overflow(e, new)
+        return new
+
+    def _write_entry_object(self, src_key: str, new: Entry, md: dict[str, str]) -> str:
+        """Write ``new``'s object with metadata ``md``: a directory's is empty;
+        a file's or symlink's content is copied server-side from ``src_key``."""
+        if new.is_dir:
+            return self.store.put(new.key, b"", md)
+        return self.store.copy(src_key, new.key, md)
+
+    def remove(self, e: Entry) -> None:
+        """Delete an entry (a directory must be empty: ENOTEMPTY)."""
+        if e.is_dir and not self.is_empty(e.id):
+            raise FsError(errno.ENOTEMPTY, "directory not empty")
+        self.store.delete(e.key)
+        self._drop_overflow(e, None)
+
+    def orphan(self, e: Entry) -> Entry:
+        """Move a file that is unlinked while still open out of its
+        directory, to ``o/<id>``, until its last handle closes."""
+        new = replace(e, key=f"o/{e.id.hex()}", long_ct=None)
+        md = self._prepare_meta(new)
+        new.etag = self.store.copy(e.key, new.key, md)
+        self.store.delete(e.key)
+        return new
+
+    def rename(self, e: Entry, new_parent: bytes, new_name: bytes, *, replace_entry: Entry | None = None) -> Entry:
+        """Move ``e`` to ``new_name`` in ``new_parent``.  The new entry is
+        written before the old one is deleted, so a crash in between leaves
+        both names, never none.  ``replace_entry`` is the entry currently at
+        the target (checked by the caller), removed by being overwritten."""
+        if e.key == ROOT_KEY:
+            raise FsError(errno.EBUSY, "cannot rename the root directory")
+        key, long_ct = self.entry_key(new_parent, new_name)
+        if replace_entry is not None and replace_entry.is_dir and not self.is_empty(replace_entry.id):
+            raise FsError(errno.ENOTEMPTY, "target directory not empty")
+        new = replace(e, parent_id=new_parent, name=new_name, key=key, long_ct=long_ct, ctime_ns=now_ns())
+        if key == e.key:
+            return e
+        md = self._prepare_meta(new)
+        new.etag = self._write_entry_object(e.key, new, md)
+        self.store.delete(e.key)
+        if replace_entry is not None and replace_entry.id != e.id:
+            self._drop_overflow(replace_entry, None)
+        return new
+
+    # -- paths (for the offline CLI) ------------------------------------------------------------
+
+    def resolve(self, path: str | bytes, *, follow: bool = True, _depth: int = 0) -> Entry:
+        """The entry at a plaintext absolute path (``/`` is the root)."""
+        parts = [p for p in os.fsencode(path).split(b"/") if p and p != b"."]
+        e = self.root()
+        stack = [e]
+        for i, part in enumerate(parts):
+            if part == b"..":
+                if len(stack) > 1:
+                    stack.pop()
+                e = stack[-1]
+                continue
+            if not e.is_dir:
+                raise FsError(errno.ENOTDIR, f"{part.decode(errors='replace')}: parent is not a directory")
+            e = self.lookup(e.id, part)
+            if e.is_link and (follow or i < len(parts) - 1):
+                if _depth > 40:
+                    raise FsError(errno.ELOOP, "too many levels of symbolic links")
+                link = self.readlink(e)
+                base = b"/".join([s.name for s in stack[1:]])
+                target = link if link.startswith(b"/") else b"/" + base + b"/" + link
+                e = self.resolve(target, follow=True, _depth=_depth + 1)
+            stack.append(e)
+        return e
+
+    def split(self, path: str | bytes) -> tuple[Entry, bytes]:
+        """(parent directory entry, last component) of a path."""
+        raw = os.fsencode(path).rstrip(b"/")
+        parent, _, name = raw.rpartition(b"/")
+        if not name or name in (b".", b".."):
+            raise FsError(errno.EINVAL, f"{os.fsdecode(path)}: not a file name")
+        d = self.resolve(parent or b"/")
+        if not d.is_dir:
+            raise FsError(errno.ENOTDIR, f"{os.fsdecode(parent)}: not a directory")
+        return d, name
+
+    # -- file contents ---------------------------------------------------------------------------
+
+    def reader(self, e: Entry) -> "FileReader":
+        return FileReader(self, e)
+
+    def write_content(
+        self,
+        e: Entry,
+        size: int,
+        dirty_block: Callable[[int], bytes | None],
+        *,
+        base: "FileReader | None" = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> Entry:
+        """Write a new version of file ``e`` with ``size`` plaintext bytes.
+
+        ``dirty_block(i)`` returns the new plaintext of block ``i`` (exactly
+        the block's length in the new file), or None where the block is
+        unchanged from ``base`` (or a hole, read as zeros, past its end).
+        Unchanged blocks are copied as ciphertext (server-side, with
+        UploadPartCopy, where whole parts are unchanged).  ``dirty_block``
+        is called once per block, in increasing order, so it may stream.
+        Returns the entry with its new etag; PreconditionFailed if the
+        object's etag is no longer ``if_match``.
+        """
+        writer = _ContentWriter(self, e, size, dirty_block, base)
+        new = replace(e, size=size)
+        md = self._prepare_meta(new)
+        new.etag = writer.upload(md, if_match=if_match, if_none_match=if_none_match, progress=progress)
+        return new
+
+    def rekey_file(self, e: Entry) -> bool:
+        """Re-wrap a file's DEK under the current generation, rewriting only
+        the header (the blocks are copied server-side where the store can).
+        Returns False if it already used the current generation."""
+        reader = self.reader(e)
+        if reader.header().generation == self.keyring.current:
+            return False
+        writer = _ContentWriter(self, e, e.size, lambda i: None, reader, rewrap=True)
+        md = self._prepare_meta(e)
+        writer.upload(md, if_match=e.etag, if_none_match=False, progress=None)
+        return True
+
+
+def _link_aad(entry_id: bytes) -> bytes:
+    return b"sealfs symlink " + entry_id
+
+
+def _json_bytes(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _json_of(data: bytes) -> dict:
+    try:
+        out = json.loads(data)
+    except ValueError:
+        raise IntegrityError("overflow metadata is not JSON") from None
+    if not isinstance(out, dict):
+        raise IntegrityError("overflow metadata is not an object")
+    return out
+
+
+def read_config(store: Store) -> tuple[VolumeConfig, str]:
+    store.check()
+    try:
+        raw, info = store.get_object(CONFIG_KEY)
+    except NotFound:
+        raise ConfigError(f"no sealfs volume at {store.url} (create one with: sealfs init {store.url})") from None
+    return VolumeConfig.parse(raw), info.etag
+
+
+class FileReader:
+    """Authenticated random access to one version of a file object."""
+
+    def __init__(self, vol: Volume, e: Entry):
+        self.vol = vol
+        self.entry = e
+        self.size = e.size
+        self.etag = e.etag
+        self.layout = vol.layout
+        self._cipher: FileCipher | None = None
+        self._header: bytes = b""
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.entry.name.decode(errors="replace") or "/"
+
+    def _load_header(self) -> FileCipher:
+        with self._lock:
+            if self._cipher is None:
+                raw = self.vol.store.get(self.entry.key, 0, HEADER_SIZE)
+                header, dek = open_header(raw, self.vol.keyring.kek)
+                if header.file_id != self.entry.id:
+                    raise IntegrityError(f"{self.name}: content belongs to another file")
+                if header.block_size != self.layout.block_size:
+                    raise IntegrityError(f"{self.name}: block size differs from the volume's")
+                self._header = bytes(raw)
+                self._cipher = FileCipher(dek, header.file_id, self.layout, self.name)
+            return self._cipher
+
+    def adopt(self, other: "FileReader") -> None:
+        """Reuse ``other``'s authenticated header: same file, same DEK (a
+        version this process wrote itself, or the same object moved)."""
+        if other._cipher is not None and other.entry.id == self.entry.id:
+            self._cipher, self._header = other._cipher, other._header
+
+    def cipher(self) -> FileCipher:
+        return self._cipher or self._load_header()
+
+    def header(self):
+        self.cipher()
+        return peek_header(self._header)
+
+    def header_bytes(self) -> bytes:
+        self.cipher()
+        return self._header
+
+    def block_count(self) -> int:
+        return self.layout.block_count(self.size)
+
+    def read_sealed(self, first: int, stop: int) -> bytes:
+        return self.read_sealed_range(*self.layout.sealed_range(first, stop, self.size))
+
+    def read_sealed_range(self, start: int, end: int) -> bytes:
+        """Raw object bytes ``[start, end)`` (ciphertext, for re-use)."""
+        data = self.vol.store.get(self.entry.key, start, end)
+        if len(data) != end - start:
+            raise IntegrityError(f"{self.name}: object is shorter than its size says")
+        return data
+
+    def read_blocks(self, first: int, stop: int) -> list[bytes]:
+        """Plaintext of blocks ``first..stop-1`` (clipped to the file)."""
+        stop = min(stop, self.block_count())
+        if first >= stop:
+            return []
+        cipher = self.cipher()
+        return cipher.open_span(first, self.read_sealed(first, stop), self.size)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset >= self.size or length <= 0:
+            return b""
+        end = min(self.size, offset + length)
+        bs = self.layout.block_size
+        first, stop = offset // bs, -(-end // bs)
+        data = b"".join(self.read_blocks(first, stop))
+        return data[offset - first * bs : end - first * bs]
+
+    def iter_chunks(self, chunk_blocks: int = 64) -> Iterator[bytes]:
+        n = self.block_count()
+        for first in range(0, n, chunk_blocks):
+            yield b"".join(self.read_blocks(first, min(n, first + chunk_blocks)))
+
+
+class _ContentWriter:
+    """Builds and uploads a new version of a file object.
+
+    The new object is described as a sequence of segments in object order:
+    ``("bytes", data)`` for fresh ciphertext (header or a re-sealed block)
+    and ``("copy", start, end)`` for ciphertext reused from the base object
+    at the same offsets.  Parts whose every byte is a copy become
+    UploadPartCopy; others are assembled and uploaded.
+    """
+
+    def __init__(self, vol: Volume, e: Entry, size: int, dirty_block: Callable[[int], bytes | None],
+                 base: FileReader | None, rewrap: bool = False):
+        self.vol = vol
+        self.e = e
+        self.size = size
+        self.dirty_block = dirty_block
+        self.base = base
+        self.layout = vol.layout
+        if base is not None:
+            cipher = base.cipher()
+            self.cipher = cipher
+            self.header = vol._new_header(e.id, cipher.dek) if rewrap else base.header_bytes()
+        else:
+            dek = crypto.random_bytes(32)
+            self.cipher = FileCipher(dek, e.id, self.layout, e.name.decode(errors="replace"))
+            self.header = vol._new_header(e.id, dek)
+        self.object_size = self.layout.object_size_for(size)
+
+    def segments(self) -> Iterator[tuple]:
+        yield ("bytes", self.header)
+        lay = self.layout
+        n = lay.block_count(self.size)
+        base_n = self.base.block_count() if self.base is not None else 0
+        # A base block is reusable as ciphertext when it is full and not
+        # last in both versions: then its bytes and associated data agree.
+        reusable_stop = min(n - 1, base_n - 1) if self.base is not None else 0
+        for i in range(n):
+            plain = self.dirty_block(i)
+            if plain is None and i < reusable_stop:
+                start = lay.block_offset(i)
+                yield ("copy", start, start + lay.sealed_block_size)
+                continue
+            if plain is None:
+                want = lay.plain_block_len(i, self.size)
+                plain = self.base.read_blocks(i, i + 1)[0] if i < base_n else b""  # type: ignore[union-attr]
+                plain = plain[:want] + bytes(want - len(plain[:want]))
+            yield ("bytes", self.cipher.seal_block(i, i == n - 1, plain))
+
+    def _merged(self) -> Iterator[tuple]:
+        """Segments with adjacent copies merged."""
+        pending = None
+        for seg in self.segments():
+            if seg[0] == "copy" and pending is not None and pending[2] == seg[1]:
+                pending = ("copy", pending[1], seg[2])
+                continue
+            if pending is not None:
+                yield pending
+            pending = seg if seg[0] == "copy" else None
+            if pending is None:
+                yield seg
+        if pending is not None:
+            yield pending
+
+    def _part_size(self) -> int:
+        return max(PART_SIZE, self.vol.store.min_part_size, -(-self.object_size // (MAX_PARTS - 1)))
+
+    def upload(self, md: dict[str, str], *, if_match: str | None, if_none_match: bool,
+               progress: Callable[[int], None] | None) -> str:
+        store = self.vol.store
+        key = self.e.key
+        if self.object_size <= SINGLE_PUT_MAX:
+            body = bytearray()
+            for seg in self._merged():
+                body += seg[1] if seg[0] == "bytes" else self.base.read_sealed_range(seg[1], seg[2])  # type: ignore[union-attr]
+            if len(body) != self.object_size:
+                raise AssertionError("object assembled to the wrong size")
+            etag = store.put(key, body, md, if_match=if_match, if_none_match=if_none_match)
+            if progress:
+                progress(self.size)
+            return etag
+        return self._multipart(md, if_match, if_none_match, progress)
+
+    def _multipart(self, md, if_match, if_none_match, progress) -> str:
+        store = self.vol.store
+        key = self.e.key
+        part_size = self._part_size()
+        upload_id = store.create_multipart(key, md)
+        futures = []
+        inflight = threading.BoundedSemaphore(4)
+        try:
+            number = 0
+            for part in _cut_parts(self._merged(), part_size):
+                number += 1
+                inflight.acquire()
+                futures.append(self.vol._pool.submit(self._send_part, upload_id, number, part, inflight, progress))
+            parts = [f.result() for f in futures]
+            return store.complete_multipart(key, upload_id, parts, if_match=if_match, if_none_match=if_none_match)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            try:
+                store.abort_multipart(key, upload_id)
+            except Exception:
+                pass
+            raise
+
+    def _send_part(self, upload_id: str, number: int, part: list[tuple], inflight, progress) -> tuple[int, str]:
+        store = self.vol.store
+        try:
+            if len(part) == 1 and part[0][0] == "copy":
+                _, start, end = part[0]
+                etag = store.upload_part_copy(self.e.key, upload_id, number, self.base.entry.key, start, end)  # type: ignore[union-attr]
+                n = end - start
+            else:
+                buf = bytearray()
+                for seg in part:
+                    buf += seg[1] if seg[0] == "bytes" else self.base.read_sealed_range(seg[1], seg[2])  # type: ignore[union-attr]
+                etag = store.upload_part(self.e.key, upload_id, number, buf)
+                n = len(buf)
+            if progress:
+                progress(n)
+            return number, etag
+        finally:
+            inflight.release()
+
+
+def _cut_parts(segments: Iterator[tuple], part_size: int) -> Iterator[list[tuple]]:
+    """Regroup segments into parts of exactly ``part_size`` bytes (the last
+    may be shorter), splitting segments at part boundaries."""
+    part: list[tuple] = []
+    filled = 0
+    for seg in segments:
+        while True:
+            length = len(seg[1]) if seg[0] == "bytes" else seg[2] - seg[1]
+            room = part_size - filled
+            if length <= room:
+                part.append(seg)
+                filled += length
+                break
+            if seg[0] == "bytes":
+                head, seg = ("bytes", seg[1][:room]), ("bytes", seg[1][room:])
+            else:
+                head, seg = ("copy", seg[1], seg[1] + room), ("copy", seg[1] + room, seg[2])
+            part.append(head)
+            yield part
+            part, filled = [], 0
+        if filled == part_size:
+            yield part
+            part, filled = [], 0
+    if part:
+        yield part
