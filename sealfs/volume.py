@@ -641,14 +641,18 @@ class _ContentWriter:
         lay = self.layout
         n = lay.block_count(self.size)
         base_n = self.base.block_count() if self.base is not None else 0
-        # A base block is reusable as ciphertext when it is full and not
-        # last in both versions: then its bytes and associated data agree.
-        reusable_stop = min(n - 1, base_n - 1) if self.base is not None else 0
+        # A base block is reusable as ciphertext when its length and its
+        # last-block flag are the same in both versions: then its bytes and
+        # associated data agree.  That is every block below the last of
+        # either version, and the last block too when the size is unchanged.
+        reusable_stop = 0
+        if self.base is not None:
+            same_size = self.base.size == self.size
+            reusable_stop = n if same_size else min(n - 1, base_n - 1)
         for i in range(n):
             plain = self.dirty_block(i)
             if plain is None and i < reusable_stop:
-                start = lay.block_offset(i)
-                yield ("copy", start, start + lay.sealed_block_size)
+                yield ("copy", *lay.sealed_range(i, i + 1, self.size))
                 continue
             if plain is None:
                 want = lay.plain_block_len(i, self.size)

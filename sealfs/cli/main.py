@@ -199,7 +199,7 @@ def _daemon_alive(mountpoint: str) -> bool:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(b"sealfs") for a in argv[:2]) and os.fsencode(mountpoint) in argv:
+        if any(a.endswith(b"sealfs") or a == b"sealfs.cli.main" for a in argv[:3]) and os.fsencode(mountpoint) in argv:
             return True
     return False
 

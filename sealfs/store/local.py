@@ -194,7 +194,7 @@ class LocalStore(Store):
                 break
             if info is None:
                 page.prefixes.append(name)
-                resume_after = name + _AFTER
+                resume_after = name
             else:
                 page.objects.append(info)
                 resume_after = name
@@ -242,16 +242,17 @@ class LocalStore(Store):
 
     def delete_many(self, keys: list[str]) -> None:
         paths = [self._object_path(key) for key in keys]
-        touched: set[str] = set()
-        with self._os_errors("delete objects"), self._locked(exclusive=True):
-            for path in paths:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    continue
-                touched.add(self._prune(os.path.dirname(path)))
+        emptied: set[str] = set()
         with self._os_errors("delete objects"):
-            for directory in touched:
+            with self._locked(exclusive=True):
+                for path in paths:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        continue
+                    emptied.add(os.path.dirname(path))
+                remaining = {self._prune(directory) for directory in emptied}
+            for directory in remaining:
                 _fsync_dir(directory)
 
     # -- multipart ---------------------------------------------------------
@@ -570,8 +571,10 @@ class LocalStore(Store):
         while directory != self._objects:
             try:
                 os.rmdir(directory)
+            except FileNotFoundError:
+                pass  # pruned already, by an earlier key of the same batch
             except OSError:
-                break
+                break  # not empty
             directory = os.path.dirname(directory)
         return directory
 
@@ -691,7 +694,13 @@ def _opened(path: str) -> Iterator[int]:
 
 
 def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """Make the entries of directory ``path`` durable.  A directory removed
+    meanwhile (by a delete that emptied it) needs nothing: its removal is
+    made durable by whoever removed it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
     try:
         os.fsync(fd)
     finally:
