@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 
 import pyfuse3
 import trio
@@ -21,6 +22,25 @@ from .errors import FsError, IntegrityError, SealfsError, StoreError
 from .fs.core import Attr, Ctx, Filesystem
 
 log = logging.getLogger(__name__)
+
+
+class _QuietLateReplies(logging.Filter):
+    """pyfuse3 logs an ERROR whenever the kernel refuses a reply.  With
+    ENOENT that only means nobody waits for it any more: the request was
+    interrupted (the caller got a signal) or the connection is gone (an
+    unmount while a release was still uploading; the upload completes, and
+    the daemon syncs everything before it exits).  Nothing is lost, so it
+    is said at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno == logging.ERROR and "fuse_reply_* failed" in str(record.msg)
+                and record.args and record.args[-1] == os.strerror(errno.ENOENT)):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_QUIET_LATE_REPLIES = _QuietLateReplies()
 
 
 class SealfsOps(pyfuse3.Operations):
@@ -33,6 +53,7 @@ class SealfsOps(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.limiter = trio.CapacityLimiter(threads)
+        logging.getLogger("pyfuse3").addFilter(_QUIET_LATE_REPLIES)
 
     # -- plumbing ----------------------------------------------------------------------
 

@@ -545,13 +545,15 @@ def test_block_from_another_file_is_detected(dek, file_id, index):
 
 def test_known_limit_block_of_an_older_version_of_the_same_file_is_accepted():
     """FORMAT.md, 'Known limits': a partial rewrite keeps DEK and file id, so
-    a full, non-last block of an older version still authenticates.  If the
-    format ever closes this, this test fails and the document must change."""
-    newer = bytearray(DATA_A)
-    newer[:BS] = os.urandom(BS)
-    new_obj = write_object(KEK1, 1, FILE_ID_A, DEK_A, bytes(newer))
-    spliced = new_obj[:HEADER_SIZE] + blocks_of(OBJ_A)[0] + b"".join(blocks_of(new_obj)[1:])
-    assert read_object(spliced, KEYS) == DATA_A[:BS] + bytes(newer[BS:])
+    a block of an older version with the same length and last flag still
+    authenticates (a full middle block; the last block when the size did not
+    change).  If the format ever closes this, this test fails and the
+    document must change."""
+    newer = os.urandom(len(DATA_A))
+    new_blocks = blocks_of(write_object(KEK1, 1, FILE_ID_A, DEK_A, newer))
+    old_blocks = blocks_of(OBJ_A)
+    spliced = OBJ_A[:HEADER_SIZE] + old_blocks[0] + new_blocks[1] + old_blocks[2]
+    assert read_object(spliced, KEYS) == DATA_A[:BS] + newer[BS : 2 * BS] + DATA_A[2 * BS :]
 
 
 @pytest.mark.parametrize("data", [DATA_A, DATA_A[: 3 * BS], b""], ids=["short last", "full last", "empty"])
@@ -568,9 +570,11 @@ def test_appending_a_block_is_detected(data):
     obj = write_object(KEK1, 1, FILE_ID_A, DEK_A, data)
     cipher = FileCipher(DEK_A, FILE_ID_A, Layout(BS))
     n = Layout(BS).block_count(len(data))
-    appended = [*blocks_of(obj),  # a copy of each existing block
-                cipher.seal_block(n, True, b"x" * BS), cipher.seal_block(n, True, b"x"), cipher.seal_block(n, True, b""),
-                cipher.seal_block(n, False, b"x" * BS)]  # or new blocks sealed by someone holding the DEK
+    copies = blocks_of(obj)
+    # new blocks sealed by someone holding the DEK, claiming to be last or not
+    sealed_anew = [cipher.seal_block(n, True, b"x" * BS), cipher.seal_block(n, True, b"x"),
+                   cipher.seal_block(n, True, b""), cipher.seal_block(n, False, b"x" * BS)]
+    appended = copies + sealed_anew
     for extra in appended:
         with pytest.raises(IntegrityError):
             read_object(obj + extra, KEYS)

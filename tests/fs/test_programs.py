@@ -209,9 +209,12 @@ def test_tar_round_trip(mounted, tmp_path):
     back.mkdir()
     run(tar, "-xpf", out_archive, "-C", back)
     assert snapshot(back) == want
-    listing = [line.split(None, 5) for line in run(tar, "-tvf", out_archive).splitlines()]
-    assert [(f[0], f[-1]) for f in listing] == [(f[0], f[-1]) for f in
-                                                (line.split(None, 5) for line in run(tar, "-tvf", archive).splitlines())]
+
+    def listing(archive: Path) -> list[tuple[str, str]]:
+        """(mode string, name) of each member, as tar -tv shows them."""
+        return sorted((f[0], f[-1]) for f in (line.split(None, 5) for line in run(tar, "-tvf", archive).splitlines()))
+
+    assert listing(out_archive) == listing(archive)
 
 
 @pytest.mark.parametrize("tool", ["rsync", "cp"])
