@@ -194,7 +194,7 @@ class LocalStore(Store):
                 break
             if info is None:
                 page.prefixes.append(name)
-                resume_after = name
+                resume_after = name + _AFTER
             else:
                 page.objects.append(info)
                 resume_after = name
@@ -524,12 +524,13 @@ class LocalStore(Store):
                     raise PreconditionFailed(f"object {key} already exists in {self.url}")
                 if if_match is not None and current != if_match:
                     raise PreconditionFailed(f"object {key} in {self.url} has changed (or is gone)")
-            if retire is not None:
-                retired = self._retire(*retire)
-                if retired is None:
-                    raise NotFound(f"no multipart upload {retire[1]} for {key} in {self.url}")
+            if retire is not None and not os.path.isdir(retire[0]):
+                # Aborted or completed meanwhile (both take the lock exclusively).
+                raise NotFound(f"no multipart upload {retire[1]} for {key} in {self.url}")
             created = self._makedirs(os.path.dirname(path))
             os.replace(tmp, path)
+            if retire is not None:
+                retired = self._retire(*retire)
         for directory in created + [os.path.dirname(path)]:
             _fsync_dir(directory)
         return retired
