@@ -584,27 +584,53 @@ def test_local_copy_without_copy_file_range(local: LocalStore, monkeypatch: pyte
     assert local.get("dst") == data
 
 
-def test_local_delete_does_not_break_a_concurrent_put(local: LocalStore) -> None:
-    """Deletes prune emptied directories; a put that just made one of
-    them must still land."""
-    rounds = 200
+def _lock_state(root: str) -> str:
+    """How the store's lock is held right now, probed without waiting."""
+    fd = os.open(os.path.join(root, "lock"), os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            return "unlocked"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "exclusive"
+        return "shared"
+    finally:
+        os.close(fd)
 
-    def writer() -> None:
-        for i in range(rounds):
-            local.put(f"deep/dir/w{i}", b"x")
 
-    def deleter() -> None:
-        for i in range(rounds):
-            local.delete(f"deep/dir/w{i}")
-            local.delete(f"deep/dir/w{i - 1}")
+def test_local_directory_changes_hold_the_lock(local: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put makes missing directories and renames its file into them with
+    the lock held (shared); a delete removes emptied directories with it
+    held exclusively.  So a delete in another process can never remove a
+    directory between a put's mkdir and its rename."""
+    objects = os.path.join(local.root, "objects")
+    seen = []
 
-    with ThreadPoolExecutor(2) as pool:
-        for future in [pool.submit(writer), pool.submit(deleter)]:
-            future.result()
-    remaining = keys_of(local.list("deep/"))
-    for key in remaining:
-        local.delete(key)
-    assert list((Path(local.root) / "objects").iterdir()) == []
+    def spy(name: str, real):
+        def call(*paths, **kwargs):
+            if any(os.fspath(p).startswith(objects) for p in paths):
+                seen.append((name, _lock_state(local.root)))
+            return real(*paths, **kwargs)
+
+        return call
+
+    for name in ("mkdir", "replace", "rmdir", "unlink"):
+        monkeypatch.setattr(os, name, spy(name, getattr(os, name)))
+    local.put("a/b/c", b"x")
+    local.delete("a/b/c")
+    assert seen == [
+        ("mkdir", "shared"),
+        ("mkdir", "shared"),
+        ("replace", "shared"),
+        ("unlink", "exclusive"),
+        ("rmdir", "exclusive"),
+        ("rmdir", "exclusive"),
+    ]
 
 
 def test_local_conditional_writes_check_under_the_exclusive_lock(
