@@ -60,9 +60,8 @@ os.environ.update(
     }
 )
 # Loopback traffic must not go through a proxy.
-os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(
-    filter(None, [os.environ.get("NO_PROXY", ""), "127.0.0.1", "localhost"])
-)
+for _name in ("NO_PROXY", "no_proxy"):
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1", "localhost"]))
 
 # -- moto server ---------------------------------------------------------------
 

@@ -815,6 +815,7 @@ def test_s3_get_retries_a_body_that_breaks_off(
     moto_server: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = _s3(s3_bucket, moto_server)
+    store.body_read_backoff = 0.001
     store.put("k", b"0123456789")
     calls = _break_bodies(store, monkeypatch, broken=2)
     assert store.get("k", 2, 5) == b"234"

@@ -108,8 +108,10 @@ class S3Store(Store):
     copy_part_size = 512 * 1024 * 1024
     #: Parts of such a copy that run at once.
     copy_threads = 4
-    #: Attempts to read a GET's body that keeps breaking off.
+    #: Attempts to read a GET's body that keeps breaking off, and the base
+    #: of the (jittered, doubling) delay between them, in seconds.
     body_read_attempts = 4
+    body_read_backoff = 0.1
 
     def __init__(
         self,
@@ -400,7 +402,7 @@ class S3Store(Store):
                     ) from e
             finally:
                 body.close()
-            time.sleep(random.uniform(0, 0.1 * 2**attempt))
+            time.sleep(random.uniform(0, self.body_read_backoff * 2**attempt))
             attempt += 1
 
     def _upload_part_copy(
