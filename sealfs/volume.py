@@ -16,7 +16,7 @@ Store layout (docs/FORMAT.md):
 
 Every entry object carries user metadata ``m`` (sealed entry metadata bound
 to the object's key) and, for long names, ``n`` (the name ciphertext).
-The root directory's own metadata lives in the entry ``r`` (key ``root``).
+The root directory's own metadata lives in the entry object ``root``.
 
 All methods are blocking and thread-safe; callers that must not block (the
 FUSE adapter) run them in worker threads.

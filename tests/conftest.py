@@ -20,9 +20,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -104,7 +104,9 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if proc.poll() is not None:
                 pytest.fail(f"moto server exited with {proc.returncode}:\n{log_path.read_text()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"moto server did not answer within {MOTO_START_TIMEOUT} s:\n{log_path.read_text()}")
+                pytest.fail(
+                    f"moto server did not answer within {MOTO_START_TIMEOUT} s:\n{log_path.read_text()}"
+                )
             time.sleep(0.05)
         yield url
     finally:

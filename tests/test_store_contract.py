@@ -24,7 +24,13 @@ import pytest
 from botocore.exceptions import ResponseStreamingError
 from botocore.stub import Stubber
 
-from sealfs.errors import NotFound, PreconditionFailed, StoreError, StoreUnavailable, UsageError
+from sealfs.errors import (
+    NotFound,
+    PreconditionFailed,
+    StoreError,
+    StoreUnavailable,
+    UsageError,
+)
 from sealfs.store import Store, open_store
 from sealfs.store.base import MAX_METADATA_BYTES
 from sealfs.store.local import HEADER_SIZE, LocalStore
@@ -56,8 +62,19 @@ def test_put_then_get_returns_the_bytes(store: Store) -> None:
 
 @pytest.mark.parametrize(
     "start, end",
-    [(0, None), (10, 20), (100, None), (0, 1), (5, 5), (4095, 4097), (9999, 10_100), (10_000, None),
-     (10_000, 10_010), (10_005, None), (0, 50_000)],
+    [
+        (0, None),
+        (10, 20),
+        (100, None),
+        (0, 1),
+        (5, 5),
+        (4095, 4097),
+        (9999, 10_100),
+        (10_000, None),
+        (10_000, 10_010),
+        (10_005, None),
+        (0, 50_000),
+    ],
 )
 def test_ranged_get_is_clipped_to_the_object(store: Store, start: int, end: int | None) -> None:
     data = bytes(range(256)) * 39 + bytes(16)  # 10_000 bytes
@@ -361,7 +378,9 @@ def test_metadata_s3_would_mangle_is_refused(store: Store, metadata: dict[str, s
         store.put("k", b"x", metadata)
 
 
-@pytest.mark.parametrize("key", ["../x", "a/../b", "a//b", "/a", "a/", "", ".", "a/./b", "a b", "a~", "x" * 255, "\u00e9"])
+@pytest.mark.parametrize(
+    "key", ["../x", "a/../b", "a//b", "/a", "a/", "", ".", "a/./b", "a b", "a~", "x" * 255, "\u00e9"]
+)
 def test_bad_keys_are_refused(store: Store, key: str) -> None:
     with pytest.raises(ValueError):
         store.put(key, b"x")
@@ -464,7 +483,9 @@ def test_complete_with_if_match(store: Store) -> None:
     assert store.get("k") == b"new"
 
 
-@pytest.mark.parametrize("parts", [[], [(2, "a"), (1, "b")], [(1, "a"), (1, "a")], [(0, "a")], [(10001, "a")]])
+@pytest.mark.parametrize(
+    "parts", [[], [(2, "a"), (1, "b")], [(1, "a"), (1, "a")], [(0, "a")], [(10001, "a")]]
+)
 def test_bad_part_lists_are_refused(store: Store, parts: list[tuple[int, str]]) -> None:
     upload_id = store.create_multipart("k")
     with pytest.raises(ValueError):
@@ -680,7 +701,9 @@ else:
 
 
 def test_local_conditional_create_across_processes(local: LocalStore) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CREATE_ONCE, local.root, f"process {i}"],
@@ -768,7 +791,9 @@ def test_s3_error_mapping(
 ) -> None:
     store = _s3(s3_bucket, moto_server)
     with Stubber(store._client) as stub:
-        stub.add_client_error("put_object", service_error_code=code, service_message="a\nmessage", http_status_code=status)
+        stub.add_client_error(
+            "put_object", service_error_code=code, service_message="a\nmessage", http_status_code=status
+        )
         with pytest.raises(StoreError) as exc:
             store.put("k", b"x")
     assert type(exc.value) is error
@@ -848,7 +873,9 @@ def test_open_store_local(tmp_path: Path) -> None:
 
 def test_open_store_s3(moto_server: str, s3_bucket: str) -> None:
     for flag in ["", "1", "true", "YES"]:
-        store = open_store(f"s3://{s3_bucket}/some/prefix/", {"endpoint": moto_server, "path_style": flag, "keyfile": "x"})
+        store = open_store(
+            f"s3://{s3_bucket}/some/prefix/", {"endpoint": moto_server, "path_style": flag, "keyfile": "x"}
+        )
         assert isinstance(store, S3Store) and store.url == f"s3://{s3_bucket}/some/prefix"
         store.put("k", b"x")
         store.check()
@@ -859,7 +886,8 @@ def test_open_store_s3(moto_server: str, s3_bucket: str) -> None:
     "url, options, words",
     [
         ("file://relative/path", {}, "absolute path"),
-        ("file:relative", {}, "unsupported store URL"),
+        ("file:relative", {}, "absolute path"),
+        ("s3:bucket", {}, "invalid S3 bucket name"),
         ("/plain/path", {}, "unsupported store URL"),
         ("gs://bucket", {}, "use file:///path or s3://bucket[/prefix]"),
         ("s3://key:secret@bucket", {}, "must not contain credentials"),

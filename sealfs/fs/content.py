@@ -23,6 +23,10 @@ from .spool import Spool
 
 #: Readahead starts at one block and doubles on sequential reads up to this.
 MAX_READAHEAD_BYTES = 8 * 1024 * 1024
+#: A read starting this close to where the previous one ended still counts
+#: as sequential: the kernel sends readahead requests in parallel, and they
+#: reach us in any order.
+SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
 
 
 class FileContent:
@@ -83,6 +87,9 @@ class FileContent:
 
     def _fetch(self, index: int) -> None:
         stop = min(self._valid_base, max(index + self._window, self._read_stop))
+        import os as _o
+        if _o.environ.get("SEALFS_PROBE"):
+            open(_o.environ["SEALFS_PROBE"], "a").write(f"fetch {index} {stop} w={self._window}\n")
         for i, data in enumerate(self.base.read_blocks(index, stop), start=index):
             self.cache.put((self.base.entry.id, self.base.etag, i), data)
 
@@ -102,11 +109,14 @@ class FileContent:
             return b""
         bs = self.block_size
         first, stop = offset // bs, -(-end // bs)
-        if first == self._next_block:
+        slack = max(1, SEQUENTIAL_SLACK_BYTES // bs)
+        if self._next_block >= 0 and abs(first - self._next_block) <= slack:
             self._window = min(self._window * 2, max(1, MAX_READAHEAD_BYTES // bs))
+            self._next_block = max(self._next_block, stop)
         else:
             self._window = 1
-        self._next_block, self._read_stop = stop, stop
+            self._next_block = stop
+        self._read_stop = stop
         data = b"".join(self.block(i) for i in range(first, stop))
         return data[offset - first * bs : end - first * bs]
 

@@ -143,7 +143,17 @@ class Keyring:
 # -- slot key derivation ------------------------------------------------------------
 
 
+#: Bounds on Argon2id parameters read from a config: they are used before
+#: the config's MAC can be checked, so a tampered config must not be able to
+#: make unlocking exhaust memory or time.
+ARGON2_LIMITS = {"iterations": 64, "memory_kib": 4 * 1024 * 1024, "lanes": 64}
+
+
 def _argon2(secret: bytes, kdf: dict) -> bytes:
+    for name, limit in ARGON2_LIMITS.items():
+        value = kdf.get(name) if isinstance(kdf, dict) else None
+        if type(value) is not int or not 1 <= value <= limit:
+            raise ConfigError(f"volume config: passphrase slot parameter {name} must be an integer from 1 to {limit}")
     try:
         salt = _unb64(kdf["salt"], "passphrase salt")
         raw = Argon2id(
@@ -239,20 +249,31 @@ class VolumeConfig:
             raise ConfigError("volume config is not valid JSON (damaged, or not a sealfs store)") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ConfigError("not a sealfs volume config")
-        if doc.get("version") != VERSION:
-            raise ConfigError(f"volume config version {doc.get('version')!r} is not supported by this sealfs")
-        extra = set(doc) - _TOP_FIELDS
-        if extra or set(doc) != _TOP_FIELDS:
-            raise ConfigError(f"volume config has unexpected or missing fields: {sorted(extra ^ (_TOP_FIELDS - set(doc)))}")
+        version = doc.get("version")
+        if type(version) is not int or version != VERSION:
+            raise ConfigError(f"volume config version {version!r} is not supported by this sealfs")
+        if set(doc) != _TOP_FIELDS:
+            odd = sorted(set(doc) ^ _TOP_FIELDS)
+            raise ConfigError(f"volume config has unexpected or missing fields: {odd}")
+        # Exact types only: the MAC is checked later, over these very values,
+        # so nothing may be normalised (or crash) before it.
+        volume_hex, block_size, created = doc["volume_id"], doc["block_size"], doc["created"]
+        if not (isinstance(volume_hex, str) and len(volume_hex) == 32 and all(c in "0123456789abcdef" for c in volume_hex)):
+            raise ConfigError("volume config: volume_id must be 32 lowercase hex digits")
+        if type(block_size) is not int or type(created) is not int:
+            raise ConfigError("volume config: block_size and created must be integers")
         try:
-            volume_id = bytes.fromhex(doc["volume_id"])
-            block_size = check_block_size(int(doc["block_size"]))
-        except (TypeError, ValueError) as exc:
+            check_block_size(block_size)
+        except ValueError as exc:
             raise ConfigError(f"volume config: {exc}") from None
-        slots = doc["slots"]
-        if len(volume_id) != 16 or not isinstance(slots, list) or not all(isinstance(s, dict) for s in slots):
-            raise ConfigError("volume config: malformed volume id or slots")
-        return cls(volume_id, block_size, int(doc["created"]), doc["keyring"], slots, doc["mac"])
+        slots, mac, keyring = doc["slots"], doc["mac"], doc["keyring"]
+        if not isinstance(slots, list) or not all(
+            isinstance(s, dict) and type(s.get("id")) is int and isinstance(s.get("type"), str) for s in slots
+        ):
+            raise ConfigError("volume config: malformed key slots")
+        if not (isinstance(mac, str) and mac.isascii() and isinstance(keyring, str)):
+            raise ConfigError("volume config: malformed mac or keyring")
+        return cls(bytes.fromhex(volume_hex), block_size, created, keyring, slots, mac)
 
     # -- unlocking ---------------------------------------------------------
 

@@ -43,17 +43,20 @@ def open_store(url: str, options: dict[str, str] | None = None, *, create: bool 
     cannot be used raises StoreError.
     """
     options = options or {}
-    scheme, sep, _rest = url.partition("://")
-    if not sep or scheme.lower() not in ("file", "s3"):
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise UsageError(f"malformed store URL: {_URL_FORMS}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("file", "s3"):
         # Only the scheme is echoed: the rest could hold credentials.
-        shown = f"scheme {scheme!r}" if sep else "without a scheme"
+        shown = f"scheme {scheme!r}" if scheme else "without a scheme"
         raise UsageError(f"unsupported store URL ({shown}): {_URL_FORMS}")
-    parts = urlsplit(url)
     if parts.query or parts.fragment:
         raise UsageError(f"a store URL takes no '?' or '#' part: {_URL_FORMS}")
     if "@" in parts.netloc:
         raise UsageError("a store URL must not contain credentials: the AWS credential chain provides them")
-    if scheme.lower() == "file":
+    if scheme == "file":
         return _open_local(parts.netloc, unquote(parts.path), options, create)
     return _open_s3(parts.netloc, parts.path, options)
 

@@ -30,8 +30,8 @@ The contract, for every backend:
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 MAX_METADATA_BYTES = 2048
 #: Smallest part S3 accepts for any but the last part of a multipart upload.

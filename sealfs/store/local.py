@@ -61,7 +61,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import NotFound, PreconditionFailed, StoreError
 from .base import (
@@ -298,7 +298,9 @@ class LocalStore(Store):
             self._read_header(src_fd, src)
             size = os.fstat(src_fd).st_size - HEADER_SIZE
             if end > size:
-                raise StoreError(f"range [{start}, {end}) is past the end of {src} ({size} bytes) in {self.url}")
+                raise StoreError(
+                    f"range [{start}, {end}) is past the end of {src} ({size} bytes) in {self.url}"
+                )
             self._write_all(fd, key, self._header(etag, {}), 0)
             self._copy_range(src_fd, HEADER_SIZE + start, fd, HEADER_SIZE, end - start, src)
             self._install_part(tmp, upload_dir, part_number, key, upload_id)
@@ -325,7 +327,9 @@ class LocalStore(Store):
                 try:
                     fd = stack.enter_context(_opened(part_path))
                 except FileNotFoundError:
-                    raise StoreError(f"part {number} of the upload of {key} in {self.url} was not uploaded") from None
+                    raise StoreError(
+                        f"part {number} of the upload of {key} in {self.url} was not uploaded"
+                    ) from None
                 if self._read_header(fd, key)[0] != part_etag:
                     raise StoreError(
                         f"part {number} of the upload of {key} in {self.url} has changed (etag mismatch)"
@@ -603,7 +607,9 @@ class LocalStore(Store):
                 for entry in it:
                     if entry.name.endswith(_DIR_SUFFIX):
                         if entry.is_dir(follow_symlinks=False):
-                            entries.append((key_base + entry.name[: -len(_DIR_SUFFIX)] + "/", True, entry.path))
+                            entries.append(
+                                (key_base + entry.name[: -len(_DIR_SUFFIX)] + "/", True, entry.path)
+                            )
                     elif entry.is_file(follow_symlinks=False):
                         entries.append((key_base + entry.name, False, entry.path))
         except FileNotFoundError:
@@ -706,4 +712,3 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-

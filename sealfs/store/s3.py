@@ -31,8 +31,9 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import boto3
 import botocore.exceptions as bce
@@ -194,7 +195,11 @@ class S3Store(Store):
             raise ValueError(f"max_keys must be at least 1, not {max_keys}")
         if delimiter == "":
             raise ValueError("the delimiter must not be empty")
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._prefix + prefix, "MaxKeys": min(max_keys, 1000)}
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self._prefix + prefix,
+            "MaxKeys": min(max_keys, 1000),
+        }
         if delimiter is not None:
             args["Delimiter"] = delimiter
         if token is not None:
@@ -229,7 +234,9 @@ class S3Store(Store):
         args |= self._conditions(if_match, if_none_match)
         if len(data) > self.max_put_size:
             raise ValueError(f"{len(data)} bytes exceed the single-put limit of {self.max_put_size}")
-        response = self._call("write", key, self._client.put_object, Body=_body(data), conditional=if_match is not None, **args)
+        response = self._call(
+            "write", key, self._client.put_object, Body=_body(data), conditional=if_match is not None, **args
+        )
         return _unquote(response["ETag"])
 
     def copy(self, src: str, dst: str, metadata: dict[str, str]) -> str:
@@ -273,7 +280,7 @@ class S3Store(Store):
                 first = errors[0]
                 raise StoreError(
                     f"S3 did not delete {len(errors)} of {len(batch)} objects in {self.url} "
-                    f"(first: {first['Key'][len(self._prefix):]}: {first.get('Code', '?')})"
+                    f"(first: {first['Key'][len(self._prefix) :]}: {first.get('Code', '?')})"
                 )
 
     # -- multipart ---------------------------------------------------------
@@ -348,7 +355,9 @@ class S3Store(Store):
         uploads = []
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._prefix + prefix}
         while True:
-            response = self._call("multipart listing", prefix or None, self._client.list_multipart_uploads, **args)
+            response = self._call(
+                "multipart listing", prefix or None, self._client.list_multipart_uploads, **args
+            )
             uploads += [
                 Upload(u["Key"][len(self._prefix) :], u["UploadId"], u["Initiated"].timestamp())
                 for u in response.get("Uploads", [])
@@ -390,7 +399,9 @@ class S3Store(Store):
         full_key = self._key(key)
         attempt = 1
         while True:
-            response = self._call("read", key, self._client.get_object, Bucket=self.bucket, Key=full_key, **args)
+            response = self._call(
+                "read", key, self._client.get_object, Bucket=self.bucket, Key=full_key, **args
+            )
             body = response["Body"]
             try:
                 return body.read(), response
@@ -437,7 +448,9 @@ class S3Store(Store):
             with ThreadPoolExecutor(max_workers=min(self.copy_threads, len(ranges))) as pool:
                 etags = list(
                     pool.map(
-                        lambda i: self._upload_part_copy(dst, upload_id, i + 1, source.key, *ranges[i], source.etag),
+                        lambda i: self._upload_part_copy(
+                            dst, upload_id, i + 1, source.key, *ranges[i], source.etag
+                        ),
                         range(len(ranges)),
                     )
                 )
