@@ -118,7 +118,7 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def moto_s3(moto_server: str) -> Iterator[object]:
     """A plain boto3 S3 client of the moto server, for tests that look
     behind a store's back."""

@@ -31,7 +31,9 @@ PAGES = [SEALFS_1, MOUNT_SEALFS_8]
 README = ROOT / "README.md"
 FSTAB_TYPES = ("fuse.sealfs", "sealfs")
 
-needs_groff = pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed (apt-get install groff-base)")
+needs_groff = pytest.mark.skipif(
+    shutil.which("groff") is None, reason="groff is not installed (apt-get install groff-base)"
+)
 
 
 # -- rendering ----------------------------------------------------------------
@@ -188,7 +190,7 @@ def shared_unlocking_options() -> set[str]:
 @needs_groff
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_renders_without_warnings(page):
-    out = subprocess.run(["groff", "-man", "-ww", "-z", str(page)], capture_output=True, text=True,
+    out = subprocess.run(["groff", "-man", "-ww", "-z", str(page)], check=False, capture_output=True, text=True,
                          env={**os.environ, "LC_ALL": "C"})
     assert out.returncode == 0
     assert out.stdout + out.stderr == "", f"groff warnings for {page.name}:\n{out.stderr}"
@@ -197,7 +199,7 @@ def test_page_renders_without_warnings(page):
 @pytest.mark.skipif(shutil.which("man") is None, reason="man-db is not installed")
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_man_renders_the_page(page):
-    out = subprocess.run(["man", "-l", str(page)], capture_output=True, text=True,
+    out = subprocess.run(["man", "-l", str(page)], check=False, capture_output=True, text=True,
                          env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"})
     assert out.returncode == 0, out.stderr
     assert "NAME" in out.stdout and "SEE ALSO" in out.stdout

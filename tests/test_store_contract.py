@@ -40,11 +40,6 @@ MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
 
 
-def blob(n: int, seed: int = 0) -> bytes:
-    """``n`` pseudo-random bytes, different for each seed."""
-    return (seed.to_bytes(4, "big") + os.urandom(16)) * (n // 20) + os.urandom(n % 20)
-
-
 def keys_of(page) -> list[str]:
     return [o.key for o in page.objects]
 
@@ -53,7 +48,7 @@ def keys_of(page) -> list[str]:
 
 
 def test_put_then_get_returns_the_bytes(store: Store) -> None:
-    data = blob(10_000)
+    data = os.urandom(10_000)
     etag = store.put("a/b/obj", data)
     assert isinstance(etag, str) and etag and '"' not in etag
     assert store.get("a/b/obj") == data
@@ -99,7 +94,7 @@ def test_empty_object(store: Store) -> None:
 
 
 def test_get_object_returns_data_and_info(store: Store) -> None:
-    data = blob(3000)
+    data = os.urandom(3000)
     etag = store.put("k", data, {"mode": "100644"})
     got, info = store.get_object("k")
     assert got == data
@@ -234,7 +229,7 @@ def test_listed_etag_works_with_if_match(store: Store) -> None:
 
 
 def test_copy_to_a_new_key_replaces_metadata(store: Store) -> None:
-    data = blob(5000)
+    data = os.urandom(5000)
     store.put("src", data, {"mode": "1"})
     etag = store.copy("src", "dir/dst", {"mode": "2", "uid": "0"})
     info = store.head("dir/dst")
@@ -244,7 +239,7 @@ def test_copy_to_a_new_key_replaces_metadata(store: Store) -> None:
 
 
 def test_copy_in_place_replaces_metadata(store: Store) -> None:
-    data = blob(5000)
+    data = os.urandom(5000)
     store.put("k", data, {"mode": "1"})
     etag = store.copy("k", "k", {"mode": "2"})
     info = store.head("k")
@@ -253,7 +248,7 @@ def test_copy_in_place_replaces_metadata(store: Store) -> None:
 
 
 def test_copy_above_max_put_size_goes_in_parts(store: Store) -> None:
-    data = blob(11 * MiB)
+    data = os.urandom(11 * MiB)
     store.put("big", data, {"v": "1"})
     store.max_put_size = 1 * MiB
     if isinstance(store, S3Store):
@@ -401,9 +396,9 @@ def test_longest_segment_and_key_are_accepted(store: Store) -> None:
 
 def test_multipart_upload_assembles_parts_in_order(store: Store) -> None:
     size = store.min_part_size
-    src = blob(size + 1000, seed=1)
+    src = os.urandom(size + 1000)
     store.put("src", src)
-    p1, tail = blob(size, seed=2), blob(777, seed=3)
+    p1, tail = os.urandom(size), os.urandom(777)
     upload_id = store.create_multipart("mp/obj", {"mode": "1"})
     assert [(u.key, u.upload_id) for u in store.list_multipart_uploads()] == [("mp/obj", upload_id)]
     # Uploaded out of order: the part numbers give the order.
@@ -544,6 +539,20 @@ def test_local_store_is_private_and_laid_out(local: LocalStore) -> None:
     assert list((root / "objects").iterdir()) == []  # emptied directories pruned
 
 
+def test_local_metadata_with_more_items_than_s3_allows_is_refused(local: LocalStore) -> None:
+    """Within 2 KB but over a thousand items: S3 refuses that too (its 8 KB
+    limit on request headers), and it would not fit a local header."""
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789-"
+    names = list(chars) + [a + b for a in chars for b in chars]
+    metadata = dict.fromkeys(names[:1040], "")
+    assert sum(map(len, metadata)) <= MAX_METADATA_BYTES
+    with pytest.raises(ValueError, match="does not fit"):
+        local.put("k", b"x", metadata)
+    with pytest.raises(ValueError, match="does not fit"):
+        local.create_multipart("k", metadata)
+    assert local.list_multipart_uploads() == []
+
+
 def test_local_damaged_object_is_a_store_error(local: LocalStore) -> None:
     local.put("k", b"data")
     (Path(local.root) / "objects" / "k").write_bytes(b"garbage")
@@ -599,7 +608,7 @@ def test_local_copy_without_copy_file_range(local: LocalStore, monkeypatch: pyte
         raise OSError(errno.EXDEV, "not here")
 
     monkeypatch.setattr(os, "copy_file_range", unsupported)
-    data = blob(200_000)
+    data = os.urandom(200_000)
     local.put("src", data)
     local.copy("src", "dst", {})
     assert local.get("dst") == data

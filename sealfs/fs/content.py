@@ -87,9 +87,6 @@ class FileContent:
 
     def _fetch(self, index: int) -> None:
         stop = min(self._valid_base, max(index + self._window, self._read_stop))
-        import os as _o
-        if _o.environ.get("SEALFS_PROBE"):
-            open(_o.environ["SEALFS_PROBE"], "a").write(f"fetch {index} {stop} w={self._window}\n")
         for i, data in enumerate(self.base.read_blocks(index, stop), start=index):
             self.cache.put((self.base.entry.id, self.base.etag, i), data)
 

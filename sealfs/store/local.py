@@ -30,15 +30,20 @@ the objects under ``a/`` (directory ``a~``) coexist as they do on S3.
 Concurrency.  Readers take no lock: an object file is only ever replaced by
 ``rename(2)``, so an open file is one complete version.  Writers build the
 new file in ``tmp/`` without a lock and then, holding ``lock``, rename it
-into place: a *shared* lock for unconditional writes (they do not need to
-exclude each other) and an *exclusive* lock for everything that must check
-and act atomically -- conditional puts and completes (check the current
-etag, then rename), deletes (unlink, then remove directories left empty,
-which must not race a writer that has just created one), and ending a
-multipart upload.  ``flock`` locks belong to an open file description, so
-the lock file is opened anew for each acquisition and the lock excludes
-threads of one process as well as other processes.  A process that dies
-holding the lock releases it.
+into place: a *shared* lock for unconditional writes and an *exclusive*
+lock for everything that must check and act atomically -- conditional puts
+and completes (check the current etag, then rename), deletes (unlink, then
+remove directories left empty, which must not race a writer that has just
+created one), and ending a multipart upload.  Unconditional writes need
+not exclude each other, but they must not land between a conditional
+write's check and its rename, where they would be lost without a trace:
+hence their shared lock.  ``flock`` locks belong to an open file
+description, so the lock file is opened anew for each acquisition and the
+lock excludes threads of one process as well as other processes.  A
+process that dies holding the lock releases it.
+
+Listing opens each listed object file for its etag (one open and one 4 KiB
+read per object); sizes come from ``fstat``.
 
 Durability: a new object's data and its directory entry are fsync'ed before
 the call returns, as is the removal of a deleted object.  Parts of an

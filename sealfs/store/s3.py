@@ -7,7 +7,8 @@ part of the store URL and never appear in messages.
 Retries.  botocore's "standard" retry mode retries, with exponential backoff
 and full jitter (base 50 ms, or 1 s for throttling; capped at 20 s):
 
-* HTTP 500, 502, 503 and 504, and 429 whatever the error code;
+* HTTP 500, 502, 503 and 504, and 429 unless its error code is a known,
+  non-retryable one;
 * the throttling codes (``SlowDown``, ``Throttling``, ``RequestLimitExceeded``
   and kin) and the transient ones (``RequestTimeout``,
   ``RequestTimeoutException``, ``PriorRequestNotComplete``);
@@ -21,9 +22,15 @@ not retried.  botocore does *not* retry a body that breaks off while it is
 being read (a reset connection, a short read, a read timeout mid-body):
 :meth:`S3Store._get` retries those itself.
 
+Etags are handed to callers without S3's quotes and sent back quoted, as
+HTTP's If-Match wants them.  A 409 ``ConditionalRequestConflict`` (a
+conditional write raced another) is a lost conditional write, like 412.
+
 Where moto (the test server) is more lenient than S3, the limits are
 enforced here: user metadata size (:func:`~sealfs.store.base.check_metadata`),
-part numbers 1..10000, part order.
+part numbers 1..10000, part order.  moto ignores ``If-Match`` on
+CompleteMultipartUpload and ``x-amz-copy-source-if-match`` on UploadPartCopy,
+so those two conditions are only exercised against real S3.
 """
 
 from __future__ import annotations
