@@ -12,7 +12,9 @@ policy (when one is configured).  A timer writes pending directory times.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import hashlib
 import logging
 import logging.handlers
 import os
@@ -43,6 +45,37 @@ class MountConfig:
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     fs_options: Options = field(default_factory=Options)
+
+
+def _pidfile(mountpoint: str) -> str:
+    """Where the daemon serving ``mountpoint`` records its pid, so that
+    ``sealfs umount`` can wait for it to finish uploading."""
+    base = "/run/sealfs" if os.geteuid() == 0 else os.path.join(
+        os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/sealfs-{os.geteuid()}", "sealfs")
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:32]
+    return os.path.join(base, f"{digest}.pid")
+
+
+def daemon_pid(mountpoint: str) -> int | None:
+    """The pid of the running daemon of ``mountpoint``, if any."""
+    try:
+        with open(_pidfile(mountpoint)) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if os.path.exists(f"/proc/{pid}") else None
+
+
+def _write_pidfile(mountpoint: str) -> str | None:
+    path = _pidfile(mountpoint)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return path
+    except OSError as exc:
+        log.warning("cannot write pid file %s: %s", path, exc)
+        return None
 
 
 def harden() -> None:
@@ -102,9 +135,9 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
         _report(ready_fd, msg)
         log.error(msg)
         return 8
+    pidfile = _write_pidfile(cfg.mountpoint)
     _report(ready_fd, "")
     log.info("mounted %s on %s", cfg.fsname, cfg.mountpoint)
-    unmount = True
     try:
         trio.run(_main, fs, pyfuse3)
     except BaseException:
@@ -114,9 +147,12 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
         try:
             fs.sync_all()
         finally:
-            pyfuse3.close(unmount=unmount)
+            pyfuse3.close(unmount=True)
             vol.close()
             log.info("unmounted %s", cfg.mountpoint)
+            if pidfile:
+                with contextlib.suppress(OSError):
+                    os.unlink(pidfile)
     return 0
 
 

@@ -22,7 +22,7 @@ import time
 from .. import __version__
 from ..errors import ExitCode, FsError, SealfsError, UsageError
 from ..keys import sources
-from ..keys.slots import ARGON2_DEFAULTS, DEFAULT_BLOCK_SIZE, Credential, KeyFile, KmsKey, Passphrase
+from ..keys.slots import ARGON2_DEFAULTS, ARGON2_LIMITS, DEFAULT_BLOCK_SIZE, Credential, KeyFile, KmsKey, Passphrase
 from . import options as optparse
 
 COMMANDS = ("init", "mount", "umount", "ls", "cat", "get", "put", "rm", "mkdir", "key", "rekey", "fsck", "policy")
@@ -102,15 +102,26 @@ def _mode_string(mode: int) -> str:
 # -- commands ------------------------------------------------------------------------------
 
 
+def _argon2(args) -> dict:
+    """Argon2id parameters for a new passphrase slot, within the bounds a
+    config may carry (ARGON2_LIMITS)."""
+    argon2 = dict(ARGON2_DEFAULTS)
+    for flag, name in (("argon2_memory", "memory_kib"), ("argon2_iterations", "iterations")):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        low = 8 if name == "memory_kib" else 1
+        if not low <= value <= ARGON2_LIMITS[name]:
+            raise UsageError(f"--{flag.replace('_', '-')} must be from {low} to {ARGON2_LIMITS[name]}")
+        argon2[name] = value
+    return argon2
+
+
 def cmd_init(args) -> int:
     from ..volume import Volume
 
     opts = _opts(args)
-    argon2 = dict(ARGON2_DEFAULTS)
-    if args.argon2_memory:
-        argon2["memory_kib"] = args.argon2_memory
-    if args.argon2_iterations:
-        argon2["iterations"] = args.argon2_iterations
+    argon2 = _argon2(args)
     if args.kms_key:
         cred: Credential = KmsKey(args.kms_key, opts.get("kms_region") or opts.get("region"), opts.get("kms_endpoint"))
     elif "keyfile" in opts:
@@ -139,6 +150,7 @@ def _mount_config(args, opts: dict[str, str]):
         fs_opts.dirty_bytes = optparse.size(opts["dirty_size"], "dirty_size")
     if "cache_dir" in opts:
         fs_opts.cache_dir = optparse.absolute(opts["cache_dir"], "cache_dir")
+    _check_cache_dir(fs_opts.cache_dir)
     cfg = MountConfig(
         mountpoint=check_mountpoint(args.mountpoint),
         fsname=args.store,
@@ -156,6 +168,16 @@ def _mount_config(args, opts: dict[str, str]):
     return cfg
 
 
+def _check_cache_dir(path: str) -> None:
+    """The spool directory must be usable now, not at the first large write."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cache_dir {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"cache_dir {path} is not writable by this user")
+
+
 def cmd_mount(args) -> int:
     from ..daemon import daemonize_and_serve, harden
     from ..volume import Volume
@@ -166,6 +188,7 @@ def cmd_mount(args) -> int:
     store = _open_store(args.store, opts)
     vol = Volume.open(store, _credentials(opts))
     vol.root()  # fail now, not in the daemon, if the root entry is unreadable
+    os.environ.pop(sources.ENV_PASSPHRASE, None)  # not for the daemon's children
     return daemonize_and_serve(vol, cfg)
 
 
@@ -182,26 +205,13 @@ def cmd_umount(args) -> int:
         msg = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"{argv[0]} failed"
         raise SealfsError(f"cannot unmount {path}: {msg}")
     # the daemon uploads what is pending, then exits: wait for it
+    from ..daemon import daemon_pid
+
+    pid = daemon_pid(path)
     deadline = time.monotonic() + 600
-    while _daemon_alive(path) and time.monotonic() < deadline:
+    while pid is not None and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(0.05)
     return 0
-
-
-def _daemon_alive(mountpoint: str) -> bool:
-    """Whether a sealfs daemon for ``mountpoint`` is still running."""
-    me = os.getpid()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(a.endswith(b"sealfs") or a == b"sealfs.cli.main" for a in argv[:3]) and os.fsencode(mountpoint) in argv:
-            return True
-    return False
 
 
 def cmd_ls(args) -> int:
@@ -414,10 +424,8 @@ def cmd_key(args) -> int:
     vol = _volume(args)
     try:
         if args.key_command == "add":
+            argon2 = _argon2(args)
             cred = _new_credential(args)
-            argon2 = dict(ARGON2_DEFAULTS)
-            if args.argon2_memory:
-                argon2["memory_kib"] = args.argon2_memory
             slot = vol.config.add_slot(vol.keyring, cred, argon2)
             vol.save_config()
             print(f"added key slot {slot} ({type(cred).__name__.lower()})")

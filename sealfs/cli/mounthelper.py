@@ -17,23 +17,29 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     positional: list[str] = []
     options: list[str] = []
+    fake = False
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "-o" and i + 1 < len(argv):
-            options.append(argv[i + 1])
-            i += 2
+        if arg in ("-o", "-t", "-N") and i + 1 < len(argv):
+            if arg == "-o":
+                options.append(argv[i + 1])
+            i += 2  # -t TYPE and -N NAMESPACE: nothing for us to do
             continue
         if arg.startswith("-o") and len(arg) > 2:
             options.append(arg[2:])
-        elif arg in ("-s", "-f", "-n", "-v") or arg.startswith("-t"):
-            pass  # sloppy, fake, no-mtab, verbose, type: nothing to do for us
+        elif arg == "-f":
+            fake = True  # mount(8) --fake: do everything but the mount
+        elif arg in ("-s", "-n", "-v") or arg.startswith(("-t", "-N")):
+            pass  # sloppy, no-mtab, verbose, type, namespace
         else:
             positional.append(arg)
         i += 1
     if len(positional) != 2:
-        print("usage: mount.sealfs STORE MOUNTPOINT [-o OPTIONS]", file=sys.stderr)
+        print("usage: mount.sealfs STORE MOUNTPOINT [-sfnv] [-o OPTIONS]", file=sys.stderr)
         return 2
+    if fake:
+        return 0
     out = ["mount", *positional]
     for o in options:
         out += ["-o", o]

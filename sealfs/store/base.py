@@ -15,7 +15,11 @@ The contract, for every backend:
   (S3's 2 KB limit); every backend refuses more with ``ValueError`` so that
   code tested on a lenient backend cannot break on S3.
 * Writes are atomic: a reader sees the old object or the new one, never a mix.
-* ``etag`` is an opaque string that changes whenever the object is written.
+* ``etag`` is an opaque string that changes whenever the object's bytes
+  change.  It need not change otherwise: S3's etag of a single-part write
+  is the MD5 of the bytes, so rewriting the same bytes, or replacing only
+  the metadata with ``copy``, keeps it.  Never use it to detect a metadata
+  change.
 * Calls are thread-safe; one store object is shared by many worker threads.
 * A missing key raises :class:`~sealfs.errors.NotFound` from ``get``,
   ``head``, ``copy`` (source) and ``upload_part_copy``; ``delete`` and

@@ -51,8 +51,10 @@ upload are not fsync'ed; completing the upload fsyncs the assembled object.
 
 Known limits: a crash can leave files in ``tmp/`` (they are never mistaken
 for objects, and can be removed when no sealfs process uses the store);
-key segments are limited to :data:`~sealfs.store.base.MAX_KEY_SEGMENT`
-characters by the file-name limit (enforced for every backend).
+each page of a listing reads and sorts every directory it visits, so paging
+through one directory of N objects costs O(N) per page; key segments are
+limited to :data:`~sealfs.store.base.MAX_KEY_SEGMENT` characters by the
+file-name limit (enforced for every backend).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from conftest import SEALFS as SEALFS_CMD
 from conftest import daemon_pids, is_mounted, sealfs
 
 
@@ -116,7 +117,9 @@ def test_sigterm_uploads_pending_data_and_unmounts(make_mount):
 def test_umount_command_waits_for_the_daemon(make_mount):
     m = make_mount()
     (m.path / "f").write_bytes(b"x" * 100000)
-    sealfs("umount", str(m.path))
+    # given as a relative path, from another directory than the mount's
+    proc = subprocess.run([*SEALFS_CMD, "umount", m.path.name], cwd=m.path.parent, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     assert not is_mounted(m.path)
     assert not daemon_pids(m.path)
     proc = sealfs("umount", str(m.path), check=False)

@@ -1,0 +1,668 @@
+"""The access policy: a TOML file of workloads and rules, and decisions.
+
+The file (see sealfs-policy(5) for the reference and a full example)::
+
+    audit = "deny"                       # or "all": allowed operations too
+
+    [workloads.payments]                 # a workload: selectors, all must match
+    exe = "/opt/shop/bin/payments"
+    exe_sha256 = "9f2c…"                 # 64 hex digits
+    user = "sealfs-payments"
+    untraced = true
+    no_preload = true
+
+    [[rule]]                             # rules: paths x workloads x operations
+    paths = ["/payments/**"]
+    workloads = ["payments"]
+    allow = ["read", "write", "create", "delete", "list", "rename", "setattr"]
+
+Decisions (:meth:`Policy.decide`):
+
+* The caller's workloads are all those whose selectors all match it.
+* A rule applies when one of its path globs matches the path and one of
+  its workloads is among the caller's.
+* An operation listed in ``deny`` of any applying rule is denied, whatever
+  allows it elsewhere (deny wins); otherwise it is allowed when listed in
+  ``allow`` of an applying rule; otherwise it is denied (default deny).
+  Root gets no implicit pass; an invalid identity is denied everything.
+
+Globs are anchored at the volume root: ``*`` and ``?`` and ``[…]`` stay
+within one name, ``**`` (a whole component) matches any number of names,
+none included, so ``/payments/**`` matches ``/payments`` itself and
+everything below it.
+
+Every error names the file, the line and the reason
+(:class:`PolicyError`): TOML syntax errors come with tomllib's line, and
+for semantic ones (an unknown key, operation or workload, a bad glob or
+hash) the line of the offending key is found in the source text.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UsageError
+from .identity import Identity
+
+#: Every operation a rule can name, and what it covers.
+OPERATIONS = {
+    "read": "open a file for reading; read a symlink",
+    "write": "open a file for writing or with O_TRUNC; truncate",
+    "create": "create a file, directory or symlink; the target of a rename",
+    "delete": "unlink a file or symlink; rmdir; the source of a rename, and a target it replaces",
+    "list": "open a directory to list it",
+    "rename": "rename, at the source and at the target",
+    "setattr": "chmod, chown, utimens",
+    "xattr": "get, set, list and remove extended attributes",
+}
+AUDIT_LEVELS = ("deny", "all")
+SELECTORS = ("uid", "user", "gid", "group", "exe", "exe_sha256", "script", "script_sha256", "cgroup", "untraced",
+             "no_preload")
+RULE_KEYS = ("paths", "workloads", "allow", "deny", "hide")
+TOP_KEYS = ("audit", "workloads", "rule")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_WORKLOAD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+class PolicyError(UsageError):
+    """A policy file that cannot be used: ``str()`` is ``FILE:LINE: reason``
+    (``FILE:LINE:COLUMN:`` for TOML syntax errors)."""
+
+    def __init__(self, file: str, line: int | None, reason: str, column: int | None = None):
+        self.file = file
+        self.line = line
+        self.column = column
+        self.reason = reason
+        where = file if line is None else f"{file}:{line}" + (f":{column}" if column else "")
+        super().__init__(f"{where}: {reason}")
+
+
+# -- globs ------------------------------------------------------------------------------
+
+
+def compile_glob(pattern: str, what: str = "path") -> re.Pattern:
+    """A regex for an absolute glob (see the module docstring); raises
+    ValueError with a plain reason for a pattern that is not one."""
+    if not isinstance(pattern, str) or not pattern.startswith("/"):
+        raise ValueError(f"{what} glob {pattern!r} must be absolute (start with '/')")
+    if "\0" in pattern:
+        raise ValueError(f"{what} glob {pattern!r} contains a NUL character")
+    if pattern == "/":
+        return re.compile("", re.S)
+    parts = pattern[1:].split("/")
+    out = []
+    for part in parts:
+        if part == "":
+            raise ValueError(f"{what} glob {pattern!r} has an empty component ('//' or a trailing '/')")
+        if part in (".", ".."):
+            raise ValueError(f"{what} glob {pattern!r} has a '{part}' component; write the path it means")
+        if part == "**":
+            out.append("(?:/[^/]+)*")
+            continue
+        if "**" in part:
+            raise ValueError(f"{what} glob {pattern!r}: '**' must be a whole path component, like /a/**/b")
+        out.append("/" + _component(part, pattern, what))
+    return re.compile("".join(out), re.S)
+
+
+def _component(part: str, pattern: str, what: str) -> str:
+    out = []
+    i = 0
+    while i < len(part):
+        c = part[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\":
+            if i + 1 >= len(part):
+                raise ValueError(f"{what} glob {pattern!r} ends with a lone backslash")
+            i += 1
+            out.append(re.escape(part[i]))
+        elif c == "[":
+            start = i + 2 if part[i + 1:i + 2] in ("!", "^") else i + 1
+            end = part.find("]", start)
+            if end < 0:
+                raise ValueError(f"{what} glob {pattern!r} has a '[' without its closing ']'")
+            if end == start:
+                raise ValueError(f"{what} glob {pattern!r} has an empty character class")
+            body = part[start:end]
+            chars = "".join("\\" + ch if ch in "\\^[]" else ch for ch in body)
+            try:
+                re.compile(f"[{chars}]")
+            except re.error as exc:
+                raise ValueError(f"{what} glob {pattern!r} has a bad character class: {exc}") from None
+            # (?!/): a range such as [+-0] would otherwise match the separator
+            out.append(f"(?!/)[^{chars}]" if start == i + 2 else f"(?!/)[{chars}]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def glob_matches(regex: re.Pattern, path: str) -> bool:
+    """Whether ``path`` (absolute, normalised; ``/`` for the root) matches."""
+    return regex.fullmatch("" if path == "/" else path) is not None
+
+
+# -- the model --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named set of selectors; a caller is in it when all match.  Each
+    selector holds the accepted values (any one of them matches)."""
+
+    name: str
+    line: int | None
+    uids: frozenset[int] | None = None
+    gids: frozenset[int] | None = None
+    exes: frozenset[str] | None = None
+    exe_hashes: frozenset[str] | None = None
+    scripts: frozenset[str] | None = None
+    script_hashes: frozenset[str] | None = None
+    cgroups: tuple[re.Pattern, ...] | None = None
+    untraced: bool = False
+    no_preload: bool = False
+
+    def mismatch(self, ident: Identity) -> str | None:
+        """None when ``ident`` is in this workload, else the first selector
+        that does not match, as a phrase."""
+        if self.uids is not None and ident.uid not in self.uids:
+            return f"uid {ident.uid} is not {_one_of(self.uids)}"
+        if self.gids is not None and not (ident.groups | {ident.gid}) & self.gids:
+            return f"not in group {_one_of(self.gids)}"
+        if self.exes is not None:
+            if ident.exe is None:
+                return "its executable could not be read"
+            if ident.exe_deleted or ident.exe_replaced:
+                return f"its executable {ident.exe} was deleted or replaced since it started"
+            if ident.exe not in self.exes:
+                return f"exe {ident.exe} is not {_one_of(self.exes)}"
+        if self.exe_hashes is not None and ident.exe_sha256 not in self.exe_hashes:
+            return f"exe sha256 {ident.exe_sha256 or '(unreadable)'} is not {_one_of(self.exe_hashes)}"
+        if self.scripts is not None and ident.script not in self.scripts:
+            return f"script {ident.script or '(none)'} is not {_one_of(self.scripts)}"
+        if self.script_hashes is not None and ident.script_sha256 not in self.script_hashes:
+            return f"script sha256 {ident.script_sha256 or '(none)'} is not {_one_of(self.script_hashes)}"
+        if self.cgroups is not None and (ident.cgroup is None
+                                         or not any(glob_matches(c, ident.cgroup) for c in self.cgroups)):
+            return f"cgroup {ident.cgroup or '(unreadable)'} matches none of its cgroup globs"
+        if self.untraced and ident.traced:
+            return f"it is traced (by pid {ident.tracer_pid}) and the workload requires untraced"
+        if self.no_preload and ident.preload:
+            return f"its environment sets {', '.join(ident.preload)} and the workload requires no_preload"
+        return None
+
+
+def _one_of(values) -> str:
+    vals = sorted(str(v) for v in values)
+    return vals[0] if len(vals) == 1 else "one of " + ", ".join(vals)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Paths x workloads x operations.  ``number`` counts rules from 1 in
+    file order; ``line`` is where its ``[[rule]]`` starts."""
+
+    number: int
+    line: int | None
+    paths: tuple[str, ...]
+    regex: re.Pattern
+    workloads: frozenset[str]
+    allow: frozenset[str]
+    deny: frozenset[str]
+    hide: bool
+
+    def matches(self, path: str) -> bool:
+        return glob_matches(self.regex, path)
+
+    def describe(self) -> str:
+        return f"rule {self.number}" + (f" (line {self.line})" if self.line else "")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer for one (identity, operation, path).
+
+    ``rule`` and ``line`` name the rule that decided (None for the default
+    deny); ``hide`` is set when a hiding rule denied, so the caller should
+    see ENOENT rather than EACCES."""
+
+    allowed: bool
+    op: str
+    path: str
+    workloads: tuple[str, ...]
+    rule: int | None
+    line: int | None
+    hide: bool
+    reason: str
+
+
+@dataclass
+class Policy:
+    """A loaded, validated policy.  Immutable once built; decisions are pure
+    functions of (identity, operation, path)."""
+
+    file: str
+    audit: str
+    workloads: dict[str, Workload]
+    rules: tuple[Rule, ...]
+    #: Non-fatal findings (``FILE:LINE: …``), such as a user that does not exist.
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        hiding = [r.regex.pattern for r in self.rules if r.hide]
+        self._hide_regex = re.compile("|".join(f"(?:{p})" for p in hiding), re.S) if hiding else None
+
+    # -- decisions ------------------------------------------------------------------
+
+    def workloads_of(self, ident: Identity) -> tuple[str, ...]:
+        """Names of the workloads ``ident`` is in (file order)."""
+        if not ident.valid:
+            return ()
+        return tuple(name for name, w in self.workloads.items() if w.mismatch(ident) is None)
+
+    def decide(self, ident: Identity, op: str, path: str, workloads: tuple[str, ...] | None = None) -> Decision:
+        """Whether ``ident`` may do ``op`` on ``path`` (absolute, ``/`` for
+        the root).  ``workloads`` may pass a precomputed
+        :meth:`workloads_of` result."""
+        if op not in OPERATIONS:
+            raise ValueError(f"unknown operation {op!r}")
+        if not ident.valid:
+            return Decision(False, op, path, (), None, None, False, f"the caller cannot be identified: {ident.problem}")
+        names = self.workloads_of(ident) if workloads is None else workloads
+        if not names:
+            return Decision(False, op, path, (), None, None, False,
+                            "the caller is in no workload of the policy (default deny)")
+        mine = set(names)
+        allowed_by: Rule | None = None
+        for rule in self.rules:
+            if not (rule.workloads & mine) or (op not in rule.deny and op not in rule.allow):
+                continue
+            if not rule.matches(path):
+                continue
+            if op in rule.deny:
+                return Decision(False, op, path, names, rule.number, rule.line, rule.hide,
+                                f"{rule.describe()} denies {op} to {_joined(rule.workloads & mine)}")
+            if allowed_by is None:
+                allowed_by = rule
+        if allowed_by is not None:
+            return Decision(True, op, path, names, allowed_by.number, allowed_by.line, False,
+                            f"{allowed_by.describe()} allows {op} to {_joined(allowed_by.workloads & mine)}")
+        return Decision(False, op, path, names, None, None, False,
+                        f"no rule allows {op} on this path to {_joined(names)} (default deny)")
+
+    def hiding(self, ident: Identity, path: str, workloads: tuple[str, ...] | None = None) -> Decision | None:
+        """The deny of a ``hide = true`` rule that makes ``path`` not exist
+        for ``ident`` (None when it is visible)."""
+        if self._hide_regex is None or not glob_matches(self._hide_regex, path) or not ident.valid:
+            return None
+        mine = set(self.workloads_of(ident) if workloads is None else workloads)
+        for rule in self.rules:
+            if rule.hide and rule.workloads & mine and rule.matches(path):
+                op = "read" if "read" in rule.deny else "list"
+                return Decision(False, op, path, tuple(sorted(mine)), rule.number, rule.line, True,
+                                f"{rule.describe()} hides this path from {_joined(rule.workloads & mine)}")
+        return None
+
+    def may_hide(self, path: str) -> bool:
+        """Whether some hiding rule matches ``path`` for some workload (the
+        kernel must then not cache the name: it may exist for one caller
+        and not for another)."""
+        return self._hide_regex is not None and glob_matches(self._hide_regex, path)
+
+    def explain(self, ident: Identity, op: str, path: str) -> list[str]:
+        """Lines saying which workloads matched (or why not), which rules
+        applied and what decided: ``sealfs policy explain``."""
+        lines = [f"caller: {ident.describe()}"]
+        if ident.exe_sha256:
+            lines.append(f"  exe sha256: {ident.exe_sha256}")
+        if ident.script_sha256:
+            lines.append(f"  script sha256: {ident.script_sha256}")
+        for name, w in self.workloads.items():
+            why = w.mismatch(ident) if ident.valid else "the caller cannot be identified"
+            where = f" (line {w.line})" if w.line else ""
+            lines.append(f"workload {name}{where}: " + ("matches" if why is None else f"no: {why}"))
+        names = self.workloads_of(ident)
+        for rule in self.rules:
+            if not rule.matches(path):
+                continue
+            who = rule.workloads & set(names)
+            verdict = ("deny" if op in rule.deny else "allow" if op in rule.allow else "says nothing about")
+            tail = f"{verdict} {op}" + (" (hide)" if rule.hide and op in rule.deny else "")
+            lines.append(f"{rule.describe()} matches the path; " + (f"applies to {_joined(who)}: {tail}" if who
+                                                                    else f"not for this caller ({tail} for "
+                                                                         f"{_joined(rule.workloads)})"))
+        d = self.decide(ident, op, path, names)
+        lines.append(f"decision: {'ALLOW' if d.allowed else 'DENY'} {op} {path}: {d.reason}")
+        return lines
+
+
+def _joined(names) -> str:
+    return ", ".join(sorted(names)) if names else "(none)"
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def load_policy(path: str) -> Policy:
+    """Read and validate the policy file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise PolicyError(path, None, f"cannot read the policy file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise PolicyError(path, line, "the policy file is not valid UTF-8") from None
+    return parse_policy(text, path)
+
+
+def parse_policy(text: str, file: str = "<policy>") -> Policy:
+    """Parse and validate policy source ``text`` (``file`` names it in
+    errors).  Raises :class:`PolicyError`, never anything else."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _syntax_error(file, text, exc) from None
+    except (ValueError, RecursionError) as exc:
+        raise PolicyError(file, None, f"invalid TOML: {exc}") from None
+    return _Builder(file, text, doc).build()
+
+
+def _syntax_error(file: str, text: str, exc: Exception) -> PolicyError:
+    msg = str(exc)
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
+    if m:
+        return PolicyError(file, int(m.group(1)), f"invalid TOML: {msg[: m.start()]}", int(m.group(2)))
+    m = re.search(r"\s*\(at end of document\)$", msg)
+    if m:
+        return PolicyError(file, text.count("\n") + 1, f"invalid TOML: {msg[: m.start()]} (at the end of the file)")
+    return PolicyError(file, None, f"invalid TOML: {msg}")
+
+
+class _Lines:
+    """Where tables and keys are in the source text.
+
+    A light scan (not a TOML parser): it follows ``[table]`` and
+    ``[[array]]`` headers and ``key =`` lines, which is how policies are
+    written.  Keys written another way (inline tables, dotted keys) fall
+    back to the line of their table, or to the first line that names them.
+    """
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*(.*?)\s*\]\]?\s*(?:#.*)?$")
+    _KEY = re.compile(r"""^\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)\s*=""")
+
+    def __init__(self, text: str):
+        self.text_lines = text.splitlines()
+        self.tables: dict[tuple, int] = {}
+        self.keys: dict[tuple, int] = {}
+        counts: dict[tuple, int] = {}
+        current: tuple = ()
+        in_multiline = None
+        for no, line in enumerate(self.text_lines, 1):
+            if in_multiline:
+                if line.count(in_multiline) % 2 == 1:
+                    in_multiline = None
+                continue
+            m = self._HEADER.match(line)
+            if m and not self._KEY.match(line):
+                path = tuple(_split_dotted(m.group(2)))
+                if m.group(1) == "[[":
+                    idx = counts.get(path, 0)
+                    counts[path] = idx + 1
+                    self.tables.setdefault(path, no)
+                    current = path + (idx,)
+                else:
+                    current = path
+                self.tables.setdefault(current, no)
+                continue
+            k = self._KEY.match(line)
+            if k:
+                key = _unquote(k.group(1))
+                self.keys.setdefault(current + (key,), no)
+                rest = line[k.end():]
+                for quote in ('"""', "'''"):
+                    if rest.count(quote) % 2 == 1:
+                        in_multiline = quote
+
+    def of(self, *path) -> int | None:
+        """The line of the key or table at ``path`` (or of its nearest
+        ancestor; or the first line mentioning the last name)."""
+        for n in range(len(path), 0, -1):
+            p = tuple(path[:n])
+            if p in self.keys:
+                return self.keys[p]
+            if p in self.tables:
+                return self.tables[p]
+        if path:
+            name = str(path[-1])
+            for no, line in enumerate(self.text_lines, 1):
+                if name in line:
+                    return no
+        return 1 if self.text_lines else None
+
+
+def _split_dotted(key: str) -> list[str]:
+    parts, cur, quote, i = [], "", "", 0
+    while i < len(key):
+        c = key[i]
+        if quote:
+            if c == "\\" and quote == '"' and i + 1 < len(key):
+                cur += key[i + 1]
+                i += 2
+                continue
+            if c == quote:
+                quote = ""
+            else:
+                cur += c
+        elif c in "\"'":
+            quote = c
+        elif c == ".":
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    parts.append(cur.strip())
+    return parts
+
+
+def _unquote(key: str) -> str:
+    if len(key) >= 2 and key[0] == key[-1] and key[0] in "\"'":
+        return key[1:-1]
+    return key
+
+
+class _Builder:
+    def __init__(self, file: str, text: str, doc: dict):
+        self.file = file
+        self.lines = _Lines(text)
+        self.doc = doc
+        self.warnings: list[str] = []
+
+    def error(self, reason: str, *where) -> PolicyError:
+        return PolicyError(self.file, self.lines.of(*where), reason)
+
+    def warn(self, reason: str, *where) -> None:
+        line = self.lines.of(*where)
+        self.warnings.append(f"{self.file}:{line}: {reason}" if line else f"{self.file}: {reason}")
+
+    def build(self) -> Policy:
+        doc = self.doc
+        for key in doc:
+            if key not in TOP_KEYS:
+                hint = " (rules are written [[rule]], one per rule)" if key in ("rules", "rule") else ""
+                raise self.error(f"unknown top-level key {key!r}; expected one of {', '.join(TOP_KEYS)}{hint}", key)
+        audit = doc.get("audit", "deny")
+        if audit not in AUDIT_LEVELS:
+            raise self.error(f"audit = {audit!r}: use \"deny\" (log denials) or \"all\" (log every decision)",
+                             "audit")
+        raw_workloads = doc.get("workloads", {})
+        if not isinstance(raw_workloads, dict):
+            raise self.error("workloads must be tables: [workloads.NAME]", "workloads")
+        workloads = {name: self.workload(name, body) for name, body in raw_workloads.items()}
+        raw_rules = doc.get("rule", [])
+        if not isinstance(raw_rules, list) or not all(isinstance(r, dict) for r in raw_rules):
+            raise self.error("rules must be written as [[rule]] tables", "rule")
+        rules = tuple(self.rule(i, body, workloads) for i, body in enumerate(raw_rules))
+        for name in workloads:
+            if not any(name in r.workloads for r in rules):
+                self.warn(f"workload {name!r} is named by no rule: it is allowed nothing", "workloads", name)
+        return Policy(self.file, audit, workloads, rules, self.warnings)
+
+    # -- workloads ------------------------------------------------------------------
+
+    def workload(self, name: str, body: Any) -> Workload:
+        where = ("workloads", name)
+        if not _WORKLOAD_NAME.fullmatch(name):
+            raise self.error(f"workload name {name!r}: use letters, digits, '_', '-' and '.'", *where)
+        if not isinstance(body, dict):
+            raise self.error(f"workload {name!r} must be a table of selectors: [workloads.{name}]", *where)
+        if not body:
+            raise self.error(f"workload {name!r} has no selectors, so it would match every process; "
+                             f"give at least one of {', '.join(SELECTORS)}", *where)
+        for key in body:
+            if key not in SELECTORS:
+                raise self.error(f"unknown selector {key!r} in workload {name!r}; selectors are "
+                                 f"{', '.join(SELECTORS)}", *where, key)
+        kw: dict[str, Any] = {}
+        uids: set[int] = set()
+        gids: set[int] = set()
+        if "uid" in body:
+            uids |= set(self.ints(body["uid"], *where, "uid"))
+        if "user" in body:
+            for user in self.strings(body["user"], *where, "user"):
+                try:
+                    uids.add(pwd.getpwnam(user).pw_uid)
+                except KeyError:
+                    self.warn(f"user {user!r} of workload {name!r} does not exist: it matches no one", *where,
+                              "user")
+            if not uids:
+                uids.add(-1)  # matches no one, rather than everyone
+        if "gid" in body:
+            gids |= set(self.ints(body["gid"], *where, "gid"))
+        if "group" in body:
+            for group in self.strings(body["group"], *where, "group"):
+                try:
+                    gids.add(grp.getgrnam(group).gr_gid)
+                except KeyError:
+                    self.warn(f"group {group!r} of workload {name!r} does not exist: it matches no one", *where,
+                              "group")
+            if not gids:
+                gids.add(-1)
+        if "uid" in body and "user" in body:
+            raise self.error(f"workload {name!r} has both uid and user; give one (a list if several)", *where,
+                             "user")
+        if "gid" in body and "group" in body:
+            raise self.error(f"workload {name!r} has both gid and group; give one (a list if several)", *where,
+                             "group")
+        if uids:
+            kw["uids"] = frozenset(uids)
+        if gids:
+            kw["gids"] = frozenset(gids)
+        for key, attr in (("exe", "exes"), ("script", "scripts")):
+            if key in body:
+                paths = self.strings(body[key], *where, key)
+                for p in paths:
+                    if not p.startswith("/") or os.path.normpath(p) != p:
+                        raise self.error(f"{key} = {p!r} in workload {name!r}: give an absolute, normalised "
+                                         "path (no '.', '..', '//' or trailing '/')", *where, key)
+                kw[attr] = frozenset(paths)
+        for key, attr in (("exe_sha256", "exe_hashes"), ("script_sha256", "script_hashes")):
+            if key in body:
+                hashes = self.strings(body[key], *where, key)
+                for h in hashes:
+                    if not _SHA256.fullmatch(h):
+                        raise self.error(f"{key} = {h!r} in workload {name!r} is not a sha256: 64 hex digits "
+                                         "(sha256sum prints it)", *where, key)
+                kw[attr] = frozenset(h.lower() for h in hashes)
+        if "cgroup" in body:
+            globs = []
+            for g in self.strings(body["cgroup"], *where, "cgroup"):
+                try:
+                    globs.append(compile_glob(g, "cgroup"))
+                except ValueError as exc:
+                    raise self.error(f"workload {name!r}: {exc}", *where, "cgroup") from None
+            kw["cgroups"] = tuple(globs)
+        for key in ("untraced", "no_preload"):
+            if key in body:
+                if not isinstance(body[key], bool):
+                    raise self.error(f"{key} in workload {name!r} must be true or false", *where, key)
+                kw[key] = body[key]
+        if not any(k in kw for k in ("uids", "gids", "exes", "exe_hashes", "scripts", "script_hashes", "cgroups")):
+            raise self.error(f"workload {name!r} selects only on untraced/no_preload, so it would match almost "
+                             "every process; add a selector that says who it is (user, exe, …)", *where)
+        return Workload(name, self.lines.of(*where), **kw)
+
+    def strings(self, value: Any, *where) -> list[str]:
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v for v in values):
+            raise self.error(f"{where[-1]} must be a non-empty string or a list of them", *where)
+        return values
+
+    def ints(self, value: Any, *where) -> list[int]:
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in values):
+            raise self.error(f"{where[-1]} must be a number from 0 to 4294967295, or a list of them", *where)
+        return values
+
+    # -- rules ----------------------------------------------------------------------
+
+    def rule(self, index: int, body: dict, workloads: dict[str, Workload]) -> Rule:
+        where = ("rule", index)
+        n = index + 1
+        for key in body:
+            if key not in RULE_KEYS:
+                raise self.error(f"unknown key {key!r} in rule {n}; rules have {', '.join(RULE_KEYS)}", *where, key)
+        for key in ("paths", "workloads"):
+            if key not in body:
+                raise self.error(f"rule {n} has no {key}", *where)
+        paths = body["paths"]
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise self.error(f"paths of rule {n} must be a non-empty list of globs such as [\"/data/**\"]", *where,
+                             "paths")
+        regexes = []
+        for p in paths:
+            try:
+                regexes.append(compile_glob(p))
+            except ValueError as exc:
+                raise self.error(f"rule {n}: {exc}", *where, "paths") from None
+        names = body["workloads"]
+        if not isinstance(names, list) or not names or not all(isinstance(w, str) for w in names):
+            raise self.error(f"workloads of rule {n} must be a non-empty list of workload names", *where, "workloads")
+        for w in names:
+            if w not in workloads:
+                known = ", ".join(workloads) or "none are defined"
+                raise self.error(f"rule {n} names workload {w!r}, which is not defined ([workloads.{w}]); "
+                                 f"defined: {known}", *where, "workloads")
+        ops = {}
+        for key in ("allow", "deny"):
+            value = body.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(o, str) for o in value):
+                raise self.error(f"{key} of rule {n} must be a list of operations", *where, key)
+            for op in value:
+                if op not in OPERATIONS:
+                    raise self.error(f"unknown operation {op!r} in {key} of rule {n}; operations are "
+                                     f"{', '.join(OPERATIONS)}", *where, key)
+            ops[key] = frozenset(value)
+        if not ops["allow"] and not ops["deny"]:
+            raise self.error(f"rule {n} allows and denies nothing: give allow = [...] or deny = [...]", *where)
+        hide = body.get("hide", False)
+        if not isinstance(hide, bool):
+            raise self.error(f"hide in rule {n} must be true or false", *where, "hide")
+        if hide and not ops["deny"] & {"read", "list"}:
+            raise self.error(f"rule {n} has hide = true but does not deny read or list: hiding applies to what "
+                             "a rule denies", *where, "hide")
+        regex = re.compile("|".join(f"(?:{r.pattern})" for r in regexes), re.S)
+        return Rule(n, self.lines.of(*where), tuple(paths), regex, frozenset(names), ops["allow"], ops["deny"], hide)
