@@ -7,7 +7,9 @@ waits on a pipe until the child reports that the kernel mount exists, so
 with one line when it is not.
 
 Signals: SIGTERM/SIGINT upload dirty data and unmount; SIGHUP reloads the
-policy (when one is configured).  A timer writes pending directory times.
+policy (when one is configured: an invalid file is refused and the old
+policy stays) and reopens the audit log.  A timer writes pending directory
+times and closes audit rate-limit windows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .errors import MountError, SealfsError
 from .fs.core import Filesystem, Options
+from .policy.guard import Guard
 from .volume import Volume
 
 log = logging.getLogger("sealfs")
@@ -45,6 +48,9 @@ class MountConfig:
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     fs_options: Options = field(default_factory=Options)
+    #: The access policy (mount option policy=), loaded and checked before
+    #: the fork, with its audit log open; None: POSIX modes only.
+    guard: Guard | None = None
 
 
 def _pidfile(mountpoint: str) -> str:
@@ -66,8 +72,7 @@ def daemon_pid(mountpoint: str) -> int | None:
     return pid if os.path.exists(f"/proc/{pid}") else None
 
 
-def _write_pidfile(mountpoint: str) -> str | None:
-    path = _pidfile(mountpoint)
+def _write_pidfile(path: str) -> str | None:
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         with open(path, "w") as f:
@@ -125,8 +130,12 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
 
     from .fuseops import SealfsOps, mount_options
 
+    # (resolved before mounting: once mounted, a stat of the mountpoint would
+    # be a request to ourselves, unanswered until the main loop runs)
+    pidfile_path = _pidfile(cfg.mountpoint)
     fs = Filesystem(vol, cfg.fs_options)
-    ops = SealfsOps(fs, attr_timeout=cfg.attr_timeout, entry_timeout=cfg.entry_timeout)
+    guard = cfg.guard
+    ops = SealfsOps(fs, attr_timeout=cfg.attr_timeout, entry_timeout=cfg.entry_timeout, guard=guard)
     try:
         pyfuse3.init(ops, cfg.mountpoint, mount_options(
             fsname=cfg.fsname, allow_other=cfg.allow_other, read_only=cfg.read_only))
@@ -135,11 +144,20 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
         _report(ready_fd, msg)
         log.error(msg)
         return 8
-    pidfile = _write_pidfile(cfg.mountpoint)
+    pidfile = _write_pidfile(pidfile_path)
     _report(ready_fd, "")
     log.info("mounted %s on %s", cfg.fsname, cfg.mountpoint)
+    if guard is None:
+        log.warning("NO ACCESS POLICY (no policy= option): access is decided by the file modes alone, so every "
+                    "process those modes admit%s reads and writes plaintext; see sealfs-policy(5)",
+                    " (any user: allow_other is set)" if cfg.allow_other else "")
+    else:
+        for warning in guard.policy.warnings:
+            log.warning("policy: %s", warning)
+        log.info("policy %s in force: %d workloads, %d rules, audit = %s", guard.policy_file,
+                 len(guard.policy.workloads), len(guard.policy.rules), guard.policy.audit)
     try:
-        trio.run(_main, fs, pyfuse3)
+        trio.run(_main, fs, pyfuse3, guard)
     except BaseException:
         log.exception("the FUSE main loop failed")
         raise
@@ -149,6 +167,8 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
         finally:
             pyfuse3.close(unmount=True)
             vol.close()
+            if guard is not None:
+                guard.close()
             log.info("unmounted %s", cfg.mountpoint)
             if pidfile:
                 with contextlib.suppress(OSError):
@@ -156,23 +176,27 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
     return 0
 
 
-async def _main(fs: Filesystem, pyfuse3) -> None:
+async def _main(fs: Filesystem, pyfuse3, guard: Guard | None = None) -> None:
     import trio
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signals, fs, pyfuse3, nursery.cancel_scope)
-        nursery.start_soon(_flush_timer, fs)
+        nursery.start_soon(_signals, fs, pyfuse3, nursery.cancel_scope, guard)
+        nursery.start_soon(_flush_timer, fs, guard)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _signals(fs: Filesystem, pyfuse3, scope) -> None:
+async def _signals(fs: Filesystem, pyfuse3, scope, guard: Guard | None = None) -> None:
     import trio
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                log.info("SIGHUP: nothing to reload (no policy configured)")
+                if guard is None:
+                    log.info("SIGHUP: nothing to reload (no policy= given)")
+                else:
+                    log.info("SIGHUP: reloading the policy %s", guard.policy_file)
+                    await trio.to_thread.run_sync(guard.reload)
                 continue
             log.info("signal %d: uploading pending data and unmounting", signum)
             await trio.to_thread.run_sync(fs.sync_all)
@@ -180,12 +204,14 @@ async def _signals(fs: Filesystem, pyfuse3, scope) -> None:
             return
 
 
-async def _flush_timer(fs: Filesystem) -> None:
+async def _flush_timer(fs: Filesystem, guard: Guard | None = None) -> None:
     import trio
 
     while True:
         await trio.sleep(METADATA_FLUSH_SECONDS)
         await trio.to_thread.run_sync(fs.flush_metadata)
+        if guard is not None:
+            await trio.to_thread.run_sync(guard.tick)
 
 
 def _report(fd: int | None, message: str) -> None:

@@ -6,6 +6,33 @@ core in a worker thread, convert the reply.  :meth:`SealfsOps._run` is the
 one error path: pyfuse3 only catches ``FUSEError`` in a handler, and any
 other exception escaping would take the mount down, so everything else is
 logged once and answered with EIO.
+
+**Access policy.**  With a :class:`~sealfs.policy.guard.Guard` (mount
+option ``policy=``), the handlers where the kernel always asks the daemon
+check the caller first, in the same worker-thread call as the operation:
+
+==========================  ===========================================
+open                        read / write by access mode; O_TRUNC: write
+create                      create, plus read / write by access mode
+opendir                     list
+lookup                      ENOENT when a hiding rule hides the name
+mkdir, symlink, mknod       create (the new path)
+unlink, rmdir               delete
+rename                      rename + delete at the source, rename +
+                            create at the target (+ delete if it exists)
+setattr                     size: write; mode, owner, times: setattr
+readlink                    read
+get/set/list/removexattr    xattr
+==========================  ===========================================
+
+``read``, ``write``, ``flush``, ``release``, ``fsync`` and ``readdir`` get
+no caller: they are covered by the decision taken when the handle was
+opened (the kernel itself refuses a write on a read-only descriptor).  A
+directory handle keeps its opener's identity so that ``readdir`` leaves out
+names hidden from it, and names that some hiding rule matches are replied
+with an entry timeout of 0, so the kernel asks again for every caller.
+Without a guard nothing is checked here; the kernel's mode checks
+(``default_permissions``) apply either way.
 """
 
 from __future__ import annotations
@@ -20,6 +47,7 @@ import trio
 
 from .errors import FsError, IntegrityError, SealfsError, StoreError
 from .fs.core import Attr, Ctx, Filesystem
+from .policy.guard import Guard
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +75,13 @@ class SealfsOps(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, fs: Filesystem, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0, threads: int = 16):
+    def __init__(self, fs: Filesystem, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0, threads: int = 16,
+                 guard: Guard | None = None):
         super().__init__()
         self.fs = fs
+        self.guard = guard
+        #: opendir handle -> (identity of its opener, directory path), for hiding in readdir
+        self._dir_callers: dict[int, tuple] = {}
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.limiter = trio.CapacityLimiter(threads)
@@ -57,10 +89,15 @@ class SealfsOps(pyfuse3.Operations):
 
     # -- plumbing ----------------------------------------------------------------------
 
-    async def _run(self, fn, *args, **kwargs):
-        """Run ``fn`` in a worker thread; turn every failure into an errno."""
+    async def _run(self, fn, *args, check=None, **kwargs):
+        """Run ``fn`` in a worker thread, after ``check`` (a policy check
+        from :meth:`_may`, in the same thread call); turn every failure into
+        an errno."""
+        call = functools.partial(fn, *args, **kwargs)
+        if check is not None:
+            call = functools.partial(_checked, check, call)
         try:
-            return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.limiter)
+            return await trio.to_thread.run_sync(call, limiter=self.limiter)
         except FsError as exc:
             if exc.errno == errno.EIO:
                 log.error("%s: %s", fn.__name__, exc)
@@ -82,11 +119,26 @@ class SealfsOps(pyfuse3.Operations):
     def _ctx(ctx) -> Ctx:
         return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
 
-    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+    def _may(self, ctx, ops: tuple[str, ...], ino: int, name: bytes | None = None):
+        """The policy check that the caller of ``ctx`` may do every one of
+        ``ops`` on inode ``ino`` (or on ``name`` in directory ``ino``), to
+        run in the worker thread; None without a policy."""
+        guard = self.guard
+        if guard is None or not ops:
+            return None
+        pid, uid, gid = ctx.pid, ctx.uid, ctx.gid
+        path_of = self.fs.path_of
+
+        def check() -> None:
+            guard.check(pid, uid, gid, ops, path_of(ino, name))
+
+        return check
+
+    def _entry(self, attr: Attr, volatile: bool = False) -> pyfuse3.EntryAttributes:
         out = pyfuse3.EntryAttributes()
         out.st_ino = attr.ino
         out.generation = 0
-        out.entry_timeout = self.entry_timeout
+        out.entry_timeout = 0 if volatile else self.entry_timeout
         out.attr_timeout = self.attr_timeout
         out.st_mode = attr.mode
         out.st_nlink = attr.nlink
@@ -104,7 +156,16 @@ class SealfsOps(pyfuse3.Operations):
     # -- handlers ------------------------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx):
-        return self._entry(await self._run(self.fs.lookup, parent_inode, name, self._ctx(ctx)))
+        if self.guard is None or name in (b".", b".."):
+            return self._entry(await self._run(self.fs.lookup, parent_inode, name, self._ctx(ctx)))
+        attr, volatile = await self._run(self._lookup_visible, parent_inode, name, self._ctx(ctx))
+        return self._entry(attr, volatile)
+
+    def _lookup_visible(self, parent: int, name: bytes, ctx: Ctx) -> tuple[Attr, bool]:
+        """lookup, unless a hiding rule hides the name from the caller (worker thread)."""
+        path = self.fs.path_of(parent, name)
+        self.guard.visible(ctx.pid, ctx.uid, ctx.gid, path)
+        return self.fs.lookup(parent, name, ctx), self.guard.may_hide(path)
 
     async def forget(self, inode_list):
         # Must not fail or block: pure in-memory bookkeeping.
@@ -130,38 +191,58 @@ class SealfsOps(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_atime:
             kw["atime_ns"] = attr.st_atime_ns
-        return self._entry(await self._run(self.fs.setattr, inode, self._ctx(ctx), fh=fh, **kw))
+        ops = (("write",) if "size" in kw else ()) + (("setattr",) if kw.keys() - {"size"} else ())
+        return self._entry(await self._run(self.fs.setattr, inode, self._ctx(ctx), fh=fh, **kw,
+                                           check=self._may(ctx, ops, inode)))
 
     async def readlink(self, inode, ctx):
-        return await self._run(self.fs.readlink, inode)
+        return await self._run(self.fs.readlink, inode, check=self._may(ctx, ("read",), inode))
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return self._entry(await self._run(self.fs.mknod, parent_inode, name, mode, self._ctx(ctx)))
+        return self._entry(await self._run(self.fs.mknod, parent_inode, name, mode, self._ctx(ctx),
+                                           check=self._may(ctx, ("create",), parent_inode, name)))
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._entry(await self._run(self.fs.mkdir, parent_inode, name, mode, self._ctx(ctx)))
+        return self._entry(await self._run(self.fs.mkdir, parent_inode, name, mode, self._ctx(ctx),
+                                           check=self._may(ctx, ("create",), parent_inode, name)))
 
     async def unlink(self, parent_inode, name, ctx):
-        await self._run(self.fs.unlink, parent_inode, name, self._ctx(ctx))
+        await self._run(self.fs.unlink, parent_inode, name, self._ctx(ctx),
+                        check=self._may(ctx, ("delete",), parent_inode, name))
 
     async def rmdir(self, parent_inode, name, ctx):
-        await self._run(self.fs.rmdir, parent_inode, name, self._ctx(ctx))
+        await self._run(self.fs.rmdir, parent_inode, name, self._ctx(ctx),
+                        check=self._may(ctx, ("delete",), parent_inode, name))
 
     async def symlink(self, parent_inode, name, target, ctx):
-        return self._entry(await self._run(self.fs.symlink, parent_inode, name, target, self._ctx(ctx)))
+        return self._entry(await self._run(self.fs.symlink, parent_inode, name, target, self._ctx(ctx),
+                                           check=self._may(ctx, ("create",), parent_inode, name)))
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        await self._run(self.fs.rename, parent_inode_old, name_old, parent_inode_new, name_new, flags, self._ctx(ctx))
+        check = None
+        if self.guard is not None:
+            guard, path_of, exists = self.guard, self.fs.path_of, self.fs.child_exists
+            pid, uid, gid = ctx.pid, ctx.uid, ctx.gid
+
+            def check() -> None:
+                guard.check(pid, uid, gid, ("rename", "delete"), path_of(parent_inode_old, name_old))
+                replaces = exists(parent_inode_new, name_new)
+                guard.check(pid, uid, gid, ("rename", "create") + (("delete",) if replaces else ()),
+                            path_of(parent_inode_new, name_new))
+        await self._run(self.fs.rename, parent_inode_old, name_old, parent_inode_new, name_new, flags, self._ctx(ctx),
+                        check=check)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         return self._entry(await self._run(self.fs.link, inode, new_parent_inode, new_name))
 
     async def open(self, inode, flags, ctx):
-        fh, keep = await self._run(self.fs.open, inode, flags, self._ctx(ctx))
+        fh, keep = await self._run(self.fs.open, inode, flags, self._ctx(ctx),
+                                   check=self._may(ctx, _open_ops(flags), inode))
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        attr, fh = await self._run(self.fs.create, parent_inode, name, mode, flags, self._ctx(ctx))
+        attr, fh = await self._run(self.fs.create, parent_inode, name, mode, flags, self._ctx(ctx),
+                                   check=self._may(ctx, ("create",) + _open_ops(flags), parent_inode, name))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
 
     async def read(self, fh, off, size):
@@ -180,16 +261,37 @@ class SealfsOps(pyfuse3.Operations):
         await self._run(self.fs.release, fh)
 
     async def opendir(self, inode, ctx):
-        return await self._run(self.fs.opendir, inode, self._ctx(ctx))
+        if self.guard is None:
+            return await self._run(self.fs.opendir, inode, self._ctx(ctx))
+        fh, caller = await self._run(self._opendir_checked, inode, self._ctx(ctx))
+        self._dir_callers[fh] = caller
+        return fh
+
+    def _opendir_checked(self, ino: int, ctx: Ctx) -> tuple[int, tuple]:
+        """opendir after the list check; returns the handle and (identity,
+        path) for readdir's hiding (worker thread)."""
+        path = self.fs.path_of(ino)
+        ident = self.guard.check(ctx.pid, ctx.uid, ctx.gid, ("list",), path)
+        return self.fs.opendir(ino, ctx), (ident, path)
 
     async def readdir(self, fh, start_id, token):
         entries = await self._run(self.fs.readdir, fh, start_id)
+        caller = self._dir_callers.get(fh)
         for name, attr, next_id in entries:
-            if not pyfuse3.readdir_reply(token, name, self._entry(attr), next_id):
+            volatile = False
+            if caller is not None:
+                ident, dirpath = caller
+                path = ("" if dirpath == "/" else dirpath) + "/" + os.fsdecode(name)
+                if self.guard.may_hide(path):
+                    if self.guard.hidden(ident, path):
+                        continue
+                    volatile = True
+            if not pyfuse3.readdir_reply(token, name, self._entry(attr, volatile), next_id):
                 break
             self.fs.incref(attr.ino)
 
     async def releasedir(self, fh):
+        self._dir_callers.pop(fh, None)
         self.fs.releasedir(fh)
 
     async def fsyncdir(self, fh, datasync):
@@ -210,20 +312,34 @@ class SealfsOps(pyfuse3.Operations):
         return out
 
     async def setxattr(self, inode, name, value, ctx):
-        await self._run(self.fs.setxattr, inode, name, value)
+        await self._run(self.fs.setxattr, inode, name, value, check=self._may(ctx, ("xattr",), inode))
 
     async def getxattr(self, inode, name, ctx):
-        return await self._run(self.fs.getxattr, inode, name)
+        return await self._run(self.fs.getxattr, inode, name, check=self._may(ctx, ("xattr",), inode))
 
     async def listxattr(self, inode, ctx):
-        return await self._run(self.fs.listxattr, inode)
+        return await self._run(self.fs.listxattr, inode, check=self._may(ctx, ("xattr",), inode))
 
     async def removexattr(self, inode, name, ctx):
-        await self._run(self.fs.removexattr, inode, name)
+        await self._run(self.fs.removexattr, inode, name, check=self._may(ctx, ("xattr",), inode))
 
     async def access(self, inode, mode, ctx):
         # Mode bits are checked by the kernel (default_permissions).
         return True
+
+
+def _checked(check, call):
+    check()
+    return call()
+
+
+def _open_ops(flags: int) -> tuple[str, ...]:
+    """The policy operations an open with ``flags`` needs."""
+    acc = flags & os.O_ACCMODE
+    ops = {os.O_RDONLY: ("read",), os.O_WRONLY: ("write",)}.get(acc, ("read", "write"))
+    if flags & os.O_TRUNC and "write" not in ops:
+        ops += ("write",)
+    return ops
 
 
 def mount_options(*, fsname: str, allow_other: bool, read_only: bool) -> set[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import posixpath
 import shutil
 import stat
 import subprocess
@@ -163,8 +164,15 @@ def _mount_config(args, opts: dict[str, str]):
         entry_timeout=optparse.seconds(opts.get("entry_timeout", "1"), "entry_timeout"),
         fs_options=fs_opts,
     )
-    if "policy" in opts or "audit_log" in opts:
-        raise UsageError("policy= and audit_log= are not supported by this version of sealfs yet")
+    if "audit_log" in opts and "policy" not in opts:
+        raise UsageError("audit_log= needs policy=: without a policy nothing is decided, so nothing is audited")
+    if "policy" in opts:
+        from ..policy.guard import open_guard
+
+        # load and check it now: a broken policy is a one-line error, not a daemon that never mounts
+        cfg.guard = open_guard(optparse.absolute(opts["policy"], "policy"), opts.get("audit_log"))
+        for warning in cfg.guard.policy.warnings:
+            print(f"sealfs: warning: {warning}", file=sys.stderr)
     return cfg
 
 
@@ -457,6 +465,35 @@ def _new_credential(args) -> Credential:
     return Passphrase(sources.read_passphrase(prompt="New passphrase: ", confirm=True, use_env=False))
 
 
+#: The operations of sealfs-policy(5) (sealfs.policy.rules.OPERATIONS, in order).
+POLICY_OPERATIONS = ("read", "write", "create", "delete", "list", "rename", "setattr", "xattr")
+
+
+def cmd_policy(args) -> int:
+    """``policy check``: 0 valid (warnings on stderr), 2 invalid.
+    ``policy explain``: prints the reasoning; 0 if allowed, 1 if denied."""
+    from ..policy.rules import load_policy
+
+    if args.policy_command == "check":
+        policy = load_policy(args.file)
+        for warning in policy.warnings:
+            print(f"sealfs: warning: {warning}", file=sys.stderr)
+        print(f"{args.file}: valid: {len(policy.workloads)} workloads, {len(policy.rules)} rules, "
+              f"audit = {policy.audit}")
+        return 0
+    from ..policy.identity import Identifier
+
+    path = args.path
+    if not path.startswith("/"):
+        raise UsageError(f"{path}: give the path inside the volume, starting with / (such as /payments/x)")
+    path = posixpath.normpath("/" + path.lstrip("/"))
+    policy = load_policy(args.policy)
+    ident = Identifier().identify_process(args.pid)
+    for line in policy.explain(ident, args.op, path):
+        print(line)
+    return 0 if policy.decide(ident, args.op, path).allowed else 1
+
+
 def cmd_rekey(args) -> int:
     vol = _volume(args)
     done = skipped = 0
@@ -594,6 +631,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     _key_flags(p)
     p.set_defaults(func=cmd_rekey)
+
+    p = sub.add_parser("policy", help="check an access policy file, or explain a decision (see sealfs-policy(5))")
+    psub = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    k = psub.add_parser("check", help="validate a policy file: exit 0 if valid, 2 with FILE:LINE: reason if not")
+    k.add_argument("file")
+    k = psub.add_parser("explain", help="which workloads a running process is in, which rule decides, and why")
+    k.add_argument("--policy", required=True, metavar="FILE", help="the policy file to evaluate")
+    k.add_argument("--pid", required=True, type=int, help="the process whose identity is read from /proc")
+    k.add_argument("--op", default="read", choices=POLICY_OPERATIONS, help="the operation (default read)")
+    k.add_argument("path", help="the path inside the volume, such as /payments/2024.csv")
+    p.set_defaults(func=cmd_policy)
     return parser
 
 

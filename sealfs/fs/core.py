@@ -185,6 +185,39 @@ class Filesystem:
             if self._by_id.get(node.entry.id) == node.ino:
                 del self._by_id[node.entry.id]
 
+    def path_of(self, ino: int, name: bytes | None = None) -> str:
+        """The plaintext path of inode ``ino`` from the volume root (``/``
+        for the root), with ``name`` appended when given: what the access
+        policy matches.  Built from the parent chain of the nodes (the
+        kernel holds a lookup on every ancestor of a node it knows, and
+        renames update the chain).  Raises FsError(ESTALE) if a link of
+        the chain is unknown, so a policy check fails closed."""
+        parts = [] if name is None else [name]
+        with self._lock:
+            node = self._nodes.get(ino)
+            for _ in range(1 << 16):
+                if node is None or node.ino == ROOT_INO:
+                    break
+                parts.append(node.entry.name)
+                node = self._nodes.get(node.parent)
+            else:
+                node = None  # a loop: cannot happen, but never spin
+        if node is None:
+            raise FsError(errno.ESTALE, f"the path of inode {ino} is not known")
+        return "/" + "/".join(os.fsdecode(p) for p in reversed(parts))
+
+    def child_exists(self, parent: int, name: bytes) -> bool:
+        """Whether directory ``parent`` has an entry ``name`` (asks the store)."""
+        pnode = self._node(parent)
+        self._need_dir(pnode)
+        try:
+            self.vol.lookup(pnode.entry.id, name)
+        except FsError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
     def entry_attr(self, entry: Entry, parent: int) -> Attr:
         """Attributes of ``entry`` (registering its node, lookup count
         unchanged: the adapter calls :meth:`incref` once the kernel took it)."""

@@ -65,6 +65,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 #: Seconds an exec-stable part of an identity (exe, script, environ flags,
 #: cgroup) is reused for one (pid, start time, exec fingerprint).
 STABLE_TTL = 2.0
@@ -305,6 +307,16 @@ class Identifier:
                         exe_deleted=stable.exe_deleted, exe_replaced=stable.exe_replaced, script=stable.script,
                         script_sha256=stable.script_sha256, cgroup=stable.cgroup, start_time=before.start_time,
                         tracer_pid=tracer, preload=stable.preload)
+
+    def identify_process(self, pid: int) -> Identity:
+        """The identity of a running process as if it sent a request now
+        (its fsuid/fsgid from /proc): for ``sealfs policy explain``.
+        Raises UsageError if there is no such process."""
+        try:
+            status = self._read_status(f"{self.proc}/{pid}")
+        except (_Gone, OSError):
+            raise UsageError(f"there is no process with pid {pid}") from None
+        return self.identify(pid, status.fsuid, status.fsgid)
 
     # -- per call ----------------------------------------------------------------------
 

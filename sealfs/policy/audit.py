@@ -1,0 +1,216 @@
+"""The audit log: one JSON object per line for each decision that matters.
+
+Every denial is recorded; allowed operations too when the policy says
+``audit = "all"``.  A line holds::
+
+    {"time": "2025-01-31T12:00:00.123Z", "decision": "deny", "op": "read",
+     "path": "/payments/x", "pid": 4242, "uid": 33, "gid": 33,
+     "exe": "/opt/shop/bin/frontend", "sha256": "…", "script": null,
+     "workload": ["frontend"], "rule": null, "rule_line": null,
+     "reason": "no rule allows read on this path to frontend (default deny)"}
+
+``op`` is an operation of the policy, or ``lookup`` when a hiding rule
+made a name not exist.  Paths are plaintext paths inside the volume; bytes
+that are not UTF-8 appear as ``\\udcXX`` escapes.
+
+**Rate limit.**  A denied loop must not fill the disk: per (workload, path,
+op) — the workload being the exe for callers in no workload — at most
+``burst`` lines are written per ``window`` seconds.  Further ones are
+counted, and when the window ends (:meth:`AuditLog.tick`, called every
+second by the daemon, or the next line for the same key) one line
+``{"event": "suppressed", "count": N, …}`` says how many were dropped.
+The number of keys tracked is bounded; when it is reached, the oldest
+windows are closed early (their counts written).
+
+**Destinations.**  A file (opened in append mode, line-buffered, reopened
+on :meth:`reopen` so logrotate can move it), syslog (facility authpriv,
+through ``/dev/log`` or another socket), or, when neither is configured,
+the daemon's own log (logger ``sealfs.audit``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import logging.handlers
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .identity import Identity
+from .rules import Decision
+
+log = logging.getLogger("sealfs.audit")
+
+#: Lines per key per window before suppression starts.
+BURST = 5
+#: Seconds in one rate-limit window.
+WINDOW = 10.0
+#: Keys (workload, path, op) tracked at once.
+MAX_KEYS = 10_000
+
+
+@dataclass
+class _Window:
+    start: float
+    written: int = 0
+    suppressed: int = 0
+    sample: dict | None = None
+
+
+class AuditLog:
+    """Where audit lines go.  Thread-safe; never raises from :meth:`record`
+    (a failing destination is reported once in the daemon log)."""
+
+    def __init__(self, path: str | None = None, *, syslog_address: str | None = None, burst: int = BURST,
+                 window: float = WINDOW, max_keys: int = MAX_KEYS, clock=time.monotonic, wallclock=time.time):
+        self.path = path
+        self.burst = burst
+        self.window = window
+        self.max_keys = max_keys
+        self.clock = clock
+        self.wallclock = wallclock
+        self._lock = threading.Lock()
+        self._windows: OrderedDict[tuple, _Window] = OrderedDict()
+        self._file = open(path, "a", buffering=1, encoding="utf-8") if path else None  # noqa: SIM115
+        self._syslog: logging.Handler | None = None
+        if syslog_address:
+            handler = logging.handlers.SysLogHandler(syslog_address,
+                                                     facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV)
+            handler.ident = "sealfs-audit: "  # type: ignore[attr-defined]
+            self._syslog = handler
+        self._failed = False
+
+    # -- writing ----------------------------------------------------------------------
+
+    def record(self, decision: Decision, ident: Identity) -> None:
+        """Write the line for ``decision`` about ``ident`` (subject to the
+        rate limit)."""
+        line = self.line(decision, ident)
+        key = (tuple(decision.workloads) or (ident.exe or f"uid {ident.uid}",), decision.path, line["op"],
+               line["decision"])
+        now = self.clock()
+        out: list[dict] = []
+        with self._lock:
+            w = self._windows.get(key)
+            if w is not None and now - w.start >= self.window:
+                out += self._close(key, w)
+                w = None
+            if w is None:
+                w = self._windows[key] = _Window(now)
+                while len(self._windows) > self.max_keys:
+                    old_key, old = self._windows.popitem(last=False)
+                    out += self._summary(old_key, old)
+            if w.written < self.burst:
+                w.written += 1
+                out.append(line)
+            else:
+                w.suppressed += 1
+                w.sample = line
+            self._emit(out)
+
+    def line(self, decision: Decision, ident: Identity) -> dict:
+        """The JSON object for one decision (without rate limiting)."""
+        t = datetime.datetime.fromtimestamp(self.wallclock(), datetime.timezone.utc)
+        return {
+            "time": t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z",
+            "decision": "allow" if decision.allowed else "deny",
+            "op": decision.op,
+            "path": decision.path,
+            "pid": ident.pid,
+            "uid": ident.uid,
+            "gid": ident.gid,
+            "exe": ident.exe,
+            "sha256": ident.exe_sha256,
+            "script": ident.script,
+            "workload": list(decision.workloads),
+            "rule": decision.rule,
+            "rule_line": decision.line,
+            "hide": decision.hide,
+            "reason": decision.reason,
+        }
+
+    def tick(self) -> None:
+        """Close the windows that ended: write their suppression counts."""
+        now = self.clock()
+        out: list[dict] = []
+        with self._lock:
+            for key in [k for k, w in self._windows.items() if now - w.start >= self.window]:
+                out += self._close(key, self._windows[key])
+            self._emit(out)
+
+    def _close(self, key: tuple, w: _Window) -> list[dict]:
+        """Caller holds the lock."""
+        del self._windows[key]
+        return self._summary(key, w)
+
+    def _summary(self, key: tuple, w: _Window) -> list[dict]:
+        if not w.suppressed:
+            return []
+        sample = w.sample or {}
+        t = datetime.datetime.fromtimestamp(self.wallclock(), datetime.timezone.utc)
+        return [{
+            "time": t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z",
+            "event": "suppressed",
+            "count": w.suppressed,
+            "window_seconds": self.window,
+            "decision": sample.get("decision"),
+            "op": sample.get("op"),
+            "path": sample.get("path"),
+            "workload": sample.get("workload"),
+            "exe": sample.get("exe"),
+            "uid": sample.get("uid"),
+            "last_pid": sample.get("pid"),
+        }]
+
+    def _emit(self, lines: list[dict]) -> None:
+        """Caller holds the lock."""
+        for obj in lines:
+            text = json.dumps(obj, ensure_ascii=True, separators=(", ", ": "))
+            try:
+                if self._file is not None:
+                    self._file.write(text + "\n")
+                if self._syslog is not None:
+                    self._syslog.emit(logging.LogRecord("sealfs.audit", logging.WARNING, "", 0, text, None, None))
+                if self._file is None and self._syslog is None:
+                    level = logging.INFO if obj.get("decision") == "allow" else logging.WARNING
+                    log.log(level, "%s", text)
+            except (OSError, ValueError) as exc:
+                if not self._failed:
+                    self._failed = True
+                    logging.getLogger("sealfs").error("cannot write the audit log %s: %s", self.path or "(syslog)",
+                                                      exc)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def reopen(self) -> None:
+        """Reopen the file (after logrotate moved it)."""
+        if self.path is None:
+            return
+        with self._lock:
+            try:
+                new = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                logging.getLogger("sealfs").error("cannot reopen the audit log %s: %s (still writing to the old "
+                                                  "file)", self.path, exc)
+                return
+            old, self._file = self._file, new
+            self._failed = False
+            if old is not None:
+                old.close()
+
+    def close(self) -> None:
+        """Write every pending suppression count, then close."""
+        with self._lock:
+            out: list[dict] = []
+            for key in list(self._windows):
+                out += self._close(key, self._windows[key])
+            self._emit(out)
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            if self._syslog is not None:
+                self._syslog.close()
+                self._syslog = None

@@ -1,0 +1,140 @@
+"""The policy of one mount, as the FUSE adapter uses it.
+
+A :class:`Guard` holds the policy in force (replaced as a whole by
+:meth:`Guard.reload` on SIGHUP, so a request sees either the old or the new
+one, never a mix), the identity caches and the audit log.  Its methods
+block (they read /proc and may hash a binary): call them from a worker
+thread, in the same call as the filesystem operation they guard.
+
+Denials raise :class:`PolicyDenied`, an :class:`~sealfs.errors.FsError`
+with EACCES (ENOENT when a hiding rule denied), so the adapter's one error
+path turns them into the reply; each is also an audit line.
+
+Requests from the daemon's own threads (it opens a script that lives on
+its own mount to hash it) are not checked: the daemon holds the keys and
+reads everything anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+
+from ..errors import FsError, UsageError
+from .audit import AuditLog
+from .identity import Identifier, Identity
+from .rules import Policy, PolicyError, load_policy
+
+log = logging.getLogger("sealfs")
+
+#: Where ``audit_log=syslog`` sends lines.
+SYSLOG_SOCKET = "/dev/log"
+
+
+class PolicyDenied(FsError):
+    """The policy refused an operation (EACCES, or ENOENT when hidden)."""
+
+
+class Guard:
+    """Policy + identities + audit for one mount.  Thread-safe."""
+
+    def __init__(self, policy: Policy, audit: AuditLog | None = None, *, identifier: Identifier | None = None,
+                 policy_file: str | None = None):
+        self.policy = policy
+        self.policy_file = policy_file or policy.file
+        self.audit = audit or AuditLog()
+        self.identifier = identifier or Identifier()
+
+    # -- checks (worker threads) ---------------------------------------------------------
+
+    def identify(self, pid: int, uid: int, gid: int) -> Identity:
+        return self.identifier.identify(pid, uid, gid)
+
+    def _is_self(self, ident: Identity) -> bool:
+        return ident.valid and ident.pid > 0 and os.path.exists(f"/proc/{os.getpid()}/task/{ident.pid}")
+
+    def check(self, pid: int, uid: int, gid: int, ops: tuple[str, ...], path: str) -> Identity:
+        """Raise :class:`PolicyDenied` unless the caller may do every
+        operation in ``ops`` on ``path``; return its identity."""
+        policy = self.policy
+        ident = self.identifier.identify(pid, uid, gid)
+        if self._is_self(ident):
+            return ident
+        names = policy.workloads_of(ident)
+        for op in ops:
+            d = policy.decide(ident, op, path, names)
+            if not d.allowed:
+                self.audit.record(d, ident)
+                raise PolicyDenied(errno.ENOENT if d.hide else errno.EACCES, f"{op} {path}: {d.reason}")
+            if policy.audit == "all":
+                self.audit.record(d, ident)
+        return ident
+
+    def visible(self, pid: int, uid: int, gid: int, path: str) -> None:
+        """For a lookup: raise ENOENT when a hiding rule hides ``path`` from
+        the caller."""
+        policy = self.policy
+        if not policy.may_hide(path):
+            return
+        ident = self.identifier.identify(pid, uid, gid)
+        if self._is_self(ident):
+            return
+        d = policy.hiding(ident, path)
+        if d is not None:
+            self.audit.record(dataclasses.replace(d, op="lookup"), ident)
+            raise PolicyDenied(errno.ENOENT, f"{path} is hidden: {d.reason}")
+
+    def hidden(self, ident: Identity, path: str) -> bool:
+        """Whether ``path`` is hidden from ``ident`` (quietly: for listings)."""
+        policy = self.policy
+        return policy.may_hide(path) and policy.hiding(ident, path) is not None
+
+    def may_hide(self, path: str) -> bool:
+        return self.policy.may_hide(path)
+
+    # -- operations --------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the policy file again.  An invalid one is refused (logged
+        with file:line and reason) and the old policy stays in force.  The
+        audit file is reopened either way (for logrotate)."""
+        self.audit.reopen()
+        try:
+            new = load_policy(self.policy_file)
+        except PolicyError as exc:
+            log.error("policy NOT reloaded, the previous one stays in force: %s", exc)
+            return False
+        for warning in new.warnings:
+            log.warning("policy: %s", warning)
+        self.policy = new
+        log.info("policy reloaded from %s: %d workloads, %d rules, audit = %s", self.policy_file,
+                 len(new.workloads), len(new.rules), new.audit)
+        return True
+
+    def tick(self) -> None:
+        self.audit.tick()
+
+    def close(self) -> None:
+        self.audit.close()
+
+
+def open_guard(policy_file: str, audit_log: str | None) -> Guard:
+    """Load ``policy_file`` and open the audit destination, for a mount:
+    every error is a :class:`~sealfs.errors.UsageError` with one line
+    (``FILE:LINE: reason`` for the policy)."""
+    policy = load_policy(policy_file)
+    if audit_log is None:
+        audit = AuditLog()
+    elif audit_log == "syslog":
+        if not os.path.exists(SYSLOG_SOCKET):
+            raise UsageError(f"audit_log=syslog: there is no syslog socket {SYSLOG_SOCKET} on this host; "
+                             "give a file: audit_log=/var/log/sealfs-audit.log")
+        audit = AuditLog(syslog_address=SYSLOG_SOCKET)
+    else:
+        try:
+            audit = AuditLog(os.path.abspath(audit_log))
+        except OSError as exc:
+            raise UsageError(f"audit_log={audit_log}: cannot open it for appending: {exc.strerror}") from None
+    return Guard(policy, audit, policy_file=policy_file)
