@@ -94,6 +94,7 @@ class Node:
     parent: int
     lookups: int = 0
     opens: int = 0
+    writers: int = 0
     content: FileContent | None = None
     subdirs: int | None = None
     #: Metadata changed in memory only (written with the next upload, or
@@ -140,10 +141,12 @@ class Filesystem:
             ino = self._by_id.get(entry.id)
             if ino is not None:
                 node = self._nodes[ino]
-                with_content = node.content is not None or node.meta_dirty
-                if not with_content and (node.entry.etag != entry.etag or node.entry.key != entry.key):
+                if node.content is None and not node.meta_dirty:
+                    # Fresh from the store.  (Not only when the etag changed:
+                    # on S3 a metadata-only copy keeps the content's etag.)
+                    if node.entry.etag != entry.etag or node.entry.key != entry.key:
+                        node.subdirs = None
                     node.entry = entry
-                    node.subdirs = None if entry.is_dir else node.subdirs
                 node.parent = parent
                 return node
             ino = self._next_ino
@@ -274,15 +277,20 @@ class Filesystem:
                 content.truncate(size)
                 changes["mtime_ns"] = mtime_ns if mtime_ns is not None else t
             node.entry = replace(e, **changes)
-            if node.content is None or not (node.content.changed or node.opens):
-                self._store_meta(node)
-            elif node.opens:
-                node.meta_dirty = True  # written with the next upload
-            else:  # a path truncate: upload now
-                node.meta_dirty = True
-                self._upload(node)
+            self._meta_changed(node)
+            if node.opens == 0:
                 self._drop_content(node)
             return self._attr(node)
+
+    def _meta_changed(self, node: Node) -> None:
+        """``node.entry`` changed: store it now, or, when content changes
+        are pending and a writer will close the file, with that upload."""
+        if node.content is not None and node.content.changed:
+            node.meta_dirty = True
+            if node.writers == 0:
+                self._upload(node)
+        else:
+            self._store_meta(node)
 
     def _store_meta(self, node: Node) -> None:
         """Write ``node.entry``'s metadata now (server-side copy for files)."""
@@ -551,6 +559,7 @@ class Filesystem:
             self._next_fh += 1
             self._handles[fh] = Handle(node, acc != os.O_RDONLY, bool(flags & os.O_APPEND))
             node.opens += 1
+            node.writers += acc != os.O_RDONLY
         return fh
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx) -> tuple[Attr, int]:
@@ -639,18 +648,21 @@ class Filesystem:
             return
         node = h.node
         with node.lock:
+            last_handle = node.opens == 1
             try:
-                if h.writable and not (node.orphan and node.opens == 1):
+                if (h.writable or last_handle) and not (node.orphan and last_handle):
                     self._upload(node)
             finally:
                 with self._lock:
                     node.opens -= 1
-                    last = node.opens == 0
-                if last:
-                    if node.content is not None and not node.content.changed:
-                        self._drop_content(node)
+                    node.writers -= h.writable
+                if last_handle:
+                    if node.content is not None and node.content.changed and not node.orphan:
+                        log.error("discarding changes to %s that could not be uploaded (close() reported EIO)",
+                                  node.entry.name.decode(errors="replace"))
+                        node.meta_dirty = False
+                    self._drop_content(node)
                     if node.orphan:
-                        self._drop_content(node)
                         self.vol.store.delete(node.entry.key)
                 with self._lock:
                     self._maybe_drop(node)
@@ -695,10 +707,7 @@ class Filesystem:
             xattrs = dict(node.entry.xattrs)
             change(xattrs)
             node.entry = replace(node.entry, xattrs=xattrs, ctime_ns=now_ns())
-            if node.content is not None and node.opens:
-                node.meta_dirty = True
-            else:
-                self._store_meta(node)
+            self._meta_changed(node)
 
     # -- whole filesystem ------------------------------------------------------------------
 

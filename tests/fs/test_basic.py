@@ -27,3 +27,38 @@ def test_write_read_remount(mounted):
     assert st.st_mode & 0o7777 == 0o640
     assert st.st_mtime_ns == 1_500_000_000_123_456_789
     assert sorted(os.listdir(p)) == ["a.txt", "d", "link"]
+
+
+def test_metadata_changes_while_open_read_only_are_stored(mounted):
+    p = mounted.path / "f"
+    p.write_bytes(b"0123456789")
+    with open(p, "rb") as f:
+        assert f.read() == b"0123456789"
+        os.chmod(p, 0o600)
+        os.utime(p, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+        os.setxattr(p, "user.k", b"v")
+        os.truncate(p, 4)
+    mounted.remount()
+    st = os.stat(p)
+    assert st.st_mode & 0o777 == 0o600
+    assert p.read_bytes() == b"0123"
+    assert os.getxattr(p, "user.k") == b"v"
+
+
+def test_changes_by_another_mount_are_seen_after_reopen(make_mount):
+    """Close-to-open across mounts, including a metadata-only change
+    (on S3 that keeps the object's etag)."""
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    (a.path / "f").write_bytes(b"first")
+    assert (b.path / "f").read_bytes() == b"first"
+    os.chmod(a.path / "f", 0o640)
+    (a.path / "f").write_bytes(b"second version")
+    import time
+
+    time.sleep(1.1)  # the kernel's attribute cache (attr_timeout=1) on mount b
+    assert (b.path / "f").read_bytes() == b"second version"
+    assert os.stat(b.path / "f").st_mode & 0o777 == 0o640
+    os.chmod(a.path / "f", 0o600)
+    time.sleep(1.1)
+    assert os.stat(b.path / "f").st_mode & 0o777 == 0o600
