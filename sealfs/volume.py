@@ -545,7 +545,7 @@ class FileReader:
     def _load_header(self) -> FileCipher:
         with self._lock:
             if self._cipher is None:
-                raw = self.vol.store.get(self.entry.key, 0, HEADER_SIZE)
+                raw = self._get(0, HEADER_SIZE)
                 header, dek = open_header(raw, self.vol.keyring.kek)
                 if header.file_id != self.entry.id:
                     raise IntegrityError(f"{self.name}: content belongs to another file")
@@ -578,9 +578,16 @@ class FileReader:
     def read_sealed(self, first: int, stop: int) -> bytes:
         return self.read_sealed_range(*self.layout.sealed_range(first, stop, self.size))
 
+    def _get(self, start: int, end: int) -> bytes:
+        """Bytes of *this* version of the object: never a mix of two."""
+        try:
+            return self.vol.store.get(self.entry.key, start, end, if_match=self.etag or None)
+        except PreconditionFailed:
+            raise PreconditionFailed(f"{self.name} was rewritten in the store (by another mount?) while open here") from None
+
     def read_sealed_range(self, start: int, end: int) -> bytes:
         """Raw object bytes ``[start, end)`` (ciphertext, for re-use)."""
-        data = self.vol.store.get(self.entry.key, start, end)
+        data = self._get(start, end)
         if len(data) != end - start:
             raise IntegrityError(f"{self.name}: object is shorter than its size says")
         return data

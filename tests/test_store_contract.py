@@ -225,6 +225,20 @@ def test_listed_etag_works_with_if_match(store: Store) -> None:
     assert store.get("l") == b"v2"
 
 
+def test_get_if_match_reads_only_that_version(store: Store) -> None:
+    etag = store.put("v", b"version one", {"m": "1"})
+    assert store.get("v", 8, 11, if_match=etag) == b"one"
+    assert store.get("v", if_match=etag) == b"version one"
+    store.copy("v", "v", {"m": "2"})  # a metadata change may keep the etag...
+    current = store.head("v").etag
+    assert store.get("v", 0, 7, if_match=current) == b"version"
+    store.put("v", b"version two", {"m": "3"})  # ...new bytes never do
+    with pytest.raises(PreconditionFailed):
+        store.get("v", 8, 11, if_match=etag)
+    with pytest.raises(PreconditionFailed):
+        store.get("v", 3, 3, if_match=etag)
+
+
 # -- copy -------------------------------------------------------------------------
 
 

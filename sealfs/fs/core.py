@@ -599,7 +599,12 @@ class Filesystem:
     def read(self, fh: int, offset: int, length: int) -> bytes:
         node = self._handles[fh].node
         with node.lock:
-            return self._content(node).read(offset, length)
+            try:
+                return self._content(node).read(offset, length)
+            except PreconditionFailed as exc:
+                # The version this handle reads is gone; never mix versions.
+                log.warning("%s; reopen the file to read the new version", exc)
+                raise FsError(errno.ESTALE, str(exc)) from None
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         h = self._handles[fh]

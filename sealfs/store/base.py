@@ -161,10 +161,12 @@ class Store(abc.ABC):
 
     # -- reading -----------------------------------------------------------
     @abc.abstractmethod
-    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+    def get(self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None) -> bytes:
         """Bytes ``[start, end)`` of the object (``end=None``: to the end).
         A range past the end is clipped (an empty result if ``start`` is at
-        or past the end)."""
+        or past the end).  ``if_match``: only from the version with this
+        etag, else PreconditionFailed (so that reads of one open file never
+        mix two versions)."""
 
     @abc.abstractmethod
     def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:

@@ -134,10 +134,12 @@ class LocalStore(Store):
             raise StoreError(f"{self.root} is not a sealfs store directory (it has no objects/ subdirectory)")
 
     # -- reading -----------------------------------------------------------
-    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+    def get(self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None) -> bytes:
         check_range(start, end)
         with self._open(key) as fd:
-            self._read_header(fd, key)
+            etag, _ = self._read_header(fd, key)
+            if if_match is not None and etag != if_match:
+                raise PreconditionFailed(f"{key} in {self.url} changed (etag is no longer {if_match})")
             size = os.fstat(fd).st_size - HEADER_SIZE
             stop = size if end is None else min(end, size)
             if start >= stop:
@@ -233,10 +235,13 @@ class LocalStore(Store):
 
     def copy(self, src: str, dst: str, metadata: dict[str, str]) -> str:
         dst_path = self._object_path(dst)
-        etag = secrets.token_hex(16)
-        header = self._header(etag, check_metadata(metadata))
+        md = check_metadata(metadata)
         with self._open(src) as src_fd, self._temp_file("copy", dst) as (fd, tmp):
-            self._read_header(src_fd, src)
+            # The same bytes keep the same etag, as on S3 (whose etag of a
+            # single-part object is their MD5): readers holding the etag of
+            # the content are not disturbed by a metadata change.
+            etag, _ = self._read_header(src_fd, src)
+            header = self._header(etag, md)
             size = os.fstat(src_fd).st_size - HEADER_SIZE
             self._write_all(fd, dst, header, 0)
             self._copy_range(src_fd, HEADER_SIZE, fd, HEADER_SIZE, size, src)

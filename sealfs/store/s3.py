@@ -169,16 +169,19 @@ class S3Store(Store):
         self._client.close()
 
     # -- reading -----------------------------------------------------------
-    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+    def get(self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None) -> bytes:
         check_range(start, end)
         if end == start:
-            self.head(key)  # HTTP cannot ask for no bytes; still report a missing key
+            info = self.head(key)  # HTTP cannot ask for no bytes; still report a missing key
+            if if_match is not None and info.etag != if_match:
+                raise PreconditionFailed(f"{key} in {self.url} changed (etag is no longer {if_match})")
             return b""
+        cond = {"IfMatch": _quote(if_match)} if if_match is not None else {}
         if start == 0 and end is None:
-            return self._get(key)[0]
+            return self._get(key, **cond)[0]
         byte_range = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
         try:
-            return self._get(key, Range=byte_range)[0]
+            return self._get(key, Range=byte_range, **cond)[0]
         except _RangeNotSatisfiable:
             return b""
 

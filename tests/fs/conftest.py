@@ -123,12 +123,16 @@ class Mount:
 
 
 @pytest.fixture
-def make_mount(make_store_spec, tmp_path: Path) -> Iterator:
+def make_mount(make_store_spec, store_kind, tmp_path: Path, request) -> Iterator:
     """A factory: ``make_mount(extra=[...])`` inits a fresh volume on a fresh
     store of the current kind and mounts it (``extra``: more ``-o`` options);
     ``make_mount(spec=m.spec)`` mounts the volume of an earlier mount ``m``
     once more (same store and keyfile), on its own mountpoint, log and cache
     directory.  Every mount is unmounted at the end and its log checked."""
+    if store_kind == "s3":
+        # Set the bucket factory up first, so that it is torn down (buckets
+        # deleted) only after every mount here is unmounted.
+        request.getfixturevalue("make_bucket")
     mounts: list[Mount] = []
     keyfiles: dict[str, Path] = {}  # store URL -> keyfile of the volume made there
     counter = iter(range(1000))

@@ -62,3 +62,26 @@ def test_changes_by_another_mount_are_seen_after_reopen(make_mount):
     os.chmod(a.path / "f", 0o600)
     time.sleep(1.1)
     assert os.stat(b.path / "f").st_mode & 0o777 == 0o600
+
+
+def test_reader_never_mixes_two_versions(make_mount):
+    """A file open on one mount and rewritten by another: the reader gets
+    the old blocks it already had, or ESTALE — never blocks of the new one."""
+    import errno
+
+    import pytest
+
+    a = make_mount(["cache_size=0"])
+    b = make_mount(["cache_size=0"], spec=a.spec)
+    old = b"A" * (3 * 65536)
+    (a.path / "f").write_bytes(old)
+    with open(b.path / "f", "rb", buffering=0) as f:
+        assert f.read(100) == b"A" * 100
+        (a.path / "f").write_bytes(b"B" * (3 * 65536 + 5))
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        with pytest.raises(OSError) as err:
+            f.seek(2 * 65536)
+            f.read(100)
+        assert err.value.errno == errno.ESTALE
+    b.expected_log.append("rewritten in the store")
+    assert (b.path / "f").read_bytes() == b"B" * (3 * 65536 + 5)
