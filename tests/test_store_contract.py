@@ -239,6 +239,25 @@ def test_get_if_match_reads_only_that_version(store: Store) -> None:
         store.get("v", 3, 3, if_match=etag)
 
 
+def test_get_stream_reads_from_an_offset_to_the_end(store: Store) -> None:
+    data = os.urandom(3 * MiB + 17)
+    etag = store.put("s", data)
+    stream = store.get_stream("s", MiB + 5, if_match=etag)
+    got = bytearray()
+    while chunk := stream.read(100_000):
+        got += chunk
+    stream.close()
+    assert bytes(got) == data[MiB + 5 :]
+    end = store.get_stream("s", len(data))
+    assert end.read(10) == b""
+    end.close()
+    with pytest.raises(NotFound):
+        store.get_stream("missing")
+    store.put("s", b"new")
+    with pytest.raises(PreconditionFailed):
+        store.get_stream("s", 0, if_match=etag)
+
+
 # -- copy -------------------------------------------------------------------------
 
 

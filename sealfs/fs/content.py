@@ -15,14 +15,21 @@ Not thread-safe by itself: the filesystem core holds the node's lock.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
-from ..volume import Entry, FileReader, Volume
+from ..errors import IntegrityError, PreconditionFailed, StoreError
+from ..volume import BlockStream, Entry, FileReader, Volume
 from .cache import BlockCache
 from .spool import Spool
 
 #: Readahead starts at one block and doubles on sequential reads up to this.
 MAX_READAHEAD_BYTES = 8 * 1024 * 1024
+#: Once the readahead window reaches this many blocks, reads come from one
+#: streaming GET rather than a ranged GET per window.
+STREAM_AFTER_BLOCKS = 4
+
+log = logging.getLogger(__name__)
 #: A read starting this close to where the previous one ended still counts
 #: as sequential: the kernel sends readahead requests in parallel, and they
 #: reach us in any order.
@@ -38,12 +45,14 @@ class FileContent:
         self.block_size = vol.layout.block_size
         self.dirty: dict[int, bytearray] = {}
         self.spool: Spool | None = None
+        self._stream: BlockStream | None = None
         self._set_base(vol.reader(entry))
         self._next_block = -1
         self._window = 1
         self._read_stop = 0
 
     def _set_base(self, reader: FileReader) -> None:
+        self._close_stream()  # it reads the previous base
         self.base = reader
         self.size = reader.size
         self._valid_base = -(-reader.size // self.block_size)
@@ -86,9 +95,31 @@ class FileContent:
         return data
 
     def _fetch(self, index: int) -> None:
+        """Bring blocks from ``index`` on into the cache: on a sequential
+        run from one streaming GET, else with one ranged GET of the window."""
         stop = min(self._valid_base, max(index + self._window, self._read_stop))
-        for i, data in enumerate(self.base.read_blocks(index, stop), start=index):
+        blocks = None
+        if self._window >= STREAM_AFTER_BLOCKS:
+            try:
+                if self._stream is None or self._stream.next != index:
+                    self._close_stream()
+                    self._stream = self.base.stream(index)
+                blocks = self._stream.read_blocks(stop)
+            except (PreconditionFailed, IntegrityError):
+                self._close_stream()
+                raise
+            except StoreError as exc:  # a broken stream: ranged reads retry
+                log.info("streaming read of %s failed (%s); reading by ranges", self.base.name, exc)
+                self._close_stream()
+        if blocks is None:
+            blocks = self.base.read_blocks(index, stop)
+        for i, data in enumerate(blocks, start=index):
             self.cache.put((self.base.entry.id, self.base.etag, i), data)
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def block(self, index: int) -> bytes:
         """Current plaintext of block ``index``, exactly its length."""
@@ -207,6 +238,7 @@ class FileContent:
             self.spool = None
 
     def close(self) -> None:
+        self._close_stream()
         self._drop_spool()
         self.dirty.clear()
 

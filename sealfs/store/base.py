@@ -36,6 +36,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 MAX_METADATA_BYTES = 2048
 #: Smallest part S3 accepts for any but the last part of a multipart upload.
@@ -48,6 +49,15 @@ MAX_KEY_BYTES = 1024
 MAX_KEY_SEGMENT = 254
 #: The characters of a key segment.
 KEY_SEGMENT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+class ByteStream(Protocol):
+    """What ``get_stream`` returns."""
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end of the object."""
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,13 @@ class Store(abc.ABC):
         or past the end).  ``if_match``: only from the version with this
         etag, else PreconditionFailed (so that reads of one open file never
         mix two versions)."""
+
+    @abc.abstractmethod
+    def get_stream(self, key: str, start: int = 0, *, if_match: str | None = None) -> "ByteStream":
+        """A stream of the object's bytes from ``start`` to its end, for
+        sequential reading with one request.  Errors as for ``get``, raised
+        when the stream is opened; a stream that breaks off later raises
+        StoreError (or StoreUnavailable) from ``read``."""
 
     @abc.abstractmethod
     def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:

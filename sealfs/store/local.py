@@ -69,6 +69,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from ..errors import NotFound, PreconditionFailed, StoreError
 from .base import (
@@ -145,6 +146,23 @@ class LocalStore(Store):
             if start >= stop:
                 return b""
             return self._pread(fd, key, HEADER_SIZE + start, stop - start)
+
+    def get_stream(self, key: str, start: int = 0, *, if_match: str | None = None) -> BinaryIO:
+        check_range(start, None)
+        with self._os_errors("read", key):
+            try:
+                f = open(self._object_path(key), "rb")
+            except FileNotFoundError:
+                raise NotFound(f"no object {key} in {self.url}") from None
+        try:
+            etag, _ = self._read_header(f.fileno(), key)
+            if if_match is not None and etag != if_match:
+                raise PreconditionFailed(f"{key} in {self.url} changed (etag is no longer {if_match})")
+            f.seek(HEADER_SIZE + start)
+        except BaseException:
+            f.close()
+            raise
+        return f  # the open file keeps this version readable even if replaced
 
     def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         with self._open(key) as fd:

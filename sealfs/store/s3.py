@@ -99,6 +99,28 @@ class _RangeNotSatisfiable(StoreError):
     """416: the object exists and the range starts at or past its end."""
 
 
+class _Stream:
+    """A GetObject body read in pieces; a body that breaks off is a
+    StoreUnavailable (the caller falls back to ranged reads, which retry)."""
+
+    def __init__(self, body, key: str, url: str):
+        self._body = body
+        self._what = f"{key} in {url}"
+
+    def read(self, n: int) -> bytes:
+        if self._body is None:
+            return b""
+        try:
+            return self._body.read(n)
+        except _BODY_ERRORS as e:
+            raise StoreUnavailable(f"reading {self._what} broke off ({type(e).__name__})") from e
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+
 class S3Store(Store):
     """The objects under ``prefix`` in an S3 bucket.
 
@@ -184,6 +206,17 @@ class S3Store(Store):
             return self._get(key, Range=byte_range, **cond)[0]
         except _RangeNotSatisfiable:
             return b""
+
+    def get_stream(self, key: str, start: int = 0, *, if_match: str | None = None) -> "_Stream":
+        check_range(start, None)
+        args: dict[str, Any] = {"Range": f"bytes={start}-"}
+        if if_match is not None:
+            args["IfMatch"] = _quote(if_match)
+        try:
+            response = self._call("read", key, self._client.get_object, Bucket=self.bucket, Key=self._key(key), **args)
+        except _RangeNotSatisfiable:
+            return _Stream(None, key, self.url)
+        return _Stream(response["Body"], key, self.url)
 
     def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         data, response = self._get(key)
