@@ -22,7 +22,7 @@ rename                      rename + delete at the source, rename +
                             create at the target (+ delete if it exists)
 setattr                     size: write; mode, owner, times: setattr
 readlink                    read
-get/set/list/removexattr    xattr
+get/set/list/removexattr    xattr (reading METADATA_XATTRS: no check)
 ==========================  ===========================================
 
 ``read``, ``write``, ``flush``, ``release``, ``fsync`` and ``readdir`` get
@@ -315,7 +315,8 @@ class SealfsOps(pyfuse3.Operations):
         await self._run(self.fs.setxattr, inode, name, value, check=self._may(ctx, ("xattr",), inode))
 
     async def getxattr(self, inode, name, ctx):
-        return await self._run(self.fs.getxattr, inode, name, check=self._may(ctx, ("xattr",), inode))
+        check = None if name in METADATA_XATTRS else self._may(ctx, ("xattr",), inode)
+        return await self._run(self.fs.getxattr, inode, name, check=check)
 
     async def listxattr(self, inode, ctx):
         return await self._run(self.fs.listxattr, inode, check=self._may(ctx, ("xattr",), inode))
@@ -326,6 +327,14 @@ class SealfsOps(pyfuse3.Operations):
     async def access(self, inode, mode, ctx):
         # Mode bits are checked by the kernel (default_permissions).
         return True
+
+
+#: Attributes that the kernel (on every write: may it keep file
+#: capabilities?) and tools such as ls -l read by themselves.  Like the mode
+#: bits, which getattr shows to anyone, they are permission metadata, not
+#: data: reading them is not subject to the policy (setting them is: xattr).
+METADATA_XATTRS = frozenset({b"security.capability", b"security.selinux", b"system.posix_acl_access",
+                             b"system.posix_acl_default"})
 
 
 def _checked(check, call):
