@@ -43,6 +43,9 @@ class CountingStore(Store):
     def get_object(self, *args, **kwargs):
         return self._call("get_object", *args, **kwargs)
 
+    def get_stream(self, *args, **kwargs):
+        return self._call("get_stream", *args, **kwargs)
+
     def head(self, *args, **kwargs):
         return self._call("head", *args, **kwargs)
 

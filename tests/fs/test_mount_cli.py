@@ -76,7 +76,7 @@ def test_mount_failures_are_one_clear_line(make_mount, tmp_path):
     assert not is_mounted(other)
 
 
-def test_unreachable_s3_endpoint_at_mount_time(tmp_path, make_mount):
+def test_unreachable_s3_endpoint_at_mount_time(tmp_path):
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
