@@ -494,6 +494,30 @@ def cmd_policy(args) -> int:
     return 0 if policy.decide(ident, args.op, path).allowed else 1
 
 
+def cmd_fsck(args) -> int:
+    from ..fsck import check
+
+    vol = _volume(args)
+    try:
+        report = check(vol, repair=args.repair, threads=max(1, args.threads))
+    finally:
+        vol.close()
+    for what, why in report.damaged:
+        print(f"DAMAGED   {what}: {why}")
+    for what, why in report.leftovers:
+        print(f"{'REMOVED ' if args.repair else 'LEFTOVER'}  {what}: {why}")
+    for line in report.warnings:
+        print(f"WARNING   {line}")
+    print(f"{report.files} files ({report.bytes} bytes), {report.dirs} directories, {report.links} symlinks checked; "
+          f"{len(report.damaged)} damaged, {len(report.leftovers)} leftovers"
+          + (f" ({report.repaired} removed)" if args.repair else "") + f", {len(report.warnings)} warnings")
+    if report.damaged:
+        return ExitCode.INTEGRITY
+    if report.warnings or (report.leftovers and not args.repair):
+        return ExitCode.FAILURE
+    return ExitCode.OK
+
+
 def cmd_rekey(args) -> int:
     vol = _volume(args)
     done = skipped = 0
@@ -631,6 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     _key_flags(p)
     p.set_defaults(func=cmd_rekey)
+
+    p = sub.add_parser("fsck", help="authenticate every object; report damage and leftovers (exit 0 clean, "
+                                    "1 leftovers or warnings, 4 damaged objects)")
+    p.add_argument("store")
+    p.add_argument("--repair", action="store_true",
+                   help="remove leftovers nothing refers to (never a damaged object)")
+    p.add_argument("--threads", type=int, default=8, metavar="N", help="files checked in parallel (default 8)")
+    _key_flags(p)
+    p.set_defaults(func=cmd_fsck)
 
     p = sub.add_parser("policy", help="check an access policy file, or explain a decision (see sealfs-policy(5))")
     psub = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)

@@ -1,0 +1,146 @@
+"""``sealfs fsck``: authenticate every object of a volume and find leftovers.
+
+Checks, without a mount:
+
+* every directory entry's name and metadata, every file's header and every
+  block, every symlink target (all authenticated: a damaged object is
+  *reported*, never repaired — there is nothing to repair it from);
+* objects nothing refers to: entries under a directory id that no reachable
+  directory has, overflow metadata of no entry, files unlinked while open
+  (``o/``) left by a crash, and multipart uploads older than a grace period;
+* two directory entries holding one directory id (left by a crash in the
+  middle of a directory rename).
+
+``--repair`` removes only leftovers that hold no data a user can reach:
+orphaned ``o/`` files, unreferenced overflow objects, entries under
+unreachable directory ids, stale multipart uploads.  It never deletes a
+damaged object (the evidence, and maybe all that is left of a file).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from .errors import IntegrityError, NotFound, SealfsError
+from .volume import ROOT_ID, Entry, Volume
+
+#: Multipart uploads younger than this may belong to a running mount.
+STALE_UPLOAD_SECONDS = 24 * 3600
+
+
+@dataclass
+class Report:
+    files: int = 0
+    dirs: int = 1
+    links: int = 0
+    bytes: int = 0
+    #: (what, message): objects that failed authentication
+    damaged: list[tuple[str, str]] = field(default_factory=list)
+    #: (key or upload, why): safe to remove
+    leftovers: list[tuple[str, str]] = field(default_factory=list)
+    #: other findings that need a person (duplicate directory entries)
+    warnings: list[str] = field(default_factory=list)
+    repaired: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.damaged or self.leftovers or self.warnings)
+
+
+def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPLOAD_SECONDS,
+          threads: int = 8) -> Report:
+    report = Report()
+    store = vol.store
+    dir_ids = {ROOT_ID}
+    entry_ids: set[bytes] = set()
+    files: list[tuple[str, Entry]] = []
+    seen_dirs: dict[bytes, str] = {ROOT_ID: "/"}
+
+    try:
+        root = vol.root()
+    except (IntegrityError, NotFound) as exc:
+        report.damaged.append(("/", f"root directory entry: {exc}"))
+        return report
+    stack = [(root, "/")]
+    while stack:
+        d, path = stack.pop()
+
+        def bad(key: str, exc: Exception, path=path) -> None:
+            report.damaged.append((f"{path} ({key})", str(exc)))
+
+        for e in vol.listdir(d.id, on_error=bad):
+            child = path.rstrip("/") + "/" + e.name.decode(errors="replace")
+            entry_ids.add(e.id)
+            if e.is_dir:
+                if e.id in seen_dirs:
+                    report.warnings.append(f"{child} and {seen_dirs[e.id]} are one directory "
+                                           "(a directory rename was interrupted): remove one name with "
+                                           "'sealfs rm' of the entry only after checking which to keep")
+                    continue
+                seen_dirs[e.id] = child
+                dir_ids.add(e.id)
+                report.dirs += 1
+                stack.append((e, child))
+            elif e.is_link:
+                report.links += 1
+                try:
+                    vol.readlink(e)
+                except IntegrityError as exc:
+                    report.damaged.append((child, str(exc)))
+            else:
+                files.append((child, e))
+
+    def verify(item: tuple[str, Entry]) -> tuple[str, int, str | None]:
+        path, e = item
+        try:
+            n = 0
+            for chunk in vol.reader(e).iter_chunks():
+                n += len(chunk)
+            return path, n, None
+        except (IntegrityError, SealfsError) as exc:
+            return path, 0, str(exc)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for path, n, err in pool.map(verify, files):
+            report.files += 1
+            report.bytes += n
+            if err:
+                report.damaged.append((path, err))
+
+    # leftovers: what no reachable entry refers to
+    for prefix, ids, why in (("d/", dir_ids, "entry of a directory that no longer exists"),
+                             ("x/", entry_ids, "overflow metadata of no entry")):
+        for o in store.list_all(prefix):
+            if isinstance(o, str):
+                continue
+            found = _hex_id(o.key.split("/")[1])
+            if found is None:
+                report.warnings.append(f"{o.key}: not an object sealfs writes (left alone)")
+            elif found not in ids:
+                report.leftovers.append((o.key, why))
+    for o in store.list_all("o/"):
+        if not isinstance(o, str):
+            report.leftovers.append((o.key, "file unlinked while open, left by a crash"))
+    now = time.time()
+    for up in store.list_multipart_uploads():
+        if now - up.initiated > stale_seconds:
+            report.leftovers.append((f"upload {up.upload_id} of {up.key}", "stale multipart upload"))
+
+    if repair:
+        uploads = {f"upload {u.upload_id} of {u.key}": u for u in store.list_multipart_uploads()}
+        for what, _ in report.leftovers:
+            if what in uploads:
+                store.abort_multipart(uploads[what].key, uploads[what].upload_id)
+            else:
+                store.delete(what)
+            report.repaired += 1
+    return report
+
+
+def _hex_id(text: str) -> bytes | None:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 else None

@@ -1,0 +1,87 @@
+"""sealfs fsck on both stores: clean volumes, damage, leftovers, repair."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from sealfs.fsck import check
+from sealfs.keys.slots import KeyFile
+from sealfs.volume import ROOT_ID, Volume
+
+from test_cli import ok, opts, run
+
+
+def _volume(store):
+    vol = Volume.create(store, KeyFile("k", os.urandom(64)), block_size=4096)
+    d = vol.mkdir(ROOT_ID, b"docs", 0o755, 0, 0)
+    for i in range(5):
+        e = vol.new_file_entry(d.id, f"f{i}".encode(), 0o644, 0, 0)
+        data = os.urandom(10_000 + i)
+        vol.write_content(e, len(data), lambda b, data=data: data[b * 4096 : (b + 1) * 4096], if_none_match=True)
+    vol.symlink(ROOT_ID, b"link", b"docs/f1", 0, 0)
+    sub = vol.mkdir(d.id, b"sub", 0o755, 0, 0)
+    vol.set_meta(sub, xattrs={b"user.big": os.urandom(3000)})
+    return vol
+
+
+def test_clean_volume(store):
+    vol = _volume(store)
+    report = check(vol)
+    assert report.clean, report
+    assert (report.files, report.dirs, report.links) == (5, 3, 1)
+    assert report.bytes == sum(10_000 + i for i in range(5))
+
+
+def test_damage_is_reported_and_never_removed(store):
+    vol = _volume(store)
+    f2 = vol.resolve("/docs/f2")
+    body = bytearray(store.get(f2.key))
+    body[5000] ^= 0x40
+    store.put(f2.key, bytes(body), store.head(f2.key).metadata)
+    report = check(vol, repair=True)
+    assert [p for p, _ in report.damaged] == ["/docs/f2"]
+    assert "block 1" in report.damaged[0][1]
+    assert store.head(f2.key).size == len(body), "a damaged object must be left in place"
+
+
+def test_leftovers_found_and_repaired(store):
+    vol = _volume(store)
+    docs = vol.resolve("/docs")
+    store.delete(docs.key)  # as if a crash lost the entry: its children are unreachable
+    store.put("o/" + os.urandom(16).hex(), b"x")  # unlinked-while-open leftover
+    store.put("x/" + os.urandom(16).hex(), b"x")  # overflow of nothing
+    upload = store.create_multipart("d/" + ROOT_ID.hex() + "/abandoned")
+    report = check(vol, stale_seconds=0.0)
+    kinds = sorted(why for _, why in report.leftovers)
+    assert kinds.count("entry of a directory that no longer exists") == 6  # 5 files + sub
+    assert "file unlinked while open, left by a crash" in kinds
+    assert "overflow metadata of no entry" in kinds  # sub's xattrs, and the fake one
+    assert "stale multipart upload" in kinds
+    assert not report.damaged
+    time.sleep(0.01)
+    fixed = check(vol, repair=True, stale_seconds=0.0)
+    assert fixed.repaired == len(report.leftovers)
+    assert check(vol, stale_seconds=0.0).clean
+    assert not [u for u in store.list_multipart_uploads() if u.upload_id == upload]
+
+
+def test_fsck_command_exit_codes(store_spec, tmp_path):
+    kf = tmp_path / "key"
+    ok("init", store_spec.url, "--keyfile", str(kf), *opts(store_spec), passphrase=None)
+    src = tmp_path / "f"
+    src.write_bytes(os.urandom(70_000))
+    ok("put", store_spec.url, str(src), "/f", "--keyfile", str(kf), *opts(store_spec), passphrase=None)
+    out = ok("fsck", store_spec.url, "--keyfile", str(kf), *opts(store_spec), passphrase=None).stdout.decode()
+    assert "1 files (70000 bytes)" in out and "0 damaged" in out
+    store = store_spec.open()
+    store.put("o/" + os.urandom(16).hex(), b"left")
+    proc = run("fsck", store_spec.url, "--keyfile", str(kf), *opts(store_spec), passphrase=None)
+    assert proc.returncode == 1 and b"LEFTOVER" in proc.stdout
+    ok("fsck", store_spec.url, "--repair", "--keyfile", str(kf), *opts(store_spec), passphrase=None)
+    key = next(o.key for o in store.list_all("d/") if not isinstance(o, str))
+    body = bytearray(store.get(key))
+    body[-1] ^= 1
+    store.put(key, bytes(body), store.head(key).metadata)
+    proc = run("fsck", store_spec.url, "--keyfile", str(kf), *opts(store_spec), passphrase=None)
+    assert proc.returncode == 4 and b"DAMAGED   /f" in proc.stdout
