@@ -21,6 +21,8 @@ unlink, rmdir               delete
 rename                      rename + delete at the source, rename +
                             create at the target (+ delete if it exists)
 setattr                     size: write; mode, owner, times: setattr
+                            (clearing only set-user/group-ID bits, as
+                            the kernel does before a write: write)
 readlink                    read
 get/set/list/removexattr    xattr (reading METADATA_XATTRS: no check)
 ==========================  ===========================================
@@ -41,6 +43,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 
 import pyfuse3
 import trio
@@ -134,6 +137,16 @@ class SealfsOps(pyfuse3.Operations):
 
         return check
 
+    def _volatile(self, parent: int, name: bytes) -> bool:
+        """Whether the kernel must not cache the name (a hiding rule may
+        hide it from some callers and not from others)."""
+        if self.guard is None:
+            return False
+        try:
+            return self.guard.may_hide(self.fs.path_of(parent, name))
+        except FsError:
+            return True
+
     def _entry(self, attr: Attr, volatile: bool = False) -> pyfuse3.EntryAttributes:
         out = pyfuse3.EntryAttributes()
         out.st_ino = attr.ino
@@ -192,19 +205,32 @@ class SealfsOps(pyfuse3.Operations):
         if fields.update_atime:
             kw["atime_ns"] = attr.st_atime_ns
         ops = (("write",) if "size" in kw else ()) + (("setattr",) if kw.keys() - {"size"} else ())
-        return self._entry(await self._run(self.fs.setattr, inode, self._ctx(ctx), fh=fh, **kw,
-                                           check=self._may(ctx, ops, inode)))
+        check = self._may(ctx, ops, inode)
+        if check is not None and kw.keys() == {"mode"}:
+            only_setid = self._may(ctx, ("write",), inode)
+
+            def check(general=check) -> None:
+                # the kernel clears set-user/group-ID bits by itself before a write
+                (only_setid if self._drops_setid_only(inode, kw["mode"]) else general)()
+        return self._entry(await self._run(self.fs.setattr, inode, self._ctx(ctx), fh=fh, **kw, check=check))
+
+    def _drops_setid_only(self, ino: int, mode: int) -> bool:
+        """Whether ``mode`` only clears set-user/group-ID bits of the file."""
+        changed = (self.fs.getattr(ino).mode ^ mode) & 0o7777
+        return bool(changed) and not changed & ~(stat.S_ISUID | stat.S_ISGID) and not mode & changed
 
     async def readlink(self, inode, ctx):
         return await self._run(self.fs.readlink, inode, check=self._may(ctx, ("read",), inode))
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         return self._entry(await self._run(self.fs.mknod, parent_inode, name, mode, self._ctx(ctx),
-                                           check=self._may(ctx, ("create",), parent_inode, name)))
+                                           check=self._may(ctx, ("create",), parent_inode, name)),
+                           self._volatile(parent_inode, name))
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         return self._entry(await self._run(self.fs.mkdir, parent_inode, name, mode, self._ctx(ctx),
-                                           check=self._may(ctx, ("create",), parent_inode, name)))
+                                           check=self._may(ctx, ("create",), parent_inode, name)),
+                           self._volatile(parent_inode, name))
 
     async def unlink(self, parent_inode, name, ctx):
         await self._run(self.fs.unlink, parent_inode, name, self._ctx(ctx),
@@ -216,7 +242,8 @@ class SealfsOps(pyfuse3.Operations):
 
     async def symlink(self, parent_inode, name, target, ctx):
         return self._entry(await self._run(self.fs.symlink, parent_inode, name, target, self._ctx(ctx),
-                                           check=self._may(ctx, ("create",), parent_inode, name)))
+                                           check=self._may(ctx, ("create",), parent_inode, name)),
+                           self._volatile(parent_inode, name))
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         check = None
@@ -238,12 +265,21 @@ class SealfsOps(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         fh, keep = await self._run(self.fs.open, inode, flags, self._ctx(ctx),
                                    check=self._may(ctx, _open_ops(flags), inode))
+        if not keep:
+            # Another version than the kernel knows (written by another
+            # mount): the size it caches may be stale too, and it would
+            # clip reads to it.  Attributes only: no data is cached for
+            # writeback, so this cannot block.
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError as exc:
+                log.debug("cannot invalidate the attributes of inode %d: %s", inode, exc)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         attr, fh = await self._run(self.fs.create, parent_inode, name, mode, flags, self._ctx(ctx),
                                    check=self._may(ctx, ("create",) + _open_ops(flags), parent_inode, name))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr, self._volatile(parent_inode, name))
 
     async def read(self, fh, off, size):
         return await self._run(self.fs.read, fh, off, size)
@@ -275,20 +311,33 @@ class SealfsOps(pyfuse3.Operations):
         return self.fs.opendir(ino, ctx), (ident, path)
 
     async def readdir(self, fh, start_id, token):
-        entries = await self._run(self.fs.readdir, fh, start_id)
         caller = self._dir_callers.get(fh)
-        for name, attr, next_id in entries:
-            volatile = False
-            if caller is not None:
-                ident, dirpath = caller
-                path = ("" if dirpath == "/" else dirpath) + "/" + os.fsdecode(name)
-                if self.guard.may_hide(path):
-                    if self.guard.hidden(ident, path):
-                        continue
-                    volatile = True
-            if not pyfuse3.readdir_reply(token, name, self._entry(attr, volatile), next_id):
-                break
-            self.fs.incref(attr.ino)
+        while True:
+            entries = await self._run(self.fs.readdir, fh, start_id)
+            replied = False
+            # Each entry comes with a lookup count; those the kernel does
+            # not take (hidden, or past a full reply) are given back.
+            untaken = [attr.ino for _, attr, _ in entries]
+            try:
+                for name, attr, next_id in entries:
+                    start_id = next_id
+                    volatile = False
+                    if caller is not None:
+                        ident, dirpath = caller
+                        path = ("" if dirpath == "/" else dirpath) + "/" + os.fsdecode(name)
+                        if self.guard.may_hide(path):
+                            if self.guard.hidden(ident, path):
+                                continue
+                            volatile = True
+                    if not pyfuse3.readdir_reply(token, name, self._entry(attr, volatile), next_id):
+                        return
+                    untaken.remove(attr.ino)
+                    replied = True
+            finally:
+                self.fs.forget([(ino, 1) for ino in untaken])
+            # an empty reply ends the listing: a page of hidden names only must not
+            if replied or not entries:
+                return
 
     async def releasedir(self, fh):
         self._dir_callers.pop(fh, None)

@@ -71,6 +71,6 @@ def test_imports_only_go_down(path):
 
 def test_codec_and_store_load_no_fuse_or_trio():
     code = ("import sys, sealfs.codec.blocks, sealfs.codec.names, sealfs.codec.meta, sealfs.volume; "
-            "bad = [m for m in ("pyfuse3", "trio", "boto3") if m in sys.modules]; print(','.join(bad))")
+            "bad = [m for m in ('pyfuse3', 'trio', 'boto3') if m in sys.modules]; print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"the library layers loaded {out.stdout.strip()}"

@@ -26,7 +26,9 @@ then the node being changed, then ``_lock`` (only briefly).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -49,6 +51,16 @@ XATTR_SIZE_MAX = 65536
 READDIR_PAGE = 256
 #: xattr namespaces stored as given; others are refused (ENOTSUP).
 XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+
+
+def without_setid(mode: int) -> int:
+    """``mode`` less what a change by an unprivileged user clears: the
+    set-user-id bit, and set-group-id where group-execute is set (without
+    it, the bit means mandatory locking and stays)."""
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    return mode
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,9 @@ class Node:
     meta_dirty: bool = False
     #: Unlinked while open: the object now lives at an orphan key.
     orphan: bool = False
+    #: When (on ``Filesystem._clock``) this mount last wrote the object: a
+    #: store read begun before that may return the version it replaced.
+    written: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -123,7 +138,10 @@ class Filesystem:
         self._by_id: dict[bytes, int] = {ROOT_ID: ROOT_INO}
         self._next_ino = ROOT_INO + 1
         self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, tuple[int, list[Entry]]] = {}
+        #: readdir handles: (inode, listing, when the listing was read).
+        self._dirs: dict[int, tuple[int, list[Entry], int]] = {}
+        #: Orders this mount's store writes against its store reads.
+        self._clock = itertools.count(1)
         self._next_fh = 1
         self.spool_dir = os.path.join(self.opts.cache_dir, vol.config.volume_id.hex())
 
@@ -135,26 +153,37 @@ class Filesystem:
             raise FsError(errno.ESTALE, f"inode {ino} is not known")
         return node
 
-    def _remember(self, entry: Entry, parent: int) -> Node:
-        """The node for ``entry`` (reusing its inode if the id is known)."""
+    def _remember(self, entry: Entry, parent: int, lookups: int = 0, read_at: int | None = None) -> Node:
+        """The node for ``entry`` (reusing its inode if the id is known),
+        with ``lookups`` added to its lookup count in the same step: a node
+        on its way to the kernel must not be dropped by a forget meanwhile.
+        ``read_at``: when the store read that gave ``entry`` began (None:
+        ``entry`` was just written by this mount)."""
         with self._lock:
             ino = self._by_id.get(entry.id)
             if ino is not None:
                 node = self._nodes[ino]
-                if node.content is None and not node.meta_dirty:
+                fresh = read_at is None or read_at > node.written
+                if node.content is None and not node.meta_dirty and fresh:
                     # Fresh from the store.  (Not only when the etag changed:
                     # on S3 a metadata-only copy keeps the content's etag.)
                     if node.entry.etag != entry.etag or node.entry.key != entry.key:
                         node.subdirs = None
                     node.entry = entry
                 node.parent = parent
+                node.lookups += lookups
                 return node
             ino = self._next_ino
             self._next_ino += 1
-            node = Node(ino, entry, parent)
+            node = Node(ino, entry, parent, lookups=lookups)
             self._nodes[ino] = node
             self._by_id[entry.id] = ino
             return node
+
+    def _stored(self, node: Node, entry: Entry) -> None:
+        """``entry`` is what this mount just wrote for ``node``."""
+        node.entry = entry
+        node.written = next(self._clock)
 
     def _attr(self, node: Node) -> Attr:
         e = node.entry
@@ -221,30 +250,27 @@ class Filesystem:
             raise
         return True
 
-    def entry_attr(self, entry: Entry, parent: int) -> Attr:
-        """Attributes of ``entry`` (registering its node, lookup count
-        unchanged: the adapter calls :meth:`incref` once the kernel took it)."""
-        node = self._remember(entry, parent)
-        with node.lock:
-            return self._attr(node)
+    def entry_attr(self, entry: Entry, parent: int, read_at: int) -> Attr:
+        """Attributes of ``entry`` (read from the store at ``read_at``),
+        registering its node with one lookup count for the kernel (the
+        adapter gives it back with :meth:`forget` if the kernel does not
+        take the entry)."""
+        return self._counted(self._remember(entry, parent, lookups=1, read_at=read_at))
 
     # -- lookups and attributes ------------------------------------------------------
 
     def lookup(self, parent: int, name: bytes, ctx: Ctx) -> Attr:
         pnode = self._node(parent)
-        if name == b".":
-            node = pnode
-        elif name == b"..":
-            node = self._node(pnode.parent)
+        if name in (b".", b".."):
+            node = pnode if name == b"." else self._node(pnode.parent)
+            self.incref(node.ino)
         else:
             self._need_dir(pnode)
             if len(name) > 255:
                 raise FsError(errno.ENAMETOOLONG, "name too long")
-            node = self._remember(self.vol.lookup(pnode.entry.id, name), parent)
-        with node.lock:
-            attr = self._attr(node)
-        self.incref(node.ino)
-        return attr
+            read_at = next(self._clock)
+            node = self._remember(self.vol.lookup(pnode.entry.id, name), parent, lookups=1, read_at=read_at)
+        return self._counted(node)
 
     def getattr(self, ino: int) -> Attr:
         node = self._node(ino)
@@ -257,6 +283,7 @@ class Filesystem:
         node = self._node(ino)
         self._writable()
         with node.lock:
+            self._check_live(node, errno.ENOENT)
             e = node.entry
             t = now_ns()
             changes: dict = {"ctime_ns": t}
@@ -298,7 +325,7 @@ class Filesystem:
             stored = self.vol.set_meta(node.entry)
         except NotFound:
             raise FsError(errno.ENOENT, "file was removed meanwhile") from None
-        node.entry = stored
+        self._stored(node, stored)
         node.meta_dirty = False
         if node.content is not None:
             node.content.rebase(stored)
@@ -355,16 +382,21 @@ class Filesystem:
         mode, uid, gid = self._new_owner(pnode, mode, ctx, True)
         with pnode.lock:
             entry = self.vol.mkdir(pnode.entry.id, check_name(name), mode, uid, gid)
-        node = self._remember(entry, parent)
+        node = self._remember(entry, parent, lookups=1)
         node.subdirs = 0
         self._touch_dir(pnode, +1)
         return self._counted(node)
 
     def _counted(self, node: Node) -> Attr:
-        with node.lock:
-            attr = self._attr(node)
-        self.incref(node.ino)
-        return attr
+        """Attributes of a node that holds a lookup count for the kernel;
+        if they cannot be had, the kernel gets an error, not the node, so
+        the count is given back."""
+        try:
+            with node.lock:
+                return self._attr(node)
+        except BaseException:
+            self.forget([(node.ino, 1)])
+            raise
 
     def symlink(self, parent: int, name: bytes, target: bytes, ctx: Ctx) -> Attr:
         self._writable()
@@ -373,7 +405,7 @@ class Filesystem:
         _, uid, gid = self._new_owner(pnode, 0o777, ctx, False)
         with pnode.lock:
             entry = self.vol.symlink(pnode.entry.id, check_name(name), target, uid, gid)
-        node = self._remember(entry, parent)
+        node = self._remember(entry, parent, lookups=1)
         self._touch_dir(pnode)
         return self._counted(node)
 
@@ -415,24 +447,38 @@ class Filesystem:
 
     def _drop_entry(self, entry: Entry) -> None:
         """Remove ``entry``'s name.  An open file keeps its data at an
-        orphan key until its last handle closes (POSIX unlink-while-open)."""
+        orphan key until its last handle closes (POSIX unlink-while-open).
+        Decided under the node's lock, so that no open() slips in between."""
         node = self._node_of(entry)
-        if node is not None and node.opens > 0 and entry.kind == KIND_FILE:
-            with node.lock:
+        if node is None:
+            self.vol.remove(entry)
+            return
+        with node.lock:
+            if node.opens > 0 and entry.kind == KIND_FILE:
                 if node.content is not None and node.content.changed:
                     self._upload(node)
                 orphan = self.vol.orphan(node.entry)
-                node.entry = orphan
+                self._stored(node, orphan)
                 node.orphan = True
                 if node.content is not None:
                     node.content.rebase(orphan)
-            return
-        self.vol.remove(entry)
-        if node is not None:
-            with node.lock:
-                node.orphan = True
-                self._drop_content(node)
-                node.meta_dirty = False
+                return
+            self.vol.remove(entry)
+            self._removed(node)
+
+    def _removed(self, node: Node) -> None:
+        """``node``'s object is gone (caller holds its lock): opening or
+        changing it from now on fails (see :meth:`_check_live`)."""
+        node.orphan = True
+        self._drop_content(node)
+        node.meta_dirty = False
+
+    @staticmethod
+    def _check_live(node: Node, code: int) -> None:
+        """Raise ``code`` if ``node`` was removed and no handle keeps its
+        data (caller holds its lock)."""
+        if node.orphan and node.opens == 0:
+            raise FsError(code, f"{node.entry.name.decode(errors='replace')} was removed meanwhile")
 
     def rmdir(self, parent: int, name: bytes, ctx: Ctx) -> None:
         self._writable()
@@ -460,7 +506,7 @@ class Filesystem:
         self._need_dir(p_old)
         self._need_dir(p_new)
         check_name(new_name)
-        first, second = sorted({p_old, p_new}, key=lambda n: n.ino) if p_old is not p_new else (p_old, p_old)
+        first, second = sorted((p_old, p_new), key=lambda n: n.ino) if p_old is not p_new else (p_old, p_old)
         with first.lock, second.lock:
             src = self._child(p_old, old_name)
             try:
@@ -480,28 +526,29 @@ class Filesystem:
                     raise FsError(errno.EISDIR, "target is a directory")
                 if dst.is_dir and not self.vol.is_empty(dst.id):
                     raise FsError(errno.ENOTEMPTY, "target directory not empty")
-                dnode = self._node_of(dst)
-                if dnode is not None and dnode.opens > 0 and dst.is_file:
+            gone = self._node_of(dst) if dst is not None else None
+            # The target's node stays locked until it is replaced: an open()
+            # of it either comes first (and keeps its data as an orphan) or
+            # finds it removed.
+            with gone.lock if gone is not None else contextlib.nullcontext():
+                if gone is not None and gone.opens > 0 and dst.is_file:
                     self._drop_entry(dst)  # keep the open file's data as an orphan
-                    dst = None
-            node = self._node_of(src)
-            if node is not None:
-                with node.lock:
-                    if node.content is not None and node.content.changed:
-                        self._upload(node)
-                    current = node.entry if node.entry.key == src.key else src
-                    moved = self.vol.rename(current, p_new.entry.id, new_name, replace_entry=dst)
-                    node.entry = moved
-                    node.parent = p_new.ino
-                    if node.content is not None:
-                        node.content.rebase(moved)
-            else:
-                self.vol.rename(src, p_new.entry.id, new_name, replace_entry=dst)
-            if dst is not None:
-                gone = self._node_of(dst)
+                    dst = gone = None
+                node = self._node_of(src)
+                if node is not None:
+                    with node.lock:
+                        if node.content is not None and node.content.changed:
+                            self._upload(node)
+                        current = node.entry if node.entry.key == src.key else src
+                        moved = self.vol.rename(current, p_new.entry.id, new_name, replace_entry=dst)
+                        self._stored(node, moved)
+                        node.parent = p_new.ino
+                        if node.content is not None:
+                            node.content.rebase(moved)
+                else:
+                    self.vol.rename(src, p_new.entry.id, new_name, replace_entry=dst)
                 if gone is not None:
-                    gone.orphan = True
-                    gone.meta_dirty = False
+                    self._removed(gone)
         moved_dir = 1 if src.is_dir else 0
         replaced_dir = 1 if dst is not None and dst.is_dir else 0
         if p_new is p_old:
@@ -518,26 +565,32 @@ class Filesystem:
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
-            self._dirs[fh] = (ino, [])
+            self._dirs[fh] = (ino, [], 0)
         return fh
 
     def readdir(self, fh: int, start: int) -> list[tuple[bytes, Attr, int]]:
         """Entries from offset ``start`` on as (name, attributes, next
         offset).  The listing is taken once per handle (at offset 0), so
-        offsets stay stable across pages.  Nodes are registered without a
-        lookup count: the adapter calls :meth:`incref` for each entry the
-        kernel accepted."""
-        ino, snapshot = self._dirs[fh]
+        offsets stay stable across pages.  Each entry comes with a lookup
+        count (see :meth:`entry_attr`)."""
+        ino, snapshot, read_at = self._dirs[fh]
         node = self._node(ino)
         if start == 0:
+            read_at = next(self._clock)
             entries = self.vol.listdir(node.entry.id, on_error=self._bad_entry)
             entries.sort(key=lambda e: e.name)
             snapshot = entries
-            self._dirs[fh] = (ino, snapshot)
+            self._dirs[fh] = (ino, snapshot, read_at)
             with node.lock:
                 node.subdirs = sum(1 for e in entries if e.is_dir)
-        page = snapshot[start : start + READDIR_PAGE]
-        return [(e.name, self.entry_attr(e, ino), i + 1) for i, e in enumerate(page, start)]
+        out: list[tuple[bytes, Attr, int]] = []
+        try:
+            for i, e in enumerate(snapshot[start : start + READDIR_PAGE], start):
+                out.append((e.name, self.entry_attr(e, ino, read_at), i + 1))
+        except BaseException:
+            self.forget([(attr.ino, 1) for _, attr, _ in out])
+            raise
+        return out
 
     def _bad_entry(self, key: str, exc: Exception) -> None:
         log.error("skipping damaged directory entry %s: %s", key, exc)
@@ -569,7 +622,7 @@ class Filesystem:
         mode, uid, gid = self._new_owner(pnode, mode, ctx, False)
         with pnode.lock:
             entry = self.vol.create_file(pnode.entry.id, check_name(name), mode, uid, gid)
-        node = self._remember(entry, parent)
+        node = self._remember(entry, parent, lookups=1)
         self._touch_dir(pnode)
         fh = self._new_handle(node, flags)
         return self._counted(node), fh
@@ -584,15 +637,30 @@ class Filesystem:
             raise FsError(errno.EISDIR, "is a directory")
         keep = True
         with node.lock:
+            # Removed (or replaced by a rename) since the kernel looked it
+            # up; on ESTALE the kernel looks the name up anew.
+            self._check_live(node, errno.ESTALE)
             if node.opens == 0 and node.content is None and not node.orphan:
                 # close-to-open: revalidate against the store
                 fresh = self.vol.reload(node.entry)
+                if fresh.id != node.entry.id:
+                    # The name holds another file now (replaced by another
+                    # mount); on ESTALE the kernel looks the name up anew.
+                    raise FsError(errno.ESTALE, f"{fresh.name!r} was replaced by another mount")
                 keep = fresh.etag == node.entry.etag
                 node.entry = fresh
-            if flags & os.O_TRUNC and (node.content is not None or node.entry.size):
-                self._content(node).truncate(0)
-                node.entry = replace(node.entry, mtime_ns=now_ns(), ctime_ns=now_ns())
-                keep = False
+            if flags & os.O_TRUNC:
+                # The kernel leaves O_TRUNC to us (atomic_o_trunc), so
+                # also what its truncate would do: new times, and no
+                # set-id bits after a change by an unprivileged caller.
+                t = now_ns()
+                mode = node.entry.mode if ctx.uid == 0 else without_setid(node.entry.mode)
+                node.entry = replace(node.entry, mode=mode, mtime_ns=t, ctime_ns=t)
+                if node.content is not None or node.entry.size:
+                    self._content(node).truncate(0)
+                    keep = False
+                else:
+                    self._meta_changed(node)
             fh = self._new_handle(node, flags)
         return fh, keep
 
@@ -632,7 +700,7 @@ class Filesystem:
             self._store_meta(node)
             return
         try:
-            node.entry = content.upload(node.entry)
+            self._stored(node, content.upload(node.entry))
         except PreconditionFailed:
             raise FsError(errno.EIO, f"{node.entry.name!r} was changed by another mount; local changes kept until close") from None
         node.meta_dirty = False
@@ -668,7 +736,7 @@ class Filesystem:
                         node.meta_dirty = False
                     self._drop_content(node)
                     if node.orphan:
-                        self.vol.store.delete(node.entry.key)
+                        self.vol.remove(node.entry)  # (with its overflow metadata)
                 with self._lock:
                     self._maybe_drop(node)
 

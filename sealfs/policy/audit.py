@@ -113,7 +113,7 @@ class AuditLog:
 
     def line(self, decision: Decision, ident: Identity) -> dict:
         """The JSON object for one decision (without rate limiting)."""
-        t = datetime.datetime.fromtimestamp(self.wallclock(), datetime.timezone.utc)
+        t = datetime.datetime.fromtimestamp(self.wallclock(), datetime.UTC)
         return {
             "time": t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z",
             "decision": "allow" if decision.allowed else "deny",
@@ -150,7 +150,7 @@ class AuditLog:
         if not w.suppressed:
             return []
         sample = w.sample or {}
-        t = datetime.datetime.fromtimestamp(self.wallclock(), datetime.timezone.utc)
+        t = datetime.datetime.fromtimestamp(self.wallclock(), datetime.UTC)
         return [{
             "time": t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z",
             "event": "suppressed",

@@ -53,7 +53,7 @@ class Guard:
         return self.identifier.identify(pid, uid, gid)
 
     def _is_self(self, ident: Identity) -> bool:
-        return ident.valid and ident.pid > 0 and os.path.exists(f"/proc/{os.getpid()}/task/{ident.pid}")
+        return ident.valid and ident.tgid == os.getpid()
 
     def check(self, pid: int, uid: int, gid: int, ops: tuple[str, ...], path: str) -> Identity:
         """Raise :class:`PolicyDenied` unless the caller may do every
@@ -118,6 +118,7 @@ class Guard:
 
     def close(self) -> None:
         self.audit.close()
+        self.identifier.close()
 
 
 def open_guard(policy_file: str, audit_log: str | None) -> Guard:

@@ -10,7 +10,8 @@ exe, exe_sha256     ``readlink exe``; the hash is of the open ``exe``
                     link, so it is the binary that is *running*, even if
                     the path now names another file or nothing
 exe_deleted         the kernel marks the link `` (deleted)``
-exe_replaced        the path now names a different file (dev/inode)
+exe_replaced        the path now names a different file (dev/inode), or
+                    none
 script, its sha256  when the exe is an interpreter (python, node, sh,
                     perl, ruby, …): the first non-option argument of
                     ``cmdline``, opened relative to the process's
@@ -26,11 +27,14 @@ preload             names of loader variables in ``environ`` that inject
                     the exe is an interpreter
 ==================  ===================================================
 
-**Pid reuse.**  The start time is read before and after everything else.
-If it changed, or the process is gone, or its fsuid/fsgid are not those of
-the request, the identity is *invalid* (:attr:`Identity.problem` says why)
-and every decision on it is a denial.  A request with pid 0 (the kernel's
-own) is invalid too.
+**Pid reuse.**  /proc entries are read through descriptors opened for that
+process (its ``stat`` and ``status``, held open; one ``/proc/PID``
+directory while gathering the rest): they stay bound to it, and fail once
+it is gone, even if its pid is reused.  The start time is also compared
+before and after gathering.  If it changed, or the process is gone, or its fsuid/fsgid are
+not those of the request, the identity is *invalid*
+(:attr:`Identity.problem` says why) and every decision on it is a denial.
+A request with pid 0 (the kernel's own) is invalid too.
 
 **Cost.**  Hashing a binary is the expensive part: hashes are cached by
 (device, inode, size, mtime, ctime) of the open file, so a changed binary is
@@ -41,7 +45,8 @@ rarely moves) is cached per (pid, start time, exec fingerprint) for
 environment addresses of ``stat`` (fields 28, 48–51): with address space
 randomisation an ``execve`` changes them even when pid and start time stay.
 What can change at any moment — credentials, groups, tracers — is read on
-every call.  A warm call reads ``stat`` twice and ``status`` once.
+every call.  A warm call is two ``pread`` calls: ``stat`` and ``status``
+stay open for the last :data:`HANDLE_CACHE_ENTRIES` processes.
 
 **What this cannot see.**  A process can rewrite its own command line, so
 ``script`` only says what an interpreter was *asked* to run: pair script
@@ -74,6 +79,8 @@ STABLE_TTL = 2.0
 HASH_CACHE_ENTRIES = 512
 #: Processes whose exec-stable part is remembered.
 STABLE_CACHE_ENTRIES = 4096
+#: Processes (threads) whose stat and status stay open (two descriptors each).
+HANDLE_CACHE_ENTRIES = 128
 #: Above this many threads, only the calling thread and the thread-group
 #: leader are checked for a tracer.
 MAX_THREADS_SCANNED = 256
@@ -148,6 +155,8 @@ class Identity:
     tracer_pid: int = 0
     preload: tuple[str, ...] = ()
     problem: str | None = None
+    #: The process (thread group) of the calling thread ``pid``.
+    tgid: int = 0
 
     @property
     def valid(self) -> bool:
@@ -178,6 +187,26 @@ class Identity:
 
 class _Gone(Exception):
     """The process (or the thread) no longer exists."""
+
+
+class _Handles:
+    """``/proc/PID/stat`` and ``status`` of one process, held open.  Reads
+    (pread at 0 regenerates them) fail with ESRCH once the process is gone.
+    ``lock`` is held while reading, so that :meth:`close` (eviction) never
+    closes a descriptor in use, whose number could then be reused."""
+
+    def __init__(self, stat_fd: int, status_fd: int):
+        self.stat_fd = stat_fd
+        self.status_fd = status_fd
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.stat_fd)
+                os.close(self.status_fd)
 
 
 class HashCache:
@@ -230,9 +259,10 @@ class HashCache:
         return digest
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Stable:
-    """The part of an identity only an execve changes (plus the cgroup)."""
+    """The part of an identity only an execve changes (plus the cgroup),
+    and the last identity built on it (reused while the rest is equal)."""
 
     exe: str | None
     exe_sha256: str | None
@@ -243,6 +273,7 @@ class _Stable:
     cgroup: str | None
     preload: tuple[str, ...]
     made: float
+    last: Identity | None = None
 
 
 @dataclass(frozen=True)
@@ -273,9 +304,10 @@ class Identifier:
                  clock=time.monotonic):
         self.proc = proc
         self.stable_ttl = stable_ttl
-        self.hashes = hashes or HashCache()
+        self.hashes = hashes if hashes is not None else HashCache()
         self.clock = clock
         self._stable: OrderedDict[tuple, _Stable] = OrderedDict()
+        self._handles: OrderedDict[int, _Handles] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- the one entry point -----------------------------------------------------------
@@ -287,33 +319,108 @@ class Identifier:
         empty fields."""
         if pid <= 0:
             return Identity(pid, uid, gid, problem="request from the kernel (pid 0), not from a process")
-        base = f"{self.proc}/{pid}"
         try:
-            before = self._read_stat(base)
-            status = self._read_status(base)
-            stable = self._stable_part(pid, base, before)
+            before, status = self._live(pid)
+            stable = self._cached_stable(pid, before)
+            if stable is None:
+                stable = self._gather(pid, before)
+                if stable is None:
+                    return Identity(pid, uid, gid, start_time=before.start_time,
+                                    problem="the pid was reused while the process was being identified")
             tracer = self._tracer(pid, status)
-            after = self._read_stat(base)
         except _Gone:
             return Identity(pid, uid, gid, problem="the process exited before it could be identified")
-        if after.start_time != before.start_time:
-            return Identity(pid, uid, gid, start_time=before.start_time,
-                            problem="the pid was reused while the process was being identified")
+        except (OSError, ValueError) as exc:  # (hidepid=, an unreadable or odd /proc entry)
+            return Identity(pid, uid, gid, problem=f"cannot read {self.proc}/{pid}: {exc}")
         if (status.fsuid, status.fsgid) != (uid, gid):
             return Identity(pid, uid, gid, start_time=before.start_time,
                             problem=f"the process now runs as uid {status.fsuid} gid {status.fsgid}, not as the "
                                     "request said (pid reused, or its credentials changed)")
-        return Identity(pid, uid, gid, groups=status.groups | {gid}, exe=stable.exe, exe_sha256=stable.exe_sha256,
-                        exe_deleted=stable.exe_deleted, exe_replaced=stable.exe_replaced, script=stable.script,
-                        script_sha256=stable.script_sha256, cgroup=stable.cgroup, start_time=before.start_time,
-                        tracer_pid=tracer, preload=stable.preload)
+        groups = status.groups | {gid}
+        last = stable.last
+        if (last is not None and (last.pid, last.uid, last.gid, last.tracer_pid, last.start_time, last.groups)
+                == (pid, uid, gid, tracer, before.start_time, groups)):
+            return last
+        stable.last = Identity(pid, uid, gid, groups=groups, exe=stable.exe, exe_sha256=stable.exe_sha256,
+                               exe_deleted=stable.exe_deleted, exe_replaced=stable.exe_replaced,
+                               script=stable.script, script_sha256=stable.script_sha256, cgroup=stable.cgroup,
+                               start_time=before.start_time, tracer_pid=tracer, preload=stable.preload,
+                               tgid=status.tgid or pid)
+        return stable.last
+
+    def _live(self, pid: int) -> tuple[_Stat, _Status]:
+        """``stat`` and ``status`` of ``pid`` now, through descriptors held
+        open per process (:class:`_Handles`): they stay bound to the process
+        they were opened for, so once it is gone they fail, even if its pid
+        was reused; then they are opened afresh, once."""
+        for fresh in (False, True):
+            h = self._handles_of(pid, fresh)
+            with h.lock:
+                if h.closed:  # evicted meanwhile
+                    continue
+                try:
+                    return _parse_stat(os.pread(h.stat_fd, 65536, 0)), _parse_status(os.pread(h.status_fd, 65536, 0))
+                except (ProcessLookupError, _Gone):
+                    pass
+            self._drop_handles(pid, h)
+        raise _Gone()
+
+    def _handles_of(self, pid: int, fresh: bool) -> _Handles:
+        if not fresh:
+            with self._lock:
+                h = self._handles.get(pid)
+                if h is not None:
+                    self._handles.move_to_end(pid)
+                    return h
+        base = f"{self.proc}/{pid}"
+        try:
+            stat_fd = os.open(f"{base}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            raise _Gone() from None
+        try:
+            status_fd = os.open(f"{base}/status", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException as exc:
+            os.close(stat_fd)
+            if isinstance(exc, (FileNotFoundError, ProcessLookupError)):
+                raise _Gone() from None
+            raise
+        h = _Handles(stat_fd, status_fd)
+        evicted = []
+        with self._lock:
+            old = self._handles.pop(pid, None)
+            if old is not None:
+                evicted.append(old)
+            self._handles[pid] = h
+            while len(self._handles) > HANDLE_CACHE_ENTRIES:
+                evicted.append(self._handles.popitem(last=False)[1])
+        for e in evicted:
+            e.close()
+        return h
+
+    def _drop_handles(self, pid: int, h: _Handles) -> None:
+        with self._lock:
+            if self._handles.get(pid) is h:
+                del self._handles[pid]
+        h.close()
+
+    def close(self) -> None:
+        """Close every held descriptor (the Identifier stays usable)."""
+        with self._lock:
+            handles = list(self._handles.values())
+            self._handles.clear()
+        for h in handles:
+            h.close()
 
     def identify_process(self, pid: int) -> Identity:
         """The identity of a running process as if it sent a request now
         (its fsuid/fsgid from /proc): for ``sealfs policy explain``.
         Raises UsageError if there is no such process."""
         try:
-            status = self._read_status(f"{self.proc}/{pid}")
+            base = os.open(f"{self.proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                status = self._read_status(base)
+            finally:
+                os.close(base)
         except (_Gone, OSError):
             raise UsageError(f"there is no process with pid {pid}") from None
         return self.identify(pid, status.fsuid, status.fsgid)
@@ -321,14 +428,16 @@ class Identifier:
     # -- per call ----------------------------------------------------------------------
 
     @staticmethod
-    def _read(path: str, limit: int = 1 << 20) -> bytes:
+    def _read(base: int | None, name: str, limit: int = 1 << 20) -> bytes:
+        """The content of ``name`` in the /proc directory ``base`` (a
+        directory descriptor; None: ``name`` is a full path)."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=base)
         except (FileNotFoundError, ProcessLookupError):
             raise _Gone() from None
         try:
-            out = b""
-            while len(out) < limit:
+            out = os.read(fd, 65536)
+            while len(out) < limit and len(out) % 65536 == 0 and out:  # (one read is enough for most files)
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
@@ -339,27 +448,11 @@ class Identifier:
         finally:
             os.close(fd)
 
-    def _read_stat(self, base: str) -> _Stat:
-        raw = self._read(f"{base}/stat")
-        # comm (field 2) may hold spaces and parentheses: split after the last ')'
-        fields = raw[raw.rfind(b")") + 2:].split()
-        if len(fields) < 20:
-            raise _Gone()
-        # fields[0] is field 3 (state): field N is fields[N - 3]
-        start = int(fields[22 - 3])
-        fingerprint = tuple(int(f) for f in fields[28 - 3: 29 - 3] + fields[48 - 3: 52 - 3])
-        return _Stat(start, fingerprint)
+    def _read_stat(self, base: int) -> _Stat:
+        return _parse_stat(self._read(base, "stat"))
 
-    def _read_status(self, base: str) -> _Status:
-        raw = b"\n" + self._read(f"{base}/status")
-        try:
-            uids = _status_field(raw, b"Uid").split()
-            gids = _status_field(raw, b"Gid").split()
-            groups = frozenset(int(g) for g in _status_field(raw, b"Groups").split())
-            return _Status(int(uids[3]), int(gids[3]), groups, int(_status_field(raw, b"TracerPid") or 0),
-                           int(_status_field(raw, b"Tgid") or 0), int(_status_field(raw, b"Threads") or 1))
-        except (IndexError, ValueError):
-            raise _Gone() from None  # a zombie has no credentials left to show
+    def _read_status(self, base: int) -> _Status:
+        return _parse_status(self._read(base, "status"))
 
     def _tracer(self, pid: int, status: _Status) -> int:
         """The first tracer found on the calling thread or any thread of its
@@ -381,7 +474,7 @@ class Identifier:
             if tid == pid:
                 continue
             try:
-                text = self._read(f"{self.proc}/{tgid}/task/{tid}/status")
+                text = self._read(None, f"{self.proc}/{tgid}/task/{tid}/status")
             except (_Gone, OSError):
                 continue  # that thread ended
             tracer = int(_status_field(b"\n" + text, b"TracerPid") or 0)
@@ -391,15 +484,33 @@ class Identifier:
 
     # -- exec-stable part -----------------------------------------------------------------
 
-    def _stable_part(self, pid: int, base: str, st: _Stat) -> _Stable:
+    def _cached_stable(self, pid: int, st: _Stat) -> _Stable | None:
         key = (pid, st.start_time, st.fingerprint)
-        now = self.clock()
         with self._lock:
             cached = self._stable.get(key)
-            if cached is not None and now - cached.made < self.stable_ttl:
+            if cached is not None and self.clock() - cached.made < self.stable_ttl:
                 self._stable.move_to_end(key)
                 return cached
-        stable = self._gather_stable(pid, base, now)
+        return None
+
+    def _gather(self, pid: int, before: _Stat) -> _Stable | None:
+        """Gather the exec-stable part through one ``/proc/PID`` directory
+        handle, checking that it is the process ``before`` was read from,
+        before and after; None if it is not (the pid was reused)."""
+        try:
+            base = os.open(f"{self.proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            raise _Gone() from None
+        try:
+            if self._read_stat(base).start_time != before.start_time:
+                return None
+            now = self.clock()
+            stable = self._gather_stable(pid, base, now)
+            if self._read_stat(base).start_time != before.start_time:
+                return None
+        finally:
+            os.close(base)
+        key = (pid, before.start_time, before.fingerprint)
         with self._lock:
             self._stable[key] = stable
             self._stable.move_to_end(key)
@@ -412,11 +523,11 @@ class Identifier:
         with self._lock:
             self._stable.clear()
 
-    def _gather_stable(self, pid: int, base: str, now: float) -> _Stable:
+    def _gather_stable(self, pid: int, base: int, now: float) -> _Stable:
         exe, deleted, replaced, exe_hash = self._exe(base)
         family = interpreter_family(exe)
         try:
-            cmdline = self._read(f"{base}/cmdline")
+            cmdline = self._read(base, "cmdline")
         except PermissionError:
             cmdline = b""
         script = script_hash = None
@@ -425,19 +536,18 @@ class Identifier:
             if arg is not None:
                 script, script_hash = self._script(base, arg)
         try:
-            environ = self._read(f"{base}/environ", limit=1 << 22)
+            environ = self._read(base, "environ", limit=1 << 22)
             preload = injection_variables(environ, family)
         except PermissionError:
             preload = ()
         return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, now)
 
-    def _exe(self, base: str) -> tuple[str | None, bool, bool, str | None]:
+    def _exe(self, base: int) -> tuple[str | None, bool, bool, str | None]:
         try:
-            link = os.readlink(f"{base}/exe")
+            link = os.readlink("exe", dir_fd=base)
         except (FileNotFoundError, ProcessLookupError):
-            # a kernel thread has no exe; a vanished process neither
-            if not os.path.exists(base):
-                raise _Gone() from None
+            # a kernel thread or a zombie has no exe; a vanished process neither
+            self._read_stat(base)  # raises _Gone for the latter
             return None, False, False, None
         except OSError:
             return None, False, False, None
@@ -446,7 +556,7 @@ class Identifier:
         digest = None
         replaced = False
         try:
-            fd = os.open(f"{base}/exe", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open("exe", os.O_RDONLY | os.O_CLOEXEC, dir_fd=base)
         except (FileNotFoundError, ProcessLookupError):
             raise _Gone() from None
         except OSError:
@@ -456,15 +566,14 @@ class Identifier:
             digest = self.hashes.of_fd(fd)
         finally:
             os.close(fd)
-        if not deleted:
-            try:
-                now = os.stat(path)
-                replaced = (now.st_dev, now.st_ino) != (running.st_dev, running.st_ino)
-            except OSError:
-                replaced = True  # the path names nothing (or nothing we may see) any more
+        try:
+            now = os.stat("root" + path, dir_fd=base)  # the path as the process sees it (containers)
+            replaced = (now.st_dev, now.st_ino) != (running.st_dev, running.st_ino)
+        except OSError:
+            replaced = True  # the path names nothing (or nothing we may see) any more
         return path, deleted, replaced, digest
 
-    def _script(self, base: str, arg: bytes) -> tuple[str | None, str | None]:
+    def _script(self, base: int, arg: bytes) -> tuple[str | None, str | None]:
         """Open the script as the process would (relative to its cwd, or
         under its root); return (resolved path, sha256) or (None, None).
 
@@ -475,9 +584,9 @@ class Identifier:
         that descriptor, so it cannot be swapped in between."""
         if not arg:
             return None, None
-        where = f"{base}/root".encode() + arg if arg.startswith(b"/") else f"{base}/cwd/".encode() + arg
+        where = b"root" + arg if arg.startswith(b"/") else b"cwd/" + arg
         try:
-            pfd = os.open(where, os.O_PATH | os.O_CLOEXEC)
+            pfd = os.open(where, os.O_PATH | os.O_CLOEXEC, dir_fd=base)
         except OSError:
             return None, None
         try:
@@ -498,15 +607,38 @@ class Identifier:
         finally:
             os.close(fd)
 
-    def _cgroup(self, base: str) -> str | None:
+    def _cgroup(self, base: int) -> str | None:
         try:
-            text = self._read(f"{base}/cgroup").decode("utf-8", "surrogateescape")
+            text = self._read(base, "cgroup").decode("utf-8", "surrogateescape")
         except (_Gone, OSError):
             return None
         for line in text.splitlines():
             if line.startswith("0::"):
                 return line[3:] or "/"
         return None
+
+
+def _parse_stat(raw: bytes) -> _Stat:
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = raw[raw.rfind(b")") + 2:].split()
+    if len(fields) < 50:
+        raise _Gone()
+    # fields[0] is field 3 (state): field N is fields[N - 3]
+    start = int(fields[22 - 3])
+    fingerprint = tuple(int(f) for f in fields[28 - 3: 29 - 3] + fields[48 - 3: 52 - 3])
+    return _Stat(start, fingerprint)
+
+
+def _parse_status(text: bytes) -> _Status:
+    raw = b"\n" + text
+    try:
+        uids = _status_field(raw, b"Uid").split()
+        gids = _status_field(raw, b"Gid").split()
+        groups = frozenset(int(g) for g in _status_field(raw, b"Groups").split())
+        return _Status(int(uids[3]), int(gids[3]), groups, int(_status_field(raw, b"TracerPid") or 0),
+                       int(_status_field(raw, b"Tgid") or 0), int(_status_field(raw, b"Threads") or 1))
+    except (IndexError, ValueError):
+        raise _Gone() from None  # a zombie has no credentials left to show
 
 
 def _status_field(raw: bytes, name: bytes) -> bytes:

@@ -94,7 +94,7 @@ def compile_glob(pattern: str, what: str = "path") -> re.Pattern:
     if "\0" in pattern:
         raise ValueError(f"{what} glob {pattern!r} contains a NUL character")
     if pattern == "/":
-        return re.compile("", re.S)
+        return re.compile("", re.DOTALL)
     parts = pattern[1:].split("/")
     out = []
     for part in parts:
@@ -108,7 +108,7 @@ def compile_glob(pattern: str, what: str = "path") -> re.Pattern:
         if "**" in part:
             raise ValueError(f"{what} glob {pattern!r}: '**' must be a whole path component, like /a/**/b")
         out.append("/" + _component(part, pattern, what))
-    return re.compile("".join(out), re.S)
+    return re.compile("".join(out), re.DOTALL)
 
 
 def _component(part: str, pattern: str, what: str) -> str:
@@ -175,6 +175,18 @@ class Workload:
     def mismatch(self, ident: Identity) -> str | None:
         """None when ``ident`` is in this workload, else the first selector
         that does not match, as a phrase."""
+        miss = self.mismatch_of(ident)
+        return None if miss is None else miss[1]
+
+    def mismatch_of(self, ident: Identity) -> tuple[str, str] | None:
+        """None when ``ident`` is in this workload, else (selector, phrase)
+        for the first selector that does not match (who, then what)."""
+        why = self._mismatch(ident)
+        if why is None:
+            return None
+        return ("who" if why.startswith(("uid ", "not in group")) else "what"), why
+
+    def _mismatch(self, ident: Identity) -> str | None:
         if self.uids is not None and ident.uid not in self.uids:
             return f"uid {ident.uid} is not {_one_of(self.uids)}"
         if self.gids is not None and not (ident.groups | {ident.gid}) & self.gids:
@@ -260,7 +272,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         hiding = [r.regex.pattern for r in self.rules if r.hide]
-        self._hide_regex = re.compile("|".join(f"(?:{p})" for p in hiding), re.S) if hiding else None
+        self._hide_regex = re.compile("|".join(f"(?:{p})" for p in hiding), re.DOTALL) if hiding else None
 
     # -- decisions ------------------------------------------------------------------
 
@@ -281,7 +293,7 @@ class Policy:
         names = self.workloads_of(ident) if workloads is None else workloads
         if not names:
             return Decision(False, op, path, (), None, None, False,
-                            "the caller is in no workload of the policy (default deny)")
+                            f"the caller is in no workload of the policy{self._near_misses(ident)} (default deny)")
         mine = set(names)
         allowed_by: Rule | None = None
         for rule in self.rules:
@@ -299,6 +311,17 @@ class Policy:
                             f"{allowed_by.describe()} allows {op} to {_joined(allowed_by.workloads & mine)}")
         return Decision(False, op, path, names, None, None, False,
                         f"no rule allows {op} on this path to {_joined(names)} (default deny)")
+
+    def _near_misses(self, ident: Identity) -> str:
+        """For a caller in no workload: the workloads whose user/group it has
+        but whose other selectors failed, and why (a traced or tampered
+        service is then plain in the audit log)."""
+        misses = []
+        for name, w in self.workloads.items():
+            miss = w.mismatch_of(ident)
+            if miss is not None and miss[0] == "what" and (w.uids is not None or w.gids is not None):
+                misses.append(f"{name}: {miss[1]}")
+        return f" ({'; '.join(misses)})" if misses else ""
 
     def hiding(self, ident: Identity, path: str, workloads: tuple[str, ...] | None = None) -> Decision | None:
         """The deny of a ``hide = true`` rule that makes ``path`` not exist
@@ -664,5 +687,5 @@ class _Builder:
         if hide and not ops["deny"] & {"read", "list"}:
             raise self.error(f"rule {n} has hide = true but does not deny read or list: hiding applies to what "
                              "a rule denies", *where, "hide")
-        regex = re.compile("|".join(f"(?:{r.pattern})" for r in regexes), re.S)
+        regex = re.compile("|".join(f"(?:{r.pattern})" for r in regexes), re.DOTALL)
         return Rule(n, self.lines.of(*where), tuple(paths), regex, frozenset(names), ops["allow"], ops["deny"], hide)

@@ -128,7 +128,9 @@ def make_mount(make_store_spec, store_kind, tmp_path: Path, request) -> Iterator
     store of the current kind and mounts it (``extra``: more ``-o`` options);
     ``make_mount(spec=m.spec)`` mounts the volume of an earlier mount ``m``
     once more (same store and keyfile), on its own mountpoint, log and cache
-    directory.  Every mount is unmounted at the end and its log checked."""
+    directory.  ``mountpoint=`` mounts on a given (empty) directory instead
+    of a new one in ``tmp_path`` (which only root may enter).  Every mount
+    is unmounted at the end and its log checked."""
     if store_kind == "s3":
         # Set the bucket factory up first, so that it is torn down (buckets
         # deleted) only after every mount here is unmounted.
@@ -137,7 +139,7 @@ def make_mount(make_store_spec, store_kind, tmp_path: Path, request) -> Iterator
     keyfiles: dict[str, Path] = {}  # store URL -> keyfile of the volume made there
     counter = iter(range(1000))
 
-    def make(extra: list[str] | None = None, *, spec=None) -> Mount:
+    def make(extra: list[str] | None = None, *, spec=None, mountpoint: Path | None = None) -> Mount:
         n = next(counter)
         spec = spec or make_store_spec()
         keyfile = keyfiles.get(spec.url)
@@ -145,8 +147,8 @@ def make_mount(make_store_spec, store_kind, tmp_path: Path, request) -> Iterator
             keyfile = keyfiles[spec.url] = tmp_path / f"key{n}"
             sealfs("init", spec.url, "--keyfile", str(keyfile),
                    *(["-o", ",".join(f"{k}={v}" for k, v in spec.options.items())] if spec.options else []))
-        mnt = tmp_path / f"mnt{n}"
-        mnt.mkdir()
+        mnt = mountpoint or tmp_path / f"mnt{n}"
+        mnt.mkdir(exist_ok=mountpoint is not None)
         m = Mount(mnt, spec.url, dict(spec.options), keyfile, tmp_path / f"daemon{n}.log",
                   tmp_path / f"cache{n}", list(extra or []), spec=spec)
         mounts.append(m)

@@ -47,7 +47,7 @@ def sha256(path: Path) -> str:
 
 def snapshot(root: Path) -> dict[bytes, tuple]:
     """What a copy must preserve, per relative path (bytes): type, mode
-    bits, mtime (ns, except for symlinks), and content hash or link target."""
+    bits (not for symlinks), mtime (ns), and content hash or link target."""
     out: dict[bytes, tuple] = {}
     broot = os.fsencode(root)
     for dirpath, dirnames, filenames in os.walk(broot):
@@ -56,7 +56,7 @@ def snapshot(root: Path) -> dict[bytes, tuple]:
             rel = os.path.relpath(full, broot)
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("l", os.readlink(full))
+                out[rel] = ("l", os.readlink(full), st.st_mtime_ns)
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("d", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
             else:
@@ -407,6 +407,65 @@ def test_flock_between_processes(mounted):
     assert run(sys.executable, "-c", FLOCKER, path, "nb").strip() == "locked"
 
 
+LOCKER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)
+except OSError:
+    print("busy", flush=True)
+else:
+    print("locked", flush=True)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 10)  # a range nobody holds
+print("other range", flush=True)
+"""
+
+
+def test_fcntl_record_locks(mounted):
+    path = mounted.path / "records"
+    path.write_bytes(bytes(100))
+    with open(path, "r+b") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX, 10, 0)
+        assert run(sys.executable, "-c", LOCKER, path).split() == ["busy", "other", "range"]
+        fcntl.lockf(f, fcntl.LOCK_UN, 10, 0)
+        assert run(sys.executable, "-c", LOCKER, path).split() == ["locked", "other", "range"]
+
+
+SQLITE_WRITER = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], timeout=60)
+for i in range(int(sys.argv[3])):
+    with con:
+        con.execute("INSERT INTO t VALUES (?, ?)", (sys.argv[2], i))
+con.close()
+"""
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_sqlite_two_processes(mounted, journal):
+    """Two processes write one database at once: sqlite's locks (fcntl)
+    and, in WAL mode, its shared-memory file (mmap) work across processes."""
+    db = mounted.path / "shared.db"
+    con = sqlite3.connect(db)
+    assert con.execute(f"PRAGMA journal_mode={journal}").fetchone()[0] == journal
+    con.execute("CREATE TABLE t (who TEXT, n INTEGER)")
+    con.commit()
+    n = 150
+    procs = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, db, w, str(n)]) for w in ("A", "B")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert con.execute("SELECT who, count(*), sum(n) FROM t GROUP BY who ORDER BY who").fetchall() == [
+        ("A", n, n * (n - 1) // 2), ("B", n, n * (n - 1) // 2)]
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    mounted.remount()
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 2 * n
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        con.close()
+
+
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -474,11 +533,22 @@ def test_everything_survives_remount(mounted):
     os.symlink(b"\xff-dir/latin1-\xe9\xff\x80", os.path.join(p, b"link-\xfe"))
     os.symlink(b"x" * 4095, os.path.join(d, b"long-target"))
     os.setxattr(d, b"user.dir", b"d" * 1000)
+    os.setxattr(d, b"user.\xff\xfe", b"not UTF-8 in the name")
+    os.symlink(b"x" * 255, os.path.join(d, b"\xfd" * 255))  # a long name, renamed below
+    os.rename(os.path.join(d, b"\xfd" * 255), os.path.join(d, b"long-link-" + b"\xfc" * 245))
     os.utime(d, ns=(T0, T0 + 42))
+    os.chmod(p, 0o751)  # the root directory's own metadata
+    os.setxattr(p, b"user.root", b"r")
+    os.utime(p, ns=(T0, T0 + 7))
 
     def check() -> None:
         assert sorted(os.listdir(p)) == sorted([*names, b"\xff-dir", b"link-\xfe"])
-        assert sorted(os.listdir(d)) == sorted([*names, b"long-target"])
+        assert sorted(os.listdir(d)) == sorted([*names, b"long-target", b"long-link-" + b"\xfc" * 245])
+        assert os.readlink(os.path.join(d, b"long-link-" + b"\xfc" * 245)) == b"x" * 255
+        assert os.getxattr(d, b"user.\xff\xfe") == b"not UTF-8 in the name"
+        root = os.stat(p)
+        assert (stat.S_IMODE(root.st_mode), root.st_mtime_ns) == (0o751, T0 + 7)
+        assert os.getxattr(p, b"user.root") == b"r"
         for i, name in enumerate(names):
             for parent in (p, d):
                 path = os.path.join(parent, name)
