@@ -640,14 +640,20 @@ class Filesystem:
             # Removed (or replaced by a rename) since the kernel looked it
             # up; on ESTALE the kernel looks the name up anew.
             self._check_live(node, errno.ESTALE)
-            if node.opens == 0 and node.content is None and not node.orphan:
-                # close-to-open: revalidate against the store
+            pending = node.meta_dirty or (node.content is not None and node.content.changed)
+            if not node.orphan and not pending:
+                # close-to-open: revalidate against the store on every open
+                # without local changes (not only the first: the kernel
+                # sends RELEASE asynchronously, so an earlier handle may
+                # still count here although its file was closed)
                 fresh = self.vol.reload(node.entry)
                 if fresh.id != node.entry.id:
                     # The name holds another file now (replaced by another
                     # mount); on ESTALE the kernel looks the name up anew.
                     raise FsError(errno.ESTALE, f"{fresh.name!r} was replaced by another mount")
                 keep = fresh.etag == node.entry.etag
+                if not keep:
+                    self._drop_content(node)  # cached blocks and stream of the old version
                 node.entry = fresh
             if flags & os.O_TRUNC:
                 # The kernel leaves O_TRUNC to us (atomic_o_trunc), so
