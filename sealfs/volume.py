@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import errno
 import json
+import logging
 import os
 import stat
 import threading
@@ -43,6 +44,8 @@ from .codec.names import NAME_MAX, NameCipher, is_long
 from .errors import ConfigError, FsError, IntegrityError, NotFound, PreconditionFailed, UsageError
 from .keys.slots import CONFIG_KEY, Credential, Keyring, VolumeConfig, create as create_config
 from .store.base import MAX_METADATA_BYTES, MAX_PARTS, Store
+
+log = logging.getLogger(__name__)
 
 ROOT_ID = bytes(16)
 ROOT_KEY = "root"
@@ -369,18 +372,23 @@ class Volume:
 
     def set_meta(self, e: Entry, **changes) -> Entry:
         """Change metadata fields of ``e`` (mode, uid, gid, mtime_ns,
-        ctime_ns, xattrs, ...) with a server-side copy; content untouched."""
+        ctime_ns, xattrs, ...) with a server-side copy; content untouched.
+        NotFound if the entry is gone; for a directory (whose object is
+        written anew, not copied) PreconditionFailed if its object is no
+        longer the version ``e`` has: never a removed directory back."""
         new = replace(e, **changes)
         md = self._prepare_meta(new)
-        new.etag = self._write_entry_object(e.key, new, md)
+        new.etag = self._write_entry_object(e.key, new, md, if_match=e.etag or None)
         self._drop_overflow(e, new)
         return new
 
-    def _write_entry_object(self, src_key: str, new: Entry, md: dict[str, str]) -> str:
-        """Write ``new``'s object with metadata ``md``: a directory's is empty;
-        a file's or symlink's content is copied server-side from ``src_key``."""
+    def _write_entry_object(self, src_key: str, new: Entry, md: dict[str, str], *,
+                            if_match: str | None = None) -> str:
+        """Write ``new``'s object with metadata ``md``: a directory's is empty
+        (written only if its current etag is ``if_match``, when given); a
+        file's or symlink's content is copied server-side from ``src_key``."""
         if new.is_dir:
-            return self.store.put(new.key, b"", md)
+            return self.store.put(new.key, b"", md, if_match=if_match)
         return self.store.copy(src_key, new.key, md)
 
     def remove(self, e: Entry) -> None:
@@ -816,3 +824,91 @@ def _cut_parts(segments: Iterator[tuple], part_size: int) -> Iterator[list[tuple
             part, filled = [], 0
     if part:
         yield part
+
+
+class PartStream:
+    """A new version of a file uploaded while it is still being written.
+
+    Sequential writers fill blocks in order; every time more than a part's
+    worth of whole blocks lies ahead of what was sent, :meth:`send` seals
+    them (none of them can be the last block: a later one exists) and
+    uploads them as the next multipart part in the background, at most
+    ``MAX_IN_FLIGHT`` at a time.  :meth:`finish` seals and sends the rest
+    with the last-block flag, completes the upload (If-Match the version it
+    replaces), and, because S3 fixes an object's metadata when its upload
+    starts, replaces the metadata with a server-side copy if it changed
+    (the mtime of a file being written always does).
+
+    The caller keeps every block locally until :meth:`finish` returns, so
+    :meth:`abort` (a write behind what was sent, a truncate) loses nothing.
+    """
+
+    MAX_IN_FLIGHT = 4
+
+    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
+        self.vol = vol
+        self.key = e.key
+        self.cipher = cipher
+        self.header = header
+        self.part_blocks = self.blocks_per_part(vol)
+        self.fields = vol._fields(e)
+        self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(replace(e)))
+        self.next_block = 0
+        self._futures: list = []
+
+    @staticmethod
+    def blocks_per_part(vol: Volume) -> int:
+        part = max(PART_SIZE, vol.store.min_part_size)
+        return -(-part // vol.layout.sealed_block_size)
+
+    def _submit(self, data: bytes) -> None:
+        number = len(self._futures) + 1
+        in_flight = [f for f in self._futures if not f.done()]
+        if len(in_flight) >= self.MAX_IN_FLIGHT:
+            in_flight[0].result()
+        self._futures.append(self.vol.submit(self._upload_part, number, data))
+
+    def _upload_part(self, number: int, data: bytes) -> tuple[int, str]:
+        return number, self.vol.store.upload_part(self.key, self.upload_id, number, data)
+
+    def send(self, block: Callable[[int], bytes]) -> None:
+        """Send the next part: blocks ``next_block .. +part_blocks``, which
+        the caller has checked are complete and not the last."""
+        buf = bytearray(self.header if self.next_block == 0 else b"")
+        for i in range(self.next_block, self.next_block + self.part_blocks):
+            buf += self.cipher.seal_block(i, False, block(i))
+        self.next_block += self.part_blocks
+        self._submit(bytes(buf))
+
+    def finish(self, e: Entry, size: int, block: Callable[[int], bytes], *, if_match: str | None) -> Entry:
+        layout = self.vol.layout
+        n = layout.block_count(size)
+        if n <= self.next_block:
+            raise ValueError("the file ended inside what was already sent")
+        buf = bytearray(self.header if self.next_block == 0 else b"")
+        for i in range(self.next_block, n):
+            buf += self.cipher.seal_block(i, i == n - 1, block(i))
+            if len(buf) >= self.part_blocks * layout.sealed_block_size and i < n - 1:
+                self._submit(bytes(buf))
+                buf = bytearray()
+        if buf:
+            self._submit(bytes(buf))
+        parts = [f.result() for f in self._futures]
+        new = replace(e, size=size)
+        new.etag = self.vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match)
+        if self.vol._fields(new) != self.fields:
+            new.etag = self.vol.store.copy(self.key, self.key, self.vol._prepare_meta(new))
+        return new
+
+    def abort(self) -> None:
+        for f in self._futures:
+            f.cancel()
+        for f in self._futures:
+            try:
+                f.result()
+            except Exception:  # noqa: BLE001 - the upload is being thrown away
+                pass
+        try:
+            self.vol.store.abort_multipart(self.key, self.upload_id)
+        except Exception as exc:  # noqa: BLE001 - fsck reports stale uploads
+            log.warning("cannot abort an upload of %s: %s", self.key, exc)

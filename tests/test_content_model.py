@@ -49,6 +49,8 @@ class FileModel(RuleBasedStateMachine):
         self.tmp = tempfile.TemporaryDirectory()
         store = LocalStore(os.path.join(self.tmp.name, "store"), create=True)
         store.min_part_size = 1
+        store.server_side_copy = True  # so that rewrites are uploaded while written
+        self.store = store
         self.vol = Volume.create(store, KeyFile("k", os.urandom(64)), block_size=BS)
         self.entry = self.vol.create_file(ROOT_ID, b"f", 0o644, 0, 0)
         self.cache = BlockCache(16 * BS)
@@ -74,6 +76,15 @@ class FileModel(RuleBasedStateMachine):
     def write_pattern(self, offset, fill, length):
         self.write(offset, bytes([fill]) * length)
 
+    @rule(blocks=st.integers(min_value=1, max_value=9), tail=st.integers(min_value=0, max_value=BS))
+    def rewrite_sequentially(self, blocks, tail):
+        """Truncate to zero and write from the start in pieces: parts go
+        out while writing (PartStream)."""
+        self.truncate(0)
+        data = os.urandom(blocks * BS + tail)
+        for pos in range(0, len(data), 3000):
+            self.write(pos, data[pos : pos + 3000])
+
     @rule(size=offsets)
     def truncate(self, size):
         self.content.truncate(size)
@@ -86,6 +97,7 @@ class FileModel(RuleBasedStateMachine):
     def upload(self):
         self.entry = self.content.upload(self.entry)
         self.stored = bytearray(self.model)
+        assert not self.store.list_multipart_uploads(), "an upload was left behind"
 
     @rule()
     def reopen_after_upload(self):

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import Callable
 
 from ..errors import IntegrityError, PreconditionFailed, StoreError
-from ..volume import BlockStream, Entry, FileReader, Volume
+from ..volume import BlockStream, PartStream, Entry, FileReader, Volume
 from .cache import BlockCache
 from .spool import Spool
 
@@ -47,6 +47,8 @@ class FileContent:
         self.dirty: dict[int, bytearray] = {}
         self.spool: Spool | None = None
         self._stream: BlockStream | None = None
+        #: The upload of a sequential rewrite, sent while it is written.
+        self._parts: PartStream | None = None
         self._prefetch: Future | None = None
         self._set_base(vol.reader(entry))
         self._next_block = -1
@@ -55,6 +57,7 @@ class FileContent:
 
     def _set_base(self, reader: FileReader) -> None:
         self._close_stream()  # it reads the previous base
+        self._abort_parts()
         self.base = reader
         self.size = reader.size
         self._valid_base = -(-reader.size // self.block_size)
@@ -196,6 +199,8 @@ class FileContent:
         if not len(view):
             return 0
         new_size = max(self.size, end)
+        if self._parts is not None and offset < self._parts.next_block * bs:
+            self._abort_parts()  # rewriting what was sent: upload it all at flush
         pos = offset
         while pos < end:
             index, within = divmod(pos, bs)
@@ -216,10 +221,13 @@ class FileContent:
         self.size = new_size
         self.changed = True
         self._spill()
+        self._send_parts()
         return len(view)
 
     def truncate(self, new_size: int) -> None:
         bs = self.block_size
+        if self._parts is not None and new_size <= self._parts.next_block * bs:
+            self._abort_parts()  # a sent block would become the last, or go
         if new_size < self.size:
             keep = -(-new_size // bs)
             if new_size % bs:
@@ -254,13 +262,49 @@ class FileContent:
             return self.block(index)
         return None
 
+    def _sendable(self, index: int) -> bool:
+        if index in self.dirty:
+            return len(self.dirty[index]) == self.block_size
+        return self.spool is not None and self.spool.is_full(index)
+
+    def _send_parts(self) -> None:
+        """A file rewritten from its start (new, or truncated to zero) on a
+        store with server-side copies: send each part as soon as its blocks
+        and the one after are written (so none of them is the last)."""
+        if self._valid_base != 0 or not self.vol.store.server_side_copy:
+            return
+        per_part = PartStream.blocks_per_part(self.vol)
+        start = self._parts.next_block if self._parts is not None else 0
+        while self.size > (start + per_part) * self.block_size and all(
+            self._sendable(i) for i in range(start, start + per_part + 1)
+        ):
+            if self._parts is None:
+                self._parts = PartStream(self.vol, self.base.entry, self.base.cipher(), self.base.header_bytes())
+            self._parts.send(self.block)
+            start = self._parts.next_block
+
+    def _abort_parts(self) -> None:
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            parts.abort()
+
     def upload(self, entry: Entry, progress: Callable[[int], None] | None = None) -> Entry:
         """Write the current contents as a new version with ``entry``'s
         metadata.  PreconditionFailed if the stored object changed under us
         (another mount wrote it); local changes are then kept."""
-        new = self.vol.write_content(
-            entry, self.size, self._dirty_block, base=self.base, if_match=self.base.etag, progress=progress
-        )
+        if self._parts is not None:
+            try:
+                new = self._parts.finish(entry, self.size, self.block, if_match=self.base.etag)
+            except BaseException:
+                self._abort_parts()  # every block is still here for the next try
+                raise
+            self._parts = None
+            if progress:
+                progress(self.size)
+        else:
+            new = self.vol.write_content(
+                entry, self.size, self._dirty_block, base=self.base, if_match=self.base.etag, progress=progress
+            )
         reader = self.vol.reader(new)
         reader.adopt(self.base)
         for i, data in self.dirty.items():
@@ -277,6 +321,7 @@ class FileContent:
             self.spool = None
 
     def close(self) -> None:
+        self._abort_parts()
         self._close_stream()
         self._drop_spool()
         self.dirty.clear()

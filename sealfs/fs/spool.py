@@ -37,6 +37,10 @@ class Spool:
     def __len__(self) -> int:
         return len(self._lengths)
 
+    def is_full(self, index: int) -> bool:
+        """Whether block ``index`` is here and holds a whole block."""
+        return self._lengths.get(index) == self.slot
+
     def indices(self) -> list[int]:
         return sorted(self._lengths)
 

@@ -168,6 +168,10 @@ class Store(abc.ABC):
     min_part_size: int = S3_MIN_PART_SIZE
     #: Largest single PUT / CopyObject the store accepts.
     max_put_size: int = 5 * 1024**3
+    #: Whether ``copy`` happens inside the store (S3) rather than moving
+    #: the bytes again (a local directory).  Uploading a file while it is
+    #: written needs a metadata copy at the end: only worth it when cheap.
+    server_side_copy: bool = False
 
     # -- reading -----------------------------------------------------------
     @abc.abstractmethod

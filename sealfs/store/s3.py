@@ -143,6 +143,8 @@ class S3Store(Store):
     body_read_attempts = 4
     body_read_backoff = 0.1
 
+    server_side_copy = True
+
     def __init__(
         self,
         bucket: str,
