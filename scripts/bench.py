@@ -185,6 +185,7 @@ def w4(t: Target, n: int) -> dict[str, float]:
 
 
 def w7(t: Target, mib: int) -> dict[str, float]:
+    t.remount()  # a fresh daemon: its peak RSS is then this write's
     pid = t.daemon_pid()
     if pid is None:
         return {}
