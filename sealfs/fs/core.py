@@ -320,9 +320,18 @@ class Filesystem:
             self._store_meta(node)
 
     def _store_meta(self, node: Node) -> None:
-        """Write ``node.entry``'s metadata now (server-side copy for files)."""
+        """Write ``node.entry``'s metadata now (server-side copy for files).
+        A directory changed by another mount meanwhile gets ours (the last
+        writer wins, as for files) if it still exists; if it was removed,
+        it stays removed (ENOENT)."""
         try:
-            stored = self.vol.set_meta(node.entry)
+            try:
+                stored = self.vol.set_meta(node.entry)
+            except PreconditionFailed:
+                fresh = self.vol.reload(node.entry)
+                if fresh.id != node.entry.id:
+                    raise NotFound("another directory took the name") from None
+                stored = self.vol.set_meta(replace(node.entry, etag=fresh.etag))
         except NotFound:
             raise FsError(errno.ENOENT, "file was removed meanwhile") from None
         self._stored(node, stored)
@@ -488,11 +497,9 @@ class Filesystem:
             entry = self._child(pnode, name)
             if not entry.is_dir:
                 raise FsError(errno.ENOTDIR, "not a directory")
-            self.vol.remove(entry)
-            node = self._node_of(entry)
-            if node is not None:
-                node.meta_dirty = False
-                node.orphan = True
+            # (under the node's lock: flush_metadata must not write its
+            # pending times back after the entry is gone)
+            self._drop_entry(entry)
         self._touch_dir(pnode, -1)
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int,

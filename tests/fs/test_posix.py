@@ -1,7 +1,8 @@
 """POSIX semantics through a real mount: the errno of each failure path,
-rename, unlink while open, permissions of other users, times, link
-counts, long paths, big directories, statfs, xattrs, close-to-open
-consistency between two mounts and fsync.
+rename, random writes against a model, many threads at once, unlink while
+open, permissions of other users, times, link counts, long paths, big
+directories, statfs, xattrs, two mounts of one volume (close-to-open) and
+fsync.
 
 Every test runs on both stores.  Where the store matters (leftover objects,
 xattr overflow) the test looks behind the mount: into the local store's
@@ -149,7 +150,7 @@ def test_errnos(mounted):
     with raises_errno(errno.ELOOP):
         os.stat(p / "self" / "x")
 
-    # Documented as unsupported (sealfs(1), "Limits"):
+    # Documented as unsupported (docs/SEMANTICS.md, "Hard links"; sealfs(1)):
     with raises_errno(errno.EPERM):
         os.link(p / "file", p / "hardlink")
     with raises_errno(errno.EPERM):
@@ -824,6 +825,19 @@ def test_close_to_open_between_mounts(make_mount):
     assert sorted(os.listdir(a.path)) == ["d", "f", "moved"]
 
 
+def test_directory_removed_by_another_mount_stays_removed(make_mount):
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    (a.path / "d").mkdir()
+    (a.path / "d" / "f").write_bytes(b"x")  # A now has the directory's new times to write
+    os.unlink(b.path / "d" / "f")
+    os.rmdir(b.path / "d")
+    a.unmount()  # writes what is pending
+    assert os.listdir(b.path) == []
+    a.mount()
+    assert os.listdir(a.path) == []
+
+
 def test_fsync_reaches_the_store(mounted):
     data = os.urandom(300_000)
     fd = os.open(mounted.path / "synced", os.O_WRONLY | os.O_CREAT, 0o644)
@@ -838,3 +852,11 @@ def test_fsync_reaches_the_store(mounted):
         assert sealfs("cat", mounted.url, "/synced", *mounted.store_args()).stdout == data + b"more"
     finally:
         os.close(fd)
+    (mounted.path / "d").mkdir()
+    (mounted.path / "d" / "f").write_bytes(b"")
+    dfd = os.open(mounted.path / "d", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)  # a directory's fsync works too
+    finally:
+        os.close(dfd)
+    assert sealfs("ls", mounted.url, "/d", *mounted.store_args()).stdout.split() == [b"f"]

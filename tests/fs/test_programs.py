@@ -450,7 +450,7 @@ def test_sqlite_two_processes(mounted, journal):
     assert con.execute(f"PRAGMA journal_mode={journal}").fetchone()[0] == journal
     con.execute("CREATE TABLE t (who TEXT, n INTEGER)")
     con.commit()
-    n = 150
+    n = 100
     procs = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, db, w, str(n)]) for w in ("A", "B")]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert con.execute("SELECT who, count(*), sum(n) FROM t GROUP BY who ORDER BY who").fetchall() == [
