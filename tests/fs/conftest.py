@@ -158,15 +158,24 @@ def make_mount(make_store_spec, store_kind, tmp_path: Path, request) -> Iterator
     try:
         yield make
     finally:
-        errors = []
-        for m in mounts:
-            try:
-                m.unmount()
-            except AssertionError as exc:
-                errors.append(str(exc))
-        errors += [f"{m.path}: {line}" for m in mounts for line in m.log_problems()[:20]]
-        if errors:
-            pytest.fail("; ".join(errors))
+        unmount_all(mounts)
+
+
+def unmount_all(mounts: list[Mount], after_each=None) -> None:
+    """Unmount every mount (each attempted even when one fails), then fail
+    the test if any unmount failed or any daemon logged an unexpected
+    error.  ``after_each(mount)`` runs after each unmount attempt."""
+    errors = []
+    for m in mounts:
+        try:
+            m.unmount()
+        except AssertionError as exc:
+            errors.append(str(exc))
+        if after_each is not None:
+            after_each(m)
+    errors += [f"{m.path}: {line}" for m in mounts for line in m.log_problems()[:20]]
+    if errors:
+        pytest.fail("; ".join(errors))
 
 
 @pytest.fixture

@@ -328,20 +328,14 @@ def make_policy_mount(make_store_spec, store_kind, shop: Shop, tmp_path: Path, r
         m.mount()
         return m
 
+    def remove_mountpoint(m: Mount) -> None:
+        if not is_mounted(m.path):
+            shutil.rmtree(m.path, ignore_errors=True)
+
     try:
         yield make
     finally:
-        errors = []
-        for m in mounts:
-            try:
-                m.unmount()
-            except AssertionError as exc:
-                errors.append(str(exc))
-            if not is_mounted(m.path):
-                shutil.rmtree(m.path, ignore_errors=True)
-        errors += [f"{m.path}: {line}" for m in mounts for line in m.log_problems()[:20]]
-        if errors:
-            pytest.fail("; ".join(errors))
+        fs_helpers.unmount_all(mounts, after_each=remove_mountpoint)
 
 
 def errno_name(code: int) -> str:
