@@ -96,10 +96,6 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def _mode_string(mode: int) -> str:
-    return stat.filemode(mode)
-
-
 # -- commands ------------------------------------------------------------------------------
 
 
@@ -254,7 +250,7 @@ def _ls_line(vol, e, name: str, args) -> str:
         return name
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime_ns / 1e9))
     suffix = f" -> {os.fsdecode(vol.readlink(e))}" if e.is_link else ""
-    return f"{_mode_string(e.mode)} {e.uid:>5} {e.gid:>5} {e.size:>12} {when} {name}{suffix}"
+    return f"{stat.filemode(e.mode)} {e.uid:>5} {e.gid:>5} {e.size:>12} {when} {name}{suffix}"
 
 
 def _file(vol, path: str):

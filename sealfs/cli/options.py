@@ -105,7 +105,9 @@ def seconds(value: str, name: str) -> float:
 
 
 def store_options(opts: dict[str, str]) -> dict[str, str]:
-    return {k: opts[k] for k in ("endpoint", "region", "path_style") if k in opts}
+    from ..store import STORE_OPTIONS
+
+    return {k: opts[k] for k in STORE_OPTIONS if k in opts}
 
 
 def absolute(path: str, name: str) -> str:

@@ -546,6 +546,24 @@ class _Builder:
 
     # -- workloads ------------------------------------------------------------------
 
+    def _ids(self, body: dict, name: str, where: tuple, number_key: str, name_key: str, resolve) -> set[int]:
+        """The numeric ids a workload names, by number (``uid``/``gid``)
+        or by name (``user``/``group``).  Names that do not exist match no
+        one (a warning), never everyone."""
+        ids: set[int] = set()
+        if number_key in body:
+            ids |= set(self.ints(body[number_key], *where, number_key))
+        if name_key in body:
+            for item in self.strings(body[name_key], *where, name_key):
+                try:
+                    ids.add(resolve(item))
+                except KeyError:
+                    self.warn(f"{name_key} {item!r} of workload {name!r} does not exist: it matches no one",
+                              *where, name_key)
+            if not ids:
+                ids.add(-1)  # matches no one, rather than everyone
+        return ids
+
     def workload(self, name: str, body: Any) -> Workload:
         where = ("workloads", name)
         if not _WORKLOAD_NAME.fullmatch(name):
@@ -560,30 +578,8 @@ class _Builder:
                 raise self.error(f"unknown selector {key!r} in workload {name!r}; selectors are "
                                  f"{', '.join(SELECTORS)}", *where, key)
         kw: dict[str, Any] = {}
-        uids: set[int] = set()
-        gids: set[int] = set()
-        if "uid" in body:
-            uids |= set(self.ints(body["uid"], *where, "uid"))
-        if "user" in body:
-            for user in self.strings(body["user"], *where, "user"):
-                try:
-                    uids.add(pwd.getpwnam(user).pw_uid)
-                except KeyError:
-                    self.warn(f"user {user!r} of workload {name!r} does not exist: it matches no one", *where,
-                              "user")
-            if not uids:
-                uids.add(-1)  # matches no one, rather than everyone
-        if "gid" in body:
-            gids |= set(self.ints(body["gid"], *where, "gid"))
-        if "group" in body:
-            for group in self.strings(body["group"], *where, "group"):
-                try:
-                    gids.add(grp.getgrnam(group).gr_gid)
-                except KeyError:
-                    self.warn(f"group {group!r} of workload {name!r} does not exist: it matches no one", *where,
-                              "group")
-            if not gids:
-                gids.add(-1)
+        uids = self._ids(body, name, where, "uid", "user", lambda n: pwd.getpwnam(n).pw_uid)
+        gids = self._ids(body, name, where, "gid", "group", lambda n: grp.getgrnam(n).gr_gid)
         if "uid" in body and "user" in body:
             raise self.error(f"workload {name!r} has both uid and user; give one (a list if several)", *where,
                              "user")
