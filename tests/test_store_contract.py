@@ -510,6 +510,18 @@ def test_complete_with_if_match(store: Store) -> None:
     store.complete_multipart("k", upload_id, [(1, etag)], if_match=current)
     assert store.get("k") == b"new"
 
+    # a stale etag is refused (moto ignores If-Match here: the store checks first)
+    upload_id = store.create_multipart("k")
+    etag = store.upload_part("k", upload_id, 1, b"newer")
+    with pytest.raises(PreconditionFailed):
+        store.complete_multipart("k", upload_id, [(1, etag)], if_match=current)
+    assert store.get("k") == b"new"
+    store.delete("k")
+    with pytest.raises(PreconditionFailed):  # ... and so is a removed object
+        store.complete_multipart("k", upload_id, [(1, etag)], if_match=current)
+    store.abort_multipart("k", upload_id)
+    assert not store.list_multipart_uploads()
+
 
 @pytest.mark.parametrize(
     "parts", [[], [(2, "a"), (1, "b")], [(1, "a"), (1, "a")], [(0, "a")], [(10001, "a")]]

@@ -60,6 +60,7 @@ class FileContent:
         self._abort_parts()
         self.base = reader
         self.size = reader.size
+        self._stream_parts = True
         self._valid_base = -(-reader.size // self.block_size)
         #: Local changes not yet uploaded.
         self.changed = False
@@ -271,7 +272,7 @@ class FileContent:
         """A file rewritten from its start (new, or truncated to zero) on a
         store with server-side copies: send each part as soon as its blocks
         and the one after are written (so none of them is the last)."""
-        if self._valid_base != 0 or not self.vol.store.server_side_copy:
+        if self._valid_base != 0 or not self.vol.store.server_side_copy or not self._stream_parts:
             return
         per_part = PartStream.blocks_per_part(self.vol)
         start = self._parts.next_block if self._parts is not None else 0
@@ -279,7 +280,13 @@ class FileContent:
             self._sendable(i) for i in range(start, start + per_part + 1)
         ):
             if self._parts is None:
-                self._parts = PartStream(self.vol, self.base.entry, self.base.cipher(), self.base.header_bytes())
+                try:
+                    self._parts = PartStream(self.vol, self.base.entry, self.base.cipher(), self.base.header_bytes())
+                except PreconditionFailed:
+                    # The version we opened is gone (another mount): keep the
+                    # blocks here; the upload at close reports the conflict.
+                    self._stream_parts = False
+                    return
             self._parts.send(self.block)
             start = self._parts.next_block
 

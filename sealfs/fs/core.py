@@ -31,8 +31,10 @@ import errno
 import itertools
 import logging
 import os
+import socket
 import stat
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
@@ -61,6 +63,16 @@ def without_setid(mode: int) -> int:
     if mode & stat.S_IXGRP:
         mode &= ~stat.S_ISGID
     return mode
+
+
+def conflict_name(name: bytes, tag: str) -> bytes:
+    """``report.txt`` -> ``report.conflict-TAG.txt`` (the extension kept
+    last, so programs still know the type), within NAME_MAX."""
+    stem, dot, ext = name.rpartition(b".")
+    if not stem or len(ext) > 16:
+        stem, ext = name, b""
+    suffix = b".conflict-" + tag.encode() + (b"." + ext if ext else b"")
+    return stem[: 255 - len(suffix)] + suffix
 
 
 @dataclass(frozen=True)
@@ -715,8 +727,61 @@ class Filesystem:
         try:
             self._stored(node, content.upload(node.entry))
         except PreconditionFailed:
-            raise FsError(errno.EIO, f"{node.entry.name!r} was changed by another mount; local changes kept until close") from None
+            self._lost_race(node)
         node.meta_dirty = False
+
+    def _lost_race(self, node: Node) -> None:
+        """Our upload found another version in the store (another mount
+        wrote, renamed or removed the file since we read it).  Theirs stays
+        under the name; ours is saved beside it as a conflict copy, and the
+        caller's close()/fsync() gets EIO.  If ours cannot be rebuilt (its
+        unchanged blocks were only in the replaced version and are no
+        longer cached), the changes stay here, and every close fails, until
+        the last close drops them with an error in the log."""
+        name = node.entry.name.decode(errors="replace")
+        try:
+            copy = self._save_conflict_copy(node)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the changes here
+            log.error("%s was changed by another mount, and this mount's version could not be saved as a "
+                      "conflict copy (%s); its changes are kept until the file is closed", name, exc)
+            raise FsError(errno.EIO, f"{name!r} was changed by another mount; local changes kept until close") from None
+        # Forget our version.  node.entry keeps the etag we started from,
+        # so the next open sees the other version and drops the kernel's
+        # cached pages of ours.
+        self._drop_content(node)
+        node.meta_dirty = False
+        log.warning("%s was changed by another mount; this mount's version was saved as %s",
+                    name, copy.decode(errors="replace"))
+        raise FsError(errno.EIO, f"{name!r} was changed by another mount; "
+                                 f"this mount's version is in {copy.decode(errors='replace')!r}")
+
+    def _save_conflict_copy(self, node: Node) -> bytes:
+        """Write ``node``'s current contents and metadata as a new file
+        next to it (in the root if its directory is gone); the new name."""
+        content, e = node.content, node.entry
+        parent_id = e.parent_id
+        try:
+            self.vol.reload(self._node(node.parent).entry)
+        except (FsError, NotFound):
+            parent_id = ROOT_ID
+
+        def block(i: int) -> bytes:
+            try:
+                return content.block(i)
+            except PreconditionFailed:
+                raise FsError(errno.EIO, "its unchanged blocks were only in the replaced version") from None
+
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        for n in range(1, 100):
+            cname = conflict_name(e.name, f"{socket.gethostname()}-{stamp}" + (f"-{n}" if n > 1 else ""))
+            new = replace(self.vol.new_file_entry(parent_id, cname, e.mode, e.uid, e.gid),
+                          mtime_ns=e.mtime_ns, xattrs=dict(e.xattrs))
+            try:
+                self.vol.write_content(new, content.size, block, if_none_match=True)
+            except PreconditionFailed:
+                continue  # the name is taken
+            return cname
+        raise FsError(errno.EEXIST, "no free conflict name")
 
     def flush(self, fh: int) -> None:
         h = self._handles.get(fh)

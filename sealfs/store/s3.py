@@ -370,6 +370,16 @@ class S3Store(Store):
         if_none_match: bool = False,
     ) -> str:
         check_parts(parts)
+        if if_match is not None:
+            # Some S3-compatible servers (moto among them) ignore If-Match
+            # on this call; look first, so that on those only the short
+            # window between the two requests is unprotected.
+            try:
+                current = self.head(key).etag
+            except NotFound:
+                current = None
+            if current != if_match:
+                raise PreconditionFailed(f"{key} in {self.url} changed (etag is no longer {if_match})")
         response = self._call(
             "multipart completion",
             key,

@@ -1,0 +1,190 @@
+"""Several mounts of one volume, as two hosts would have them: conflicting
+writes keep both versions, and a directory renamed on one mount while the
+other writes into it loses no file.  (Close-to-open between mounts is in
+test_posix.py.)  Both stores."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CONFLICT_LOG = r"changed by another mount"
+
+
+def conflict_copies(d: Path, name: str) -> list[Path]:
+    stem, _, ext = name.rpartition(".")
+    prefix = f"{stem}.conflict-" if stem else f"{name}.conflict-"
+    return sorted(p for p in d.iterdir() if p.name.startswith(prefix) and (not stem or p.name.endswith("." + ext)))
+
+
+def close_fails_with_eio(f) -> None:
+    with pytest.raises(OSError) as info:
+        f.close()
+    assert info.value.errno == errno.EIO
+
+
+@pytest.mark.parametrize("size", [100, 3 * 65536 + 17, 20 * 1024 * 1024], ids=["small", "blocks", "multipart"])
+def test_losing_writer_gets_eio_and_a_conflict_copy(make_mount, size):
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    b.expected_log.append(CONFLICT_LOG)
+    (a.path / "report.txt").write_bytes(b"the original")
+    mine, theirs = os.urandom(size), os.urandom(size // 2 + 1)
+    fb = open(b.path / "report.txt", "r+b")  # B opens the original ...
+    try:
+        (a.path / "report.txt").write_bytes(theirs)  # ... A replaces it ...
+        fb.truncate(0)
+        fb.write(mine)  # ... and B writes its own version over what it opened
+    finally:
+        close_fails_with_eio(fb)
+    # A's version stays under the name, on both mounts
+    assert (a.path / "report.txt").read_bytes() == theirs
+    assert (b.path / "report.txt").read_bytes() == theirs
+    # B's is beside it, seen by both mounts, and only one copy was made
+    for m in (a, b):
+        copies = conflict_copies(m.path, "report.txt")
+        assert len(copies) == 1, os.listdir(m.path)
+        assert hashlib.sha256(copies[0].read_bytes()).digest() == hashlib.sha256(mine).digest()
+    assert sorted(os.listdir(a.path)) == sorted(["report.txt", copies[0].name])
+    log = b.log.read_text()
+    assert copies[0].name in log  # the log names the copy
+
+
+def test_writer_whose_file_was_removed_keeps_its_version(make_mount):
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    b.expected_log.append(CONFLICT_LOG)
+    (a.path / "d").mkdir()
+    (a.path / "d" / "notes").write_bytes(b"v1")
+    fb = open(b.path / "d" / "notes", "r+b")
+    try:
+        fb.read()
+        os.unlink(a.path / "d" / "notes")
+        fb.seek(0)
+        fb.write(b"B's notes, written after A removed the file")
+    finally:
+        close_fails_with_eio(fb)
+    [copy] = conflict_copies(a.path / "d", "notes")
+    assert copy.read_bytes() == b"B's notes, written after A removed the file"
+    assert not (a.path / "d" / "notes").exists()
+
+
+def test_partial_edit_over_a_cached_version_is_kept(make_mount):
+    """B changes a few bytes in the middle of a file it has read (so the
+    unchanged blocks are cached); A replaced the file meanwhile: B's whole
+    version, unchanged blocks included, is the conflict copy."""
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    b.expected_log.append(CONFLICT_LOG)
+    original = os.urandom(500_000)
+    (a.path / "db").write_bytes(original)
+    with open(b.path / "db", "r+b") as fb:
+        assert fb.read() == original
+        (a.path / "db").write_bytes(b"A's rewrite")
+        fb.seek(300_000)
+        fb.write(b"B was here")
+        with pytest.raises(OSError) as info:
+            fb.flush()
+            os.fsync(fb.fileno())  # the first to report the conflict
+        assert info.value.errno == errno.EIO
+    [copy] = conflict_copies(a.path, "db")
+    assert copy.read_bytes() == original[:300_000] + b"B was here" + original[300_010:]
+    assert (b.path / "db").read_bytes() == b"A's rewrite"
+
+
+def test_directory_renamed_while_another_mount_writes_into_it(make_mount):
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    (a.path / "incoming").mkdir()
+    assert (b.path / "incoming").is_dir()
+    written: dict[str, bytes] = {}
+    failures: list[OSError] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set() and n < 400:
+            name, data = f"f{n:03}", os.urandom(1000 + n * 37)
+            try:
+                with open(b.path / "incoming" / name, "wb") as f:
+                    f.write(data)
+            except OSError as exc:  # the old name is gone on B too: a clean error
+                assert exc.errno in (errno.ENOENT, errno.ESTALE), exc
+                failures.append(exc)
+                time.sleep(0.01)
+            else:
+                written[name] = data
+            n += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        time.sleep(1.0)
+        os.rename(a.path / "incoming", a.path / "archive")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join()
+    assert written, "the writer wrote nothing"
+    for m in (a, b):
+        names = set(os.listdir(m.path / "archive"))
+        assert names == set(written), f"lost: {sorted(set(written) - names)}"
+        for name, data in written.items():
+            assert (m.path / "archive" / name).read_bytes() == data
+    assert not (a.path / "incoming").exists()
+
+
+def test_conflict_found_after_parts_were_sent(make_mount):
+    """B has sent parts of its new version (S3 uploads them while they are
+    written) when A replaces the file: completing B's upload must fail, not
+    replace A's version."""
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    b.expected_log.append(CONFLICT_LOG)
+    (a.path / "big").write_bytes(b"the original")
+    mine = os.urandom(40 * 1024 * 1024)
+    fb = open(b.path / "big", "r+b")
+    try:
+        fb.truncate(0)
+        fb.write(mine[: 30 * 1024 * 1024])
+        fb.flush()
+        (a.path / "big").write_bytes(b"A's version")
+        fb.write(mine[30 * 1024 * 1024 :])
+    finally:
+        close_fails_with_eio(fb)
+    assert (a.path / "big").read_bytes() == b"A's version"
+    [copy] = conflict_copies(a.path, "big")
+    assert hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(mine).digest()
+
+
+def test_partial_edit_of_unread_blocks_is_reported(make_mount):
+    """The one documented loss: B writes into a file without reading it, A
+    replaces it meanwhile; the blocks B did not change were only in the
+    replaced version, so B's version cannot be rebuilt.  B must hear of it
+    (EIO, and an error naming the file in the log); A's version is intact."""
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    b.expected_log += [CONFLICT_LOG, "could not be saved as a conflict copy", "discarding changes to ledger"]
+    (a.path / "ledger").write_bytes(os.urandom(400_000))
+    fd = os.open(b.path / "ledger", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"B was here", 200_000)
+        (a.path / "ledger").write_bytes(b"A's rewrite")
+        with pytest.raises(OSError) as info:
+            os.fsync(fd)
+        assert info.value.errno == errno.EIO
+    finally:
+        with pytest.raises(OSError):
+            os.close(fd)
+    deadline = time.monotonic() + 30  # (the kernel sends the release after close returns)
+    while "discarding changes to ledger" not in b.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (b.path / "ledger").read_bytes() == b"A's rewrite"
+    assert conflict_copies(b.path, "ledger") == []
+    assert "ledger was changed by another mount, and this mount's version could not be saved" in b.log.read_text()
