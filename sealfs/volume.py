@@ -469,6 +469,15 @@ class Volume:
     def reader(self, e: Entry) -> "FileReader":
         return FileReader(self, e)
 
+    def new_reader(self, e: Entry) -> "FileReader":
+        """The base of a file not yet in the store: empty, with a fresh data
+        key; its first upload creates the object (If-None-Match)."""
+        reader = FileReader(self, replace(e, size=0, etag=""))
+        dek = crypto.random_bytes(32)
+        reader._header = self._new_header(e.id, dek)
+        reader._cipher = FileCipher(dek, e.id, self.layout, reader.name)
+        return reader
+
     def write_content(
         self,
         e: Entry,
@@ -880,7 +889,8 @@ class PartStream:
         self.next_block += self.part_blocks
         self._submit(bytes(buf))
 
-    def finish(self, e: Entry, size: int, block: Callable[[int], bytes], *, if_match: str | None) -> Entry:
+    def finish(self, e: Entry, size: int, block: Callable[[int], bytes], *, if_match: str | None,
+               if_none_match: bool = False) -> Entry:
         layout = self.vol.layout
         n = layout.block_count(size)
         if n <= self.next_block:
@@ -895,7 +905,8 @@ class PartStream:
             self._submit(bytes(buf))
         parts = [f.result() for f in self._futures]
         new = replace(e, size=size)
-        new.etag = self.vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match)
+        new.etag = self.vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match,
+                                                     if_none_match=if_none_match)
         if self.vol._fields(new) != self.fields:
             new.etag = self.vol.store.copy(self.key, self.key, self.vol._prepare_meta(new))
         return new

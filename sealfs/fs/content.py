@@ -38,7 +38,8 @@ SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
 
 
 class FileContent:
-    def __init__(self, vol: Volume, entry: Entry, cache: BlockCache, spool_dir: str, dirty_limit: int):
+    def __init__(self, vol: Volume, entry: Entry, cache: BlockCache, spool_dir: str, dirty_limit: int,
+                 new: bool = False):
         self.vol = vol
         self.cache = cache
         self.spool_dir = spool_dir
@@ -50,7 +51,11 @@ class FileContent:
         #: The upload of a sequential rewrite, sent while it is written.
         self._parts: PartStream | None = None
         self._prefetch: Future | None = None
-        self._set_base(vol.reader(entry))
+        self._set_base(vol.new_reader(entry) if new else vol.reader(entry))
+        #: Not yet in the store (created here): its first upload creates
+        #: the object, if the name is still free; until then it has
+        #: something to upload, itself.
+        self.unstored = self.changed = new
         self._next_block = -1
         self._window = 1
         self._read_stop = 0
@@ -299,9 +304,10 @@ class FileContent:
         """Write the current contents as a new version with ``entry``'s
         metadata.  PreconditionFailed if the stored object changed under us
         (another mount wrote it); local changes are then kept."""
+        cond = {"if_match": None, "if_none_match": True} if self.unstored else {"if_match": self.base.etag}
         if self._parts is not None:
             try:
-                new = self._parts.finish(entry, self.size, self.block, if_match=self.base.etag)
+                new = self._parts.finish(entry, self.size, self.block, **cond)
             except BaseException:
                 self._abort_parts()  # every block is still here for the next try
                 raise
@@ -310,7 +316,7 @@ class FileContent:
                 progress(self.size)
         else:
             new = self.vol.write_content(
-                entry, self.size, self._dirty_block, base=self.base, if_match=self.base.etag, progress=progress
+                entry, self.size, self._dirty_block, base=self.base, progress=progress, **cond
             )
         reader = self.vol.reader(new)
         reader.adopt(self.base)
@@ -320,6 +326,7 @@ class FileContent:
         self.dirty.clear()
         self._drop_spool()
         self._set_base(reader)
+        self.unstored = False
         return new
 
     def _drop_spool(self) -> None:

@@ -126,6 +126,8 @@ class Node:
     meta_dirty: bool = False
     #: Unlinked while open: the object now lives at an orphan key.
     orphan: bool = False
+    #: Created here and not yet in the store (see Filesystem.create).
+    unstored: bool = False
     #: When (on ``Filesystem._clock``) this mount last wrote the object: a
     #: store read begun before that may return the version it replaced.
     written: int = 0
@@ -152,6 +154,8 @@ class Filesystem:
         self._handles: dict[int, Handle] = {}
         #: readdir handles: (inode, listing, when the listing was read).
         self._dirs: dict[int, tuple[int, list[Entry], int]] = {}
+        #: Files created here and not yet stored, by (directory id, name).
+        self._unstored: dict[tuple[bytes, bytes], Node] = {}
         #: Orders this mount's store writes against its store reads.
         self._clock = itertools.count(1)
         self._next_fh = 1
@@ -194,8 +198,16 @@ class Filesystem:
 
     def _stored(self, node: Node, entry: Entry) -> None:
         """``entry`` is what this mount just wrote for ``node``."""
+        self._forget_unstored(node)
         node.entry = entry
         node.written = next(self._clock)
+
+    def _forget_unstored(self, node: Node) -> None:
+        """``node`` is in the store now, or never will be (caller holds its lock)."""
+        if node.unstored:
+            node.unstored = False
+            with self._lock:
+                self._unstored.pop((node.entry.parent_id, node.entry.name), None)
 
     def _attr(self, node: Node) -> Attr:
         e = node.entry
@@ -280,8 +292,13 @@ class Filesystem:
             self._need_dir(pnode)
             if len(name) > 255:
                 raise FsError(errno.ENAMETOOLONG, "name too long")
-            read_at = next(self._clock)
-            node = self._remember(self.vol.lookup(pnode.entry.id, name), parent, lookups=1, read_at=read_at)
+            with self._lock:
+                node = self._unstored.get((pnode.entry.id, name))
+                if node is not None:
+                    node.lookups += 1
+            if node is None:
+                read_at = next(self._clock)
+                node = self._remember(self.vol.lookup(pnode.entry.id, name), parent, lookups=1, read_at=read_at)
         return self._counted(node)
 
     def getattr(self, ino: int) -> Attr:
@@ -324,7 +341,7 @@ class Filesystem:
     def _meta_changed(self, node: Node) -> None:
         """``node.entry`` changed: store it now, or, when content changes
         are pending and a writer will close the file, with that upload."""
-        if node.content is not None and node.content.changed:
+        if node.unstored or (node.content is not None and node.content.changed):
             node.meta_dirty = True
             if node.writers == 0:
                 self._upload(node)
@@ -448,7 +465,15 @@ class Filesystem:
         raise FsError(errno.EPERM, "hard links are not supported")
 
     def _child(self, pnode: Node, name: bytes) -> Entry:
-        return self.vol.lookup(pnode.entry.id, check_name(name))
+        """The stored entry of ``name`` in ``pnode`` (a file created here
+        and not yet stored is stored first)."""
+        name = check_name(name)
+        with self._lock:
+            node = self._unstored.get((pnode.entry.id, name))
+        if node is not None:
+            with node.lock:
+                self._upload(node)
+        return self.vol.lookup(pnode.entry.id, name)
 
     def _node_of(self, entry: Entry) -> Node | None:
         with self._lock:
@@ -596,7 +621,11 @@ class Filesystem:
         node = self._node(ino)
         if start == 0:
             read_at = next(self._clock)
+            with self._lock:  # (before listing: a file stored meanwhile is listed)
+                unstored = [n.entry for (pid, _), n in self._unstored.items() if pid == node.entry.id]
             entries = self.vol.listdir(node.entry.id, on_error=self._bad_entry)
+            listed = {e.name for e in entries}
+            entries += [e for e in unstored if e.name not in listed]
             entries.sort(key=lambda e: e.name)
             snapshot = entries
             self._dirs[fh] = (ino, snapshot, read_at)
@@ -621,7 +650,8 @@ class Filesystem:
 
     def _content(self, node: Node) -> FileContent:
         if node.content is None:
-            node.content = FileContent(self.vol, node.entry, self.cache, self.spool_dir, self.opts.dirty_bytes)
+            node.content = FileContent(self.vol, node.entry, self.cache, self.spool_dir, self.opts.dirty_bytes,
+                                       new=node.unstored)
         return node.content
 
     def _new_handle(self, node: Node, flags: int) -> int:
@@ -639,9 +669,22 @@ class Filesystem:
         pnode = self._node(parent)
         self._need_dir(pnode)
         mode, uid, gid = self._new_owner(pnode, mode, ctx, False)
-        with pnode.lock:
-            entry = self.vol.create_file(pnode.entry.id, check_name(name), mode, uid, gid)
-        node = self._remember(entry, parent, lookups=1)
+        name = check_name(name)
+        if flags & os.O_EXCL:
+            # Exclusive creates (lock files) claim the name in the store now.
+            with pnode.lock:
+                node = self._remember(self.vol.create_file(pnode.entry.id, name, mode, uid, gid), parent, lookups=1)
+        else:
+            # Others are stored at their first flush, in one write with
+            # their contents (If-None-Match): half the store writes.  Until
+            # then this mount answers for the name (lookup, readdir), and
+            # any other operation on the name stores the file first
+            # (_child).
+            entry = self.vol.new_file_entry(pnode.entry.id, name, mode, uid, gid)
+            node = self._remember(entry, parent, lookups=1)
+            node.unstored = True
+            with self._lock:
+                self._unstored[(entry.parent_id, entry.name)] = node
         self._touch_dir(pnode)
         fh = self._new_handle(node, flags)
         return self._counted(node), fh
@@ -659,7 +702,7 @@ class Filesystem:
             # Removed (or replaced by a rename) since the kernel looked it
             # up; on ESTALE the kernel looks the name up anew.
             self._check_live(node, errno.ESTALE)
-            pending = node.meta_dirty or (node.content is not None and node.content.changed)
+            pending = node.unstored or node.meta_dirty or (node.content is not None and node.content.changed)
             if not node.orphan and not pending:
                 # close-to-open: revalidate against the store on every open
                 # without local changes (not only the first: the kernel
@@ -718,6 +761,8 @@ class Filesystem:
 
     def _upload(self, node: Node) -> None:
         """Upload a node's changes (caller holds node.lock)."""
+        if node.unstored:
+            self._content(node)
         content = node.content
         if content is None or (not content.changed and not node.meta_dirty):
             return
@@ -749,6 +794,7 @@ class Filesystem:
         # so the next open sees the other version and drops the kernel's
         # cached pages of ours.
         self._drop_content(node)
+        self._forget_unstored(node)
         node.meta_dirty = False
         log.warning("%s was changed by another mount; this mount's version was saved as %s",
                     name, copy.decode(errors="replace"))
@@ -812,6 +858,7 @@ class Filesystem:
                         log.error("discarding changes to %s that could not be uploaded (close() reported EIO)",
                                   node.entry.name.decode(errors="replace"))
                         node.meta_dirty = False
+                        self._forget_unstored(node)  # (a new file that could not be stored is gone)
                     self._drop_content(node)
                     if node.orphan:
                         self.vol.remove(node.entry)  # (with its overflow metadata)
@@ -871,7 +918,7 @@ class Filesystem:
     def sync_all(self) -> None:
         """Upload everything pending (unmount, SIGTERM)."""
         with self._lock:
-            nodes = [n for n in self._nodes.values() if n.content is not None or n.meta_dirty]
+            nodes = [n for n in self._nodes.values() if n.content is not None or n.meta_dirty or n.unstored]
         for node in nodes:
             with node.lock:
                 try:

@@ -188,3 +188,78 @@ def test_partial_edit_of_unread_blocks_is_reported(make_mount):
     assert (b.path / "ledger").read_bytes() == b"A's rewrite"
     assert conflict_copies(b.path, "ledger") == []
     assert "ledger was changed by another mount, and this mount's version could not be saved" in b.log.read_text()
+
+
+# -- new files are stored at their first flush, together with their contents ----------------
+
+
+def test_new_file_is_stored_at_its_first_flush(make_mount):
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    fd = os.open(a.path / "new", os.O_WRONLY | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, b"hello")
+        # on this mount the name is there at once: stat, listing, open, chmod
+        assert os.stat(a.path / "new").st_size == 5
+        assert "new" in os.listdir(a.path)
+        assert (a.path / "new").read_bytes() == b"hello"
+        os.chmod(a.path / "new", 0o600)
+        # another mount sees it once it is flushed (close-to-open)
+        assert not (b.path / "new").exists()
+        os.fsync(fd)
+        assert (b.path / "new").read_bytes() == b"hello"
+    finally:
+        os.close(fd)
+    assert stat_mode(b.path / "new") == 0o600
+    # an empty file is stored at its close too
+    (a.path / "empty").touch()
+    assert (b.path / "empty").read_bytes() == b""
+
+
+def stat_mode(p: Path) -> int:
+    return os.stat(p).st_mode & 0o7777
+
+
+def test_new_file_renamed_or_removed_before_its_first_flush(make_mount):
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    with open(a.path / "tmp.part", "wb") as f:
+        f.write(b"draft")
+        os.rename(a.path / "tmp.part", a.path / "final")  # (stores it first)
+        f.write(b", finished")
+    assert (b.path / "final").read_bytes() == b"draft, finished"
+    assert not (b.path / "tmp.part").exists()
+    with open(a.path / "scratch", "wb") as f:
+        f.write(b"x" * 100_000)
+        os.unlink(a.path / "scratch")
+        f.write(b"y")
+    assert sorted(os.listdir(b.path)) == ["final"]
+    assert sorted(os.listdir(a.path)) == ["final"]
+
+
+def test_exclusive_create_claims_the_name_at_once(make_mount):
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    fd = os.open(a.path / "lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with pytest.raises(FileExistsError):
+            os.open(b.path / "lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    finally:
+        os.close(fd)
+
+
+def test_two_mounts_create_one_name(make_mount):
+    """Both create the same new name (not O_EXCL): the first to close keeps
+    it, the second's file becomes a conflict copy."""
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    b.expected_log.append(CONFLICT_LOG)
+    fa = open(a.path / "out.log", "wb")
+    fb = open(b.path / "out.log", "wb")
+    fa.write(b"from A")
+    fb.write(b"from B")
+    fa.close()
+    close_fails_with_eio(fb)
+    assert (b.path / "out.log").read_bytes() == b"from A"
+    [copy] = conflict_copies(a.path, "out.log")
+    assert copy.read_bytes() == b"from B"
