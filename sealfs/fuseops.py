@@ -344,7 +344,7 @@ class SealfsOps(pyfuse3.Operations):
         self.fs.releasedir(fh)
 
     async def fsyncdir(self, fh, datasync):
-        await self._run(self.fs.flush_metadata)
+        await self._run(self.fs.fsyncdir)
 
     async def statfs(self, ctx):
         s = await self._run(self.fs.statfs)

@@ -144,6 +144,9 @@ class Handle:
 class Filesystem:
     def __init__(self, vol: Volume, options: Options | None = None):
         self.vol = vol
+        # As on a local filesystem: what close() stored survives a crash of
+        # the daemon, and fsync() makes it survive a power loss too.
+        vol.store.defer_sync()
         self.opts = options or Options()
         self.cache = BlockCache(self.opts.cache_bytes)
         self._lock = threading.Lock()
@@ -836,7 +839,13 @@ class Filesystem:
         with h.node.lock:
             self._upload(h.node)
 
-    fsync = flush
+    def fsync(self, fh: int) -> None:
+        self.flush(fh)
+        self.vol.store.sync()
+
+    def fsyncdir(self) -> None:
+        self.flush_metadata()
+        self.vol.store.sync()
 
     def release(self, fh: int) -> None:
         with self._lock:
@@ -928,3 +937,4 @@ class Filesystem:
                 except Exception:
                     log.exception("cannot upload %r at shutdown", node.entry.name)
         self.flush_metadata()
+        self.vol.store.sync()

@@ -290,5 +290,14 @@ class Store(abc.ABC):
         what is wrong: missing directory or bucket, credentials, network)
         unless the store can be used; a cheap call for commands to fail fast."""
 
+    def defer_sync(self) -> None:
+        """From now on, a write need only survive a crash of this process
+        when it returns; :meth:`sync` makes writes durable.  (Nothing
+        changes for a store whose writes are durable once acknowledged.)"""
+
+    def sync(self) -> None:
+        """Make every write acknowledged so far durable (survive a power
+        loss): what fsync() asks of a mounted volume."""
+
     def close(self) -> None:
         """Release connections/handles."""

@@ -48,6 +48,11 @@ read per object); sizes come from ``fstat``.
 Durability: a new object's data and its directory entry are fsync'ed before
 the call returns, as is the removal of a deleted object.  Parts of an
 upload are not fsync'ed; completing the upload fsyncs the assembled object.
+After :meth:`LocalStore.defer_sync` (a mounted volume) writes are not
+fsync'ed one by one: a write that returned survives a crash of the process
+(the object file is renamed into place whole), and :meth:`LocalStore.sync`
+makes every write so far durable against power loss with one ``syncfs``,
+as fsync() does on a local filesystem.
 
 Known limits: a crash can leave files in ``tmp/`` (they are never mistaken
 for objects, and can be removed when no sealfs process uses the store);
@@ -60,6 +65,7 @@ file-name limit (enforced for every backend).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
@@ -88,6 +94,7 @@ from .base import (
 )
 
 HEADER_SIZE = 4096
+_libc = ctypes.CDLL(None, use_errno=True)
 _MAGIC = b"sealfs-local-object 1\n"
 _ETAG = b"etag "
 _DIR_SUFFIX = "~"
@@ -122,11 +129,35 @@ class LocalStore(Store):
         self._tmp = os.path.join(self.root, "tmp")
         self._uploads = os.path.join(self.root, "multipart")
         self._lock_path = os.path.join(self.root, "lock")
+        self._sync_each_write = True
         if create:
             with self._os_errors("create the store directory"):
                 for path in (self.root, self._objects, self._tmp, self._uploads):
                     os.makedirs(path, mode=0o700, exist_ok=True)
         self.check()
+
+    def defer_sync(self) -> None:
+        self._sync_each_write = False
+
+    def sync(self) -> None:
+        if self._sync_each_write:
+            return
+        with self._os_errors("sync the store to disk"):
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                if _libc.syncfs(fd) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+
+    def _sync_file(self, fd: int) -> None:
+        if self._sync_each_write:
+            os.fsync(fd)
+
+    def _sync_dir(self, path: str) -> None:
+        if self._sync_each_write:
+            _fsync_dir(path)
 
     def check(self) -> None:
         if not os.path.isdir(self.root):
@@ -247,7 +278,7 @@ class LocalStore(Store):
         with self._temp_file("put", key) as (fd, tmp):
             self._write_all(fd, key, header, 0)
             self._write_all(fd, key, data, HEADER_SIZE)
-            os.fsync(fd)
+            self._sync_file(fd)
             self._install(tmp, path, key, if_match=if_match, if_none_match=if_none_match)
         return etag
 
@@ -263,7 +294,7 @@ class LocalStore(Store):
             size = os.fstat(src_fd).st_size - HEADER_SIZE
             self._write_all(fd, dst, header, 0)
             self._copy_range(src_fd, HEADER_SIZE, fd, HEADER_SIZE, size, src)
-            os.fsync(fd)
+            self._sync_file(fd)
             self._install(tmp, dst_path, dst)
         return etag
 
@@ -283,7 +314,7 @@ class LocalStore(Store):
                     emptied.add(os.path.dirname(path))
                 remaining = {self._prune(directory) for directory in emptied}
             for directory in remaining:
-                _fsync_dir(directory)
+                self._sync_dir(directory)
 
     # -- multipart ---------------------------------------------------------
     def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
@@ -377,7 +408,7 @@ class LocalStore(Store):
             for src_fd, size in sources:
                 self._copy_range(src_fd, HEADER_SIZE, fd, offset, size, key)
                 offset += size
-            os.fsync(fd)
+            self._sync_file(fd)
             retired = self._install(
                 tmp, path, key, if_match=if_match, if_none_match=if_none_match, retire=(upload_dir, upload_id)
             )
@@ -566,7 +597,7 @@ class LocalStore(Store):
             if retire is not None:
                 retired = self._retire(*retire)
         for directory in created + [os.path.dirname(path)]:
-            _fsync_dir(directory)
+            self._sync_dir(directory)
         return retired
 
     def _current_etag(self, path: str, key: str) -> str | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, sealfs  # tests/fs/conftest.py
+from conftest import Mount, daemon_pids, sealfs  # tests/fs/conftest.py
 
 
 @contextlib.contextmanager
@@ -836,6 +836,38 @@ def test_directory_removed_by_another_mount_stays_removed(make_mount):
     assert os.listdir(b.path) == []
     a.mount()
     assert os.listdir(a.path) == []
+
+
+def test_local_store_is_synced_to_disk_by_fsync_not_by_close(make_mount, store_kind):
+    """On a file:// store, close() puts each object in place whole (it
+    survives a crash of the daemon) and fsync() makes everything durable
+    with one syncfs of the store, as on a local filesystem: watched with
+    strace on the daemon."""
+    if store_kind != "local":
+        pytest.skip("S3 acknowledges durable writes; there is nothing to sync")
+    m = make_mount()
+    [pid] = daemon_pids(m.path)
+    out = m.cache_dir.parent / f"strace-{pid}.txt"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs", "-o", str(out),
+                               "-p", str(pid)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30  # strace is attached once the daemon's threads stop for it
+        while "TracerPid:\t0" in Path(f"/proc/{pid}/status").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for i in range(20):
+            (m.path / f"f{i}").write_bytes(os.urandom(5000))
+        time.sleep(0.5)
+        closes_only = out.read_text()
+        with open(m.path / "f0", "r+b") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+        time.sleep(0.5)
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=30)
+    assert "fsync(" not in closes_only and "syncfs(" not in closes_only, closes_only
+    assert out.read_text().count("syncfs(") == 1, out.read_text()
 
 
 def test_fsync_reaches_the_store(mounted):
