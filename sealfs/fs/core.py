@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
-from ..errors import FsError, NotFound, PreconditionFailed
+from ..errors import FsError, NotFound, PreconditionFailed, SealfsError
 from ..volume import KIND_FILE, ROOT_ID, Entry, Volume, check_name, now_ns
 from .cache import BlockCache
 from .content import FileContent
@@ -131,6 +131,11 @@ class Node:
     #: When (on ``Filesystem._clock``) this mount last wrote the object: a
     #: store read begun before that may return the version it replaced.
     written: int = 0
+    #: Changes were discarded (their upload failed): the kernel's pages and
+    #: attributes of the file may still show them, so the next open drops them.
+    discarded: bool = False
+    #: The last error writing a directory's times (logged once).
+    meta_error: str = ""
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -401,8 +406,16 @@ class Filesystem:
                     self._store_meta(node)
                 except FsError:
                     node.meta_dirty = False  # the directory is gone
-                except Exception:
-                    log.exception("cannot write the times of a directory")
+                except Exception as exc:
+                    # One line per failure, not one a second while the
+                    # store refuses writes (a traceback only for a bug).
+                    if node.meta_error != str(exc):
+                        node.meta_error = str(exc)
+                        log.error("cannot write the times of directory %s (retried every second): %s",
+                                  node.entry.name.decode(errors="replace") or "/", exc,
+                                  exc_info=not isinstance(exc, SealfsError))
+                else:
+                    node.meta_error = ""
             with self._lock:
                 self._maybe_drop(node)
 
@@ -672,22 +685,17 @@ class Filesystem:
         pnode = self._node(parent)
         self._need_dir(pnode)
         mode, uid, gid = self._new_owner(pnode, mode, ctx, False)
-        name = check_name(name)
-        if flags & os.O_EXCL:
-            # Exclusive creates (lock files) claim the name in the store now.
-            with pnode.lock:
-                node = self._remember(self.vol.create_file(pnode.entry.id, name, mode, uid, gid), parent, lookups=1)
-        else:
-            # Others are stored at their first flush, in one write with
-            # their contents (If-None-Match): half the store writes.  Until
-            # then this mount answers for the name (lookup, readdir), and
-            # any other operation on the name stores the file first
-            # (_child).
-            entry = self.vol.new_file_entry(pnode.entry.id, name, mode, uid, gid)
-            node = self._remember(entry, parent, lookups=1)
-            node.unstored = True
-            with self._lock:
-                self._unstored[(entry.parent_id, entry.name)] = node
+        # The file is stored at its first flush, in one write with its
+        # contents (If-None-Match: if another mount took the name meanwhile,
+        # it becomes a conflict copy): half the store writes.  Until then
+        # this mount answers for the name (lookup, readdir; the kernel
+        # refuses O_EXCL creates of it), and any other operation on the name
+        # stores the file first (_child).
+        entry = self.vol.new_file_entry(pnode.entry.id, check_name(name), mode, uid, gid)
+        node = self._remember(entry, parent, lookups=1)
+        node.unstored = True
+        with self._lock:
+            self._unstored[(entry.parent_id, entry.name)] = node
         self._touch_dir(pnode)
         fh = self._new_handle(node, flags)
         return self._counted(node), fh
@@ -716,7 +724,8 @@ class Filesystem:
                     # The name holds another file now (replaced by another
                     # mount); on ESTALE the kernel looks the name up anew.
                     raise FsError(errno.ESTALE, f"{fresh.name!r} was replaced by another mount")
-                keep = fresh.etag == node.entry.etag
+                keep = fresh.etag == node.entry.etag and not node.discarded
+                node.discarded = False
                 if not keep:
                     self._drop_content(node)  # cached blocks and stream of the old version
                 node.entry = fresh
@@ -867,6 +876,7 @@ class Filesystem:
                         log.error("discarding changes to %s that could not be uploaded (close() reported EIO)",
                                   node.entry.name.decode(errors="replace"))
                         node.meta_dirty = False
+                        node.discarded = True
                         self._forget_unstored(node)  # (a new file that could not be stored is gone)
                     self._drop_content(node)
                     if node.orphan:

@@ -237,29 +237,26 @@ def test_new_file_renamed_or_removed_before_its_first_flush(make_mount):
     assert sorted(os.listdir(a.path)) == ["final"]
 
 
-def test_exclusive_create_claims_the_name_at_once(make_mount):
-    a = make_mount()
-    b = make_mount(spec=a.spec)
-    fd = os.open(a.path / "lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with pytest.raises(FileExistsError):
-            os.open(b.path / "lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    finally:
-        os.close(fd)
-
-
-def test_two_mounts_create_one_name(make_mount):
-    """Both create the same new name (not O_EXCL): the first to close keeps
-    it, the second's file becomes a conflict copy."""
+@pytest.mark.parametrize("excl", [False, True], ids=["creat", "excl"])
+def test_two_mounts_create_one_name(make_mount, excl):
+    """Both create the same new name: the first to close keeps it, the
+    second's file becomes a conflict copy (O_EXCL too: it is exclusive on
+    one mount at once, and across mounts at the first flush)."""
     a = make_mount()
     b = make_mount(spec=a.spec)
     b.expected_log.append(CONFLICT_LOG)
-    fa = open(a.path / "out.log", "wb")
-    fb = open(b.path / "out.log", "wb")
-    fa.write(b"from A")
-    fb.write(b"from B")
-    fa.close()
-    close_fails_with_eio(fb)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if excl else os.O_TRUNC)
+    fa = os.open(a.path / "out.log", flags, 0o644)
+    fb = os.open(b.path / "out.log", flags, 0o644)
+    if excl:
+        with pytest.raises(FileExistsError):  # on one mount, at once
+            os.open(a.path / "out.log", flags, 0o644)
+    os.write(fa, b"from A")
+    os.write(fb, b"from B")
+    os.close(fa)
+    with pytest.raises(OSError) as info:
+        os.close(fb)
+    assert info.value.errno == errno.EIO
     assert (b.path / "out.log").read_bytes() == b"from A"
     [copy] = conflict_copies(a.path, "out.log")
     assert copy.read_bytes() == b"from B"
