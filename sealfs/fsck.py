@@ -9,7 +9,7 @@ Checks, without a mount:
   directory has, overflow metadata of no entry, files unlinked while open
   (``o/``) left by a crash, and multipart uploads older than a grace period;
 * two directory entries holding one directory id (left by a crash in the
-  middle of a directory rename).
+  middle of a directory rename), or one file or symlink id (a file rename).
 
 ``--repair`` removes only leftovers that hold no data a user can reach:
 orphaned ``o/`` files, unreferenced overflow objects, entries under
@@ -39,7 +39,7 @@ class Report:
     damaged: list[tuple[str, str]] = field(default_factory=list)
     #: (key or upload, why): safe to remove
     leftovers: list[tuple[str, str]] = field(default_factory=list)
-    #: other findings that need a person (duplicate directory entries)
+    #: other findings that need a person (two names of one directory or file)
     warnings: list[str] = field(default_factory=list)
     repaired: int = 0
 
@@ -56,6 +56,7 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     entry_ids: set[bytes] = set()
     files: list[tuple[str, Entry]] = []
     seen_dirs: dict[bytes, str] = {ROOT_ID: "/"}
+    seen_others: dict[bytes, str] = {}  # files and symlinks
 
     try:
         root = vol.root()
@@ -82,7 +83,14 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
                 dir_ids.add(e.id)
                 report.dirs += 1
                 stack.append((e, child))
-            elif e.is_link:
+                continue
+            if e.id in seen_others:
+                # (still checked below: both names are reachable copies)
+                report.warnings.append(f"{child} and {seen_others[e.id]} are one file (a file rename was "
+                                       "interrupted): a mount takes them for one file; remove one name with "
+                                       "'sealfs rm' after checking which to keep")
+            seen_others.setdefault(e.id, child)
+            if e.is_link:
                 report.links += 1
                 try:
                     vol.readlink(e)

@@ -279,7 +279,20 @@ class Volume:
             info = self.store.head(key)
         except NotFound:
             raise FsError(errno.ENOENT, f"no such file: {name.decode(errors='replace')}") from None
-        return self._entry_from(parent_id, key[len(dir_prefix(parent_id)):], key, info.metadata, info.size, info.etag)
+        try:
+            return self._entry_from(parent_id, key[len(dir_prefix(parent_id)):], key, info.metadata, info.size,
+                                    info.etag)
+        except IntegrityError as exc:  # name the file: the key says nothing to a reader of the log
+            raise IntegrityError(f"{name.decode(errors='replace')}: {exc}") from None
+
+    def _name_hint(self, dir_id: bytes, component: str, md: dict[str, str] | None) -> str | None:
+        """The name of an entry whose metadata failed, for messages; None
+        when the name does not authenticate either."""
+        try:
+            long_ct = _unb64((md or {}).get("n", "")) if is_long(component) else None
+            return self.names.decrypt(dir_id, component, long_ct).decode(errors="replace")
+        except (IntegrityError, ValueError):
+            return None
 
     def reload(self, e: Entry) -> Entry:
         if e.key == ROOT_KEY:
@@ -307,7 +320,8 @@ class Volume:
             except IntegrityError as exc:
                 if on_error is None:
                     raise
-                on_error(info.key, exc)
+                hint = self._name_hint(dir_id, info.key[len(prefix):], md)
+                on_error(info.key, IntegrityError(f"{hint}: {exc}") if hint else exc)
                 return None
 
         if len(infos) > 4:
@@ -567,7 +581,10 @@ class FileReader:
         with self._lock:
             if self._cipher is None:
                 raw = self._get(0, HEADER_SIZE)
-                header, dek = open_header(raw, self.vol.keyring.kek)
+                try:
+                    header, dek = open_header(raw, self.vol.keyring.kek)
+                except IntegrityError as exc:
+                    raise IntegrityError(f"{self.name}: {exc}") from None
                 if header.file_id != self.entry.id:
                     raise IntegrityError(f"{self.name}: content belongs to another file")
                 if header.block_size != self.layout.block_size:

@@ -259,7 +259,10 @@ class FileContent:
         top = max(self.dirty)
         for i in sorted(self.dirty):
             if i != top:
-                self.spool.put(i, self.dirty.pop(i))
+                # (dropped from memory only once spooled: a full cache_dir
+                # fails the write with ENOSPC, never loses the block)
+                self.spool.put(i, self.dirty[i])
+                del self.dirty[i]
 
     # -- uploading ------------------------------------------------------------------
 

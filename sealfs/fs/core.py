@@ -162,6 +162,8 @@ class Filesystem:
         self._handles: dict[int, Handle] = {}
         #: readdir handles: (inode, listing, when the listing was read).
         self._dirs: dict[int, tuple[int, list[Entry], int]] = {}
+        #: Second names of a file id (see _is_twin): key -> inode.
+        self._twins: dict[str, int] = {}
         #: Files created here and not yet stored, by (directory id, name).
         self._unstored: dict[tuple[bytes, bytes], Node] = {}
         #: Orders this mount's store writes against its store reads.
@@ -183,8 +185,9 @@ class Filesystem:
         on its way to the kernel must not be dropped by a forget meanwhile.
         ``read_at``: when the store read that gave ``entry`` began (None:
         ``entry`` was just written by this mount)."""
+        twin = not entry.is_dir and self._is_twin(entry)
         with self._lock:
-            ino = self._by_id.get(entry.id)
+            ino = self._twins.get(entry.key) if twin else self._by_id.get(entry.id)
             if ino is not None:
                 node = self._nodes[ino]
                 fresh = read_at is None or read_at > node.written
@@ -201,8 +204,32 @@ class Filesystem:
             self._next_ino += 1
             node = Node(ino, entry, parent, lookups=lookups)
             self._nodes[ino] = node
-            self._by_id[entry.id] = ino
+            if twin:
+                self._twins[entry.key] = ino
+            else:
+                self._by_id[entry.id] = ino
             return node
+
+    def _is_twin(self, entry: Entry) -> bool:
+        """Whether file ``entry`` is a second name of a file id this mount
+        knows under another key that still exists: what a crash in the
+        middle of a file rename leaves (the copy made, the old name not yet
+        removed).  The two names are independent files from then on, so
+        they get their own nodes.  (If the other key is gone, the file was
+        renamed by another mount: the same file.)"""
+        with self._lock:
+            if entry.key in self._twins:
+                return True
+            ino = self._by_id.get(entry.id)
+            node = self._nodes.get(ino) if ino is not None else None
+            if node is None or node.entry.key == entry.key or node.orphan or node.unstored:
+                return False
+            other = node.entry.key
+        try:
+            self.vol.store.head(other)
+        except NotFound:
+            return False
+        return True
 
     def _stored(self, node: Node, entry: Entry) -> None:
         """``entry`` is what this mount just wrote for ``node``."""
@@ -248,6 +275,8 @@ class Filesystem:
             self._nodes.pop(node.ino, None)
             if self._by_id.get(node.entry.id) == node.ino:
                 del self._by_id[node.entry.id]
+            if self._twins.get(node.entry.key) == node.ino:
+                del self._twins[node.entry.key]
 
     def path_of(self, ino: int, name: bytes | None = None) -> str:
         """The plaintext path of inode ``ino`` from the volume root (``/``
@@ -492,9 +521,14 @@ class Filesystem:
         return self.vol.lookup(pnode.entry.id, name)
 
     def _node_of(self, entry: Entry) -> Node | None:
+        """The node of stored ``entry``, if this mount knows it (a file's
+        node only under the same key: another key is a twin, or stale)."""
         with self._lock:
-            ino = self._by_id.get(entry.id)
-            return self._nodes.get(ino) if ino is not None else None
+            ino = self._twins.get(entry.key, self._by_id.get(entry.id))
+            node = self._nodes.get(ino) if ino is not None else None
+        if node is not None and not entry.is_dir and node.entry.key != entry.key:
+            return None
+        return node
 
     def unlink(self, parent: int, name: bytes, ctx: Ctx) -> None:
         self._writable()
