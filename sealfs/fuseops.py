@@ -107,6 +107,8 @@ class SealfsOps(pyfuse3.Operations):
         except FsError as exc:
             if exc.errno == errno.EIO:
                 log.error("%s: %s", fn.__name__, exc)
+            elif exc.errno == errno.ENOSPC:
+                log.warning("%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except IntegrityError as exc:
             log.error("integrity failure in %s: %s", fn.__name__, exc)

@@ -346,6 +346,7 @@ def test_full_cache_directory(make_mount, tmp_path):
                     failure = failure or exc
             assert failure is not None and failure.errno == errno.ENOSPC, failure
             assert acked < len(data)
+            assert "cache directory" in m.log.read_text()  # the operator learns why
             stored = (m.path / "big").read_bytes()
             # What close() stored: everything acknowledged, and nothing but
             # the data written (the failed write may or may not be in it).
