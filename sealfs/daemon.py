@@ -143,6 +143,18 @@ def check_mountpoint(path: str) -> str:
     return path
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Messages with control characters escaped: file names are user input,
+    and a name holding a newline must not forge a log line of its own.
+    (A traceback, added after the message, keeps its lines.)"""
+
+    _ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(self._ESCAPES)
+        return super().formatMessage(record)
+
+
 def setup_logging(cfg: MountConfig) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -156,7 +168,7 @@ def setup_logging(cfg: MountConfig) -> None:
         handler.ident = "sealfs: "  # type: ignore[attr-defined]
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):

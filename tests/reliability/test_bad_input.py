@@ -458,3 +458,27 @@ def test_store_that_refuses_writes(make_mount, store_kind, tmp_path, request):
     assert os.getxattr(p / "f", "user.k") == b"v"
     (p / "new").write_bytes(b"writable again")
     assert sorted(os.listdir(p)) == ["d", "f", "new"]
+
+
+def test_a_name_cannot_forge_a_log_line(make_mount, store_kind):
+    """File names are user input: one holding a newline is escaped in the
+    daemon's log, never a line of its own."""
+    if store_kind != "local":
+        pytest.skip("the log format does not depend on the store")
+    m = make_mount()
+    name = "x\n2026-01-01 00:00:00,000 ERROR sealfs: forged"
+    m.expected_log.append("integrity failure")
+    (m.path / name).write_bytes(b"secret" * 1000)
+    m.unmount()
+    root = _local_root(m)
+    [obj] = [p for p in (root / "objects").rglob("*") if p.is_file() and p.stat().st_size > 4096 + 6000]
+    raw = bytearray(obj.read_bytes())
+    raw[-20] ^= 1
+    obj.write_bytes(bytes(raw))
+    m.mount()
+    with pytest.raises(OSError):
+        (m.path / name).read_bytes()
+    m.unmount()
+    lines = m.log.read_text().splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines)
+    assert any("x\\x0a2026-01-01" in line for line in lines)
