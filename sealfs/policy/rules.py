@@ -427,7 +427,7 @@ class _Lines:
     _KEY = re.compile(r"""^\s*("(?:[^"\\]|\\.)*"|'[^']*'|[A-Za-z0-9_-]+)\s*=""")
 
     def __init__(self, text: str):
-        self.text_lines = text.splitlines()
+        self.text_lines = text.split("\n")  # (TOML ends lines with LF or CRLF only, not U+0085 and the like)
         self.tables: dict[tuple, int] = {}
         self.keys: dict[tuple, int] = {}
         counts: dict[tuple, int] = {}
