@@ -4,23 +4,49 @@ Credentials come from the standard AWS chain (environment, shared config
 and credentials files, SSO, container and instance roles); they are never
 part of the store URL and never appear in messages.
 
-Retries.  botocore's "standard" retry mode retries, with exponential backoff
-and full jitter (base 50 ms, or 1 s for throttling; capped at 20 s):
+Retries.  botocore makes the attempts; :meth:`S3Store._retry` (its
+``needs-retry`` hook) decides on each failure, with exponential backoff and
+full jitter (base 100 ms, or 500 ms for throttling; each wait capped at
+5 s).  Retried are:
 
-* HTTP 500, 502, 503 and 504, and 429 unless its error code is a known,
-  non-retryable one;
+* HTTP 500, 502, 503, 504 and 429;
 * the throttling codes (``SlowDown``, ``Throttling``, ``RequestLimitExceeded``
   and kin) and the transient ones (``RequestTimeout``,
   ``RequestTimeoutException``, ``PriorRequestNotComplete``);
 * connection errors, connect and read timeouts raised while sending the
   request or waiting for the response's headers;
 
-up to ``max_attempts`` attempts in all, while the client's retry quota lasts
-(a token bucket shared by all threads, which stops retrying a store that
-fails for everyone).  Other errors (4xx) are answers, not failures, and are
-not retried.  botocore does *not* retry a body that breaks off while it is
-being read (a reset connection, a short read, a read timeout mid-body):
-:meth:`S3Store._get` retries those itself.
+up to ``max_attempts`` attempts, and only while another attempt could end
+within ``call_timeout`` seconds of the call's start (an attempt that gets
+no answer lasts at most ``connect_timeout + read_timeout``).  So a call
+answers or raises StoreUnavailable within ``call_timeout`` (30 s) even
+when the server accepts connections and never answers (then it makes two
+attempts, of 10 s each) -- unless the server keeps sending, slowly:
+the timeouts bound silence, not the time a transfer takes.  Once a call
+has given up without any answer from the server (it is unreachable), later
+calls make one attempt each, without retries, until the server answers
+again: during an outage each call fails after one attempt (at most
+``connect_timeout + read_timeout``), so that an unmount with many
+uploads pending does not take ``call_timeout`` per upload.  botocore's own
+"standard" retries are off: their retry quota, shared by all threads, is
+spent by a few calls during an outage and refills by one retry's worth
+per 14 successful calls, so for a long while after the store is back
+transient errors would not be retried.  Other errors (4xx) are answers,
+not failures, and are not retried.  botocore does *not* retry a body that
+breaks off while it is being read (a reset connection, a short read, a
+read timeout mid-body): :meth:`S3Store._get` retries those itself.
+
+A conditional write (``If-Match``, ``If-None-Match``) is not idempotent:
+when an attempt was carried out but its answer was lost (a reset
+connection, a read timeout), botocore's next attempt finds the object
+already changed -- by that very write -- and gets 412.  So a 412 that
+comes after a retry is checked: if the object now holds exactly what this
+call wrote (the etag S3 computes for these bytes, or for these parts, and
+for a PUT the same user metadata and size), the write is reported as done.
+sealfs's metadata is sealed with a fresh nonce on every write, so another
+writer's object cannot match.  (Where the etag is not an MD5, as with
+SSE-KMS, no object matches and the 412 stands: a spurious conflict, never
+a lost one.)
 
 Etags are handed to callers without S3's quotes and sent back quoted, as
 HTTP's If-Match wants them.  A 409 ``ConditionalRequestConflict`` (a
@@ -36,6 +62,8 @@ so those two conditions are only exercised against real S3.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -63,6 +91,8 @@ from .base import (
     check_range,
 )
 
+log = logging.getLogger(__name__)
+
 #: Error codes meaning the credentials are wrong or lack a permission.
 _ACCESS_CODES = {
     "AccessDenied": "access denied",
@@ -73,13 +103,19 @@ _ACCESS_CODES = {
     "InvalidToken": "the AWS session token is not valid",
     "TokenRefreshRequired": "the AWS session token must be refreshed",
 }
-#: Codes of failures botocore retried until it gave up.
-_RETRIED_CODES = {
+#: Codes of a server too busy for the rate of requests: back off longer.
+_THROTTLING_CODES = {
     "SlowDown",
     "Throttling",
     "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
     "RequestLimitExceeded",
     "BandwidthLimitExceeded",
+}
+#: Codes of failures that are retried (see "Retries" above).
+_RETRIED_CODES = _THROTTLING_CODES | {
     "RequestTimeout",
     "RequestTimeoutException",
     "PriorRequestNotComplete",
@@ -129,9 +165,10 @@ class S3Store(Store):
     ``path_style`` addresses the bucket in the path rather than the host
     name, which most servers other than AWS need.  ``max_pool`` bounds the
     connections, which should be at least the number of threads that use
-    the store.  ``max_attempts``, ``connect_timeout`` and ``read_timeout``
-    (seconds) tune how long a failing server is retried before calls raise
-    :class:`~sealfs.errors.StoreUnavailable`.
+    the store.  ``max_attempts``, ``connect_timeout``, ``read_timeout`` and
+    ``call_timeout`` (seconds) tune how long a failing server is retried
+    before calls raise :class:`~sealfs.errors.StoreUnavailable` (see
+    "Retries" above).
     """
 
     #: Part size of a server-side copy of an object over ``max_put_size``.
@@ -142,6 +179,11 @@ class S3Store(Store):
     #: of the (jittered, doubling) delay between them, in seconds.
     body_read_attempts = 4
     body_read_backoff = 0.1
+    #: Base of the (jittered, doubling) delay between attempts of a request
+    #: that failed, and of one that was throttled; the longest delay.
+    retry_backoff = 0.1
+    throttle_backoff = 0.5
+    max_backoff = 5.0
 
     server_side_copy = True
 
@@ -156,7 +198,8 @@ class S3Store(Store):
         max_pool: int = 32,
         max_attempts: int = 6,
         connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        read_timeout: float = 10.0,
+        call_timeout: float = 30.0,
     ):
         if not bucket or "/" in bucket:
             raise ValueError(f"invalid S3 bucket name {bucket!r}")
@@ -167,8 +210,13 @@ class S3Store(Store):
         self._prefix = prefix + "/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._max_attempts = max_attempts
+        self._attempt_timeout = connect_timeout + read_timeout
+        self.call_timeout = call_timeout
+        #: A call gave up without an answer from the server, and no answer
+        #: came since: retry nothing (see "Retries" above).
+        self._unreachable = False
         config = Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": 1},  # (see _retry)
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_pool_connections=max_pool,
@@ -183,6 +231,9 @@ class S3Store(Store):
         except (bce.BotoCoreError, ValueError) as e:
             raise StoreError(f"cannot set up an S3 client for {self.url}: {type(e).__name__}") from e
         self.endpoint = self._client.meta.endpoint_url
+        events = self._client.meta.events
+        events.register("before-call.s3", self._started, unique_id="sealfs-call-start")
+        events.register("needs-retry.s3", self._retry, unique_id="sealfs-retry")
 
     def check(self) -> None:
         """Raise a clear StoreError unless the bucket exists and the
@@ -279,9 +330,16 @@ class S3Store(Store):
         args |= self._conditions(if_match, if_none_match)
         if len(data) > self.max_put_size:
             raise ValueError(f"{len(data)} bytes exceed the single-put limit of {self.max_put_size}")
-        response = self._call(
-            "write", key, self._client.put_object, Body=_body(data), conditional=if_match is not None, **args
-        )
+        try:
+            response = self._call(
+                "write", key, self._client.put_object, Body=_body(data), conditional=if_match is not None, **args
+            )
+        except PreconditionFailed as e:
+            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            etag = self._own_write_after_retry(e, key, md5, args["Metadata"], len(data))
+            if etag is None:
+                raise
+            return etag
         return _unquote(response["ETag"])
 
     def copy(self, src: str, dst: str, metadata: dict[str, str]) -> str:
@@ -380,18 +438,24 @@ class S3Store(Store):
                 current = None
             if current != if_match:
                 raise PreconditionFailed(f"{key} in {self.url} changed (etag is no longer {if_match})")
-        response = self._call(
-            "multipart completion",
-            key,
-            self._client.complete_multipart_upload,
-            Bucket=self.bucket,
-            Key=self._key(key),
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": _quote(etag)} for n, etag in parts]},
-            upload_id=upload_id,
-            conditional=if_match is not None,
-            **self._conditions(if_match, if_none_match),
-        )
+        try:
+            response = self._call(
+                "multipart completion",
+                key,
+                self._client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": _quote(etag)} for n, etag in parts]},
+                upload_id=upload_id,
+                conditional=if_match is not None,
+                **self._conditions(if_match, if_none_match),
+            )
+        except PreconditionFailed as e:
+            etag = self._own_write_after_retry(e, key, _multipart_etag(parts))
+            if etag is None:
+                raise
+            return etag
         return _unquote(response["ETag"])
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -437,6 +501,32 @@ class S3Store(Store):
         if if_match is not None:
             return {"IfMatch": _quote(if_match)}
         return {}
+
+    def _own_write_after_retry(
+        self,
+        lost: PreconditionFailed,
+        key: str,
+        etag: str | None,
+        metadata: dict[str, str] | None = None,
+        size: int | None = None,
+    ) -> str | None:
+        """The etag of ``key`` if a conditional write that ended in 412
+        after a retry had in fact been done by an earlier attempt of the
+        same call: the object has ``etag`` (and ``metadata`` and ``size``
+        when given).  None when the 412 stands."""
+        response = getattr(lost.__cause__, "response", None) or {}
+        if not response.get("ResponseMetadata", {}).get("RetryAttempts") or etag is None:
+            return None
+        try:
+            info = self.head(key)
+        except NotFound:
+            return None
+        if info.etag != etag or (metadata is not None and info.metadata != metadata) or (
+            size is not None and info.size != size
+        ):
+            return None
+        log.info("a write of %s in %s was done, though its answer was lost (the retry found it done)", key, self.url)
+        return info.etag
 
     def _info(self, key: str, response: dict, *, with_metadata: bool) -> ObjectInfo:
         return ObjectInfo(
@@ -515,6 +605,46 @@ class S3Store(Store):
                 self.abort_multipart(dst, upload_id)
             raise
 
+    @staticmethod
+    def _started(context: dict, **_: Any) -> None:
+        """botocore's ``before-call`` hook (once per call, before its first
+        attempt): note the time, for :meth:`_retry`."""
+        context["sealfs_started"] = time.monotonic()
+
+    def _retry(
+        self,
+        attempts: int,
+        response: tuple | None = None,
+        caught_exception: Exception | None = None,
+        request_dict: dict | None = None,
+        **_: Any,
+    ) -> float | None:
+        """botocore's ``needs-retry`` hook, after each attempt: the seconds
+        to wait before the next attempt, or None for no more attempts (see
+        "Retries" above)."""
+        if caught_exception is not None:
+            if self._unreachable or not isinstance(caught_exception, (bce.ConnectionError, bce.HTTPClientError)):
+                return None
+            throttled = False
+        elif response is not None:
+            self._unreachable = False
+            status = response[0].status_code
+            code = str(response[1].get("Error", {}).get("Code", ""))
+            if status not in (429, 500, 502, 503, 504) and code not in _RETRIED_CODES:
+                return None
+            throttled = status == 429 or code in _THROTTLING_CODES
+        else:
+            return None
+        if attempts >= self._max_attempts:
+            return None
+        base = self.throttle_backoff if throttled else self.retry_backoff
+        delay = random.uniform(0, min(self.max_backoff, base * 2 ** (attempts - 1)))
+        started = (request_dict or {}).get("context", {}).get("sealfs_started")
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        if elapsed + delay + self._attempt_timeout > self.call_timeout:
+            return None
+        return delay
+
     def _call(
         self,
         action: str,
@@ -530,10 +660,13 @@ class S3Store(Store):
         ``key`` (and ``upload_id``) name what the call is about in messages;
         ``conditional`` (an If-Match write): a 404 means the write lost, not
         a missing key; ``bucket_call``: a 404 means the bucket is missing."""
+        started = time.monotonic()
         try:
             return method(**args)
         except bce.ClientError as e:
-            raise self._client_error(e, action, key, upload_id, conditional, bucket_call) from e
+            raise self._client_error(
+                e, action, key, upload_id, conditional, bucket_call, time.monotonic() - started
+            ) from e
         except bce.NoCredentialsError as e:
             raise StoreError(
                 "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -542,9 +675,10 @@ class S3Store(Store):
         except bce.PartialCredentialsError as e:
             raise StoreError(f"incomplete AWS credentials: {e.kwargs.get('cred_var')} is missing") from e
         except (bce.ConnectionError, bce.HTTPClientError) as e:
+            self._unreachable = True
             raise StoreUnavailable(
-                f"cannot reach S3 endpoint {self.endpoint} ({type(e).__name__} "
-                f"after {self._max_attempts} attempts)"
+                f"cannot reach S3 endpoint {self.endpoint} ({type(e).__name__}, "
+                f"after {time.monotonic() - started:.1f} s of attempts)"
             ) from e
         except bce.ParamValidationError:
             raise  # a bug in the caller, not a store failure
@@ -560,6 +694,7 @@ class S3Store(Store):
         upload_id: str | None,
         conditional: bool,
         bucket_call: bool,
+        elapsed: float = 0.0,
     ) -> StoreError:
         error = e.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -588,7 +723,7 @@ class S3Store(Store):
         if code in _RETRIED_CODES or status >= 500:
             return StoreUnavailable(
                 f"S3 at {self.endpoint} kept failing ({code or status}) "
-                f"after {self._max_attempts} attempts ({action} of {what})"
+                f"for {elapsed:.1f} s of attempts ({action} of {what})"
             )
         message = " ".join(str(error.get("Message", "")).split())[:200]
         return StoreError(f"S3 {action} of {what} failed: {code or status} {message}".rstrip())
@@ -597,6 +732,19 @@ class S3Store(Store):
 def _body(data: bytes | bytearray | memoryview) -> bytes | bytearray:
     """botocore takes bytes, bytearray or a file, not a memoryview."""
     return bytes(data) if isinstance(data, memoryview) else data
+
+
+def _multipart_etag(parts: list[tuple[int, str]]) -> str | None:
+    """The etag S3 gives an object assembled from ``parts``: the MD5 of
+    the parts' binary MD5s, a dash, the number of parts (None when a part's
+    etag is not an MD5)."""
+    try:
+        md5s = b"".join(bytes.fromhex(etag) for _, etag in parts)
+    except ValueError:
+        return None
+    if len(md5s) != 16 * len(parts):
+        return None
+    return f"{hashlib.md5(md5s, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
 def _quote(etag: str) -> str:
