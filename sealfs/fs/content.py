@@ -112,10 +112,19 @@ class FileContent:
         if self.cache.get((self.base.entry.id, self.base.etag, index)) is not None:
             return  # the prefetch brought it
         stop = min(self._valid_base, max(index + self._window, self._read_stop))
-        blocks = None
-        if self._window >= STREAM_AFTER_BLOCKS:
+        blocks, first = None, index
+        stream = self._stream
+        # The kernel's readahead requests reach us in any order: a block a
+        # little ahead of the stream is read through the stream (caching
+        # what lies between), one behind it with a ranged read; only a real
+        # seek starts a new stream (on S3 each GET costs a request, on moto
+        # a copy of the whole object).
+        behind = stream is not None and index < stream.next
+        if self._window >= STREAM_AFTER_BLOCKS and not behind:
             try:
-                if self._stream is None or self._stream.next != index:
+                if stream is not None and index <= stream.next + self._window:
+                    first = stream.next
+                else:
                     self._close_stream()
                     self._stream = self.base.stream(index)
                 blocks = self._stream.read_blocks(stop)
@@ -125,9 +134,10 @@ class FileContent:
             except StoreError as exc:  # a broken stream: ranged reads retry
                 log.info("streaming read of %s failed (%s); reading by ranges", self.base.name, exc)
                 self._close_stream()
+                blocks, first = None, index
         if blocks is None:
-            blocks = self.base.read_blocks(index, stop)
-        for i, data in enumerate(blocks, start=index):
+            blocks = self.base.read_blocks(index, min(stop, stream.next) if behind else stop)
+        for i, data in enumerate(blocks, start=first):
             self.cache.put((self.base.entry.id, self.base.etag, i), data)
 
     def _close_stream(self) -> None:
