@@ -17,7 +17,10 @@ full jitter (base 100 ms, or 500 ms for throttling; each wait capped at
   request or waiting for the response's headers;
 
 up to ``max_attempts`` attempts, and only while another attempt could end
-within ``call_timeout`` seconds of the call's start (an attempt that gets
+within ``call_timeout`` seconds of the call's start (for copies and the
+completion of multipart uploads, which S3 answers only when done and
+which take a while for large objects: reads wait ``slow_read_timeout``,
+120 s, and the bound is ``call_timeout`` plus that) (an attempt that gets
 no answer lasts at most ``connect_timeout + read_timeout``).  So a call
 answers or raises StoreUnavailable within ``call_timeout`` (30 s) even
 when the server accepts connections and never answers (then it makes two
@@ -62,6 +65,7 @@ so those two conditions are only exercised against real S3.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -178,6 +182,8 @@ class S3Store(Store):
     #: Attempts to read a GET's body that keeps breaking off, and the base
     #: of the (jittered, doubling) delay between them, in seconds.
     body_read_attempts = 4
+    #: Seconds to wait for the answer to a copy or a multipart completion.
+    slow_read_timeout = 120.0
     body_read_backoff = 0.1
     #: Base of the (jittered, doubling) delay between attempts of a request
     #: that failed, and of one that was throttled; the longest delay.
@@ -210,30 +216,39 @@ class S3Store(Store):
         self._prefix = prefix + "/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._max_attempts = max_attempts
-        self._attempt_timeout = connect_timeout + read_timeout
         self.call_timeout = call_timeout
         #: A call gave up without an answer from the server, and no answer
         #: came since: retry nothing (see "Retries" above).
         self._unreachable = False
-        config = Config(
-            retries={"mode": "standard", "total_max_attempts": 1},  # (see _retry)
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_pool_connections=max_pool,
-            s3={"addressing_style": "path"} if path_style else None,
-        )
-        try:
-            self._client = boto3.session.Session().client(
-                "s3", endpoint_url=endpoint, region_name=region, config=config
+        session = boto3.session.Session()
+
+        def client(read_timeout: float, call_timeout: float):
+            config = Config(
+                retries={"mode": "standard", "total_max_attempts": 1},  # (see _retry)
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                max_pool_connections=max_pool,
+                s3={"addressing_style": "path"} if path_style else None,
             )
-        except bce.ProfileNotFound as e:
-            raise StoreError(f"AWS profile {e.kwargs.get('profile')!r} is not configured") from e
-        except (bce.BotoCoreError, ValueError) as e:
-            raise StoreError(f"cannot set up an S3 client for {self.url}: {type(e).__name__}") from e
+            try:
+                c = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+            except bce.ProfileNotFound as e:
+                raise StoreError(f"AWS profile {e.kwargs.get('profile')!r} is not configured") from e
+            except (bce.BotoCoreError, ValueError) as e:
+                raise StoreError(f"cannot set up an S3 client for {self.url}: {type(e).__name__}") from e
+            c.meta.events.register("before-call.s3", self._started, unique_id="sealfs-call-start")
+            retry = functools.partial(self._retry, attempt_timeout=connect_timeout + read_timeout,
+                                      call_timeout=call_timeout)
+            c.meta.events.register("needs-retry.s3", retry, unique_id="sealfs-retry")
+            return c
+
+        self._client = client(read_timeout, call_timeout)
+        #: For the calls S3 answers only once it has done the work: copies
+        #: and the completion of multipart uploads, which take a while for
+        #: large objects (a server is silent meanwhile, or sends spaces).
+        self._slow_client = client(max(read_timeout, self.slow_read_timeout),
+                                   call_timeout + max(read_timeout, self.slow_read_timeout))
         self.endpoint = self._client.meta.endpoint_url
-        events = self._client.meta.events
-        events.register("before-call.s3", self._started, unique_id="sealfs-call-start")
-        events.register("needs-retry.s3", self._retry, unique_id="sealfs-retry")
 
     def check(self) -> None:
         """Raise a clear StoreError unless the bucket exists and the
@@ -242,6 +257,7 @@ class S3Store(Store):
 
     def close(self) -> None:
         self._client.close()
+        self._slow_client.close()
 
     # -- reading -----------------------------------------------------------
     def get(self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None) -> bytes:
@@ -355,7 +371,7 @@ class S3Store(Store):
         response = self._call(
             "copy",
             src,
-            self._client.copy_object,
+            self._slow_client.copy_object,
             Bucket=self.bucket,
             Key=dst_key,
             CopySource={"Bucket": self.bucket, "Key": self._key(src)},
@@ -442,7 +458,7 @@ class S3Store(Store):
             response = self._call(
                 "multipart completion",
                 key,
-                self._client.complete_multipart_upload,
+                self._slow_client.complete_multipart_upload,
                 Bucket=self.bucket,
                 Key=self._key(key),
                 UploadId=upload_id,
@@ -573,7 +589,7 @@ class S3Store(Store):
         response = self._call(
             "part copy",
             src,
-            self._client.upload_part_copy,
+            self._slow_client.upload_part_copy,
             Bucket=self.bucket,
             Key=self._key(key),
             UploadId=upload_id,
@@ -617,6 +633,9 @@ class S3Store(Store):
         response: tuple | None = None,
         caught_exception: Exception | None = None,
         request_dict: dict | None = None,
+        *,
+        attempt_timeout: float,
+        call_timeout: float,
         **_: Any,
     ) -> float | None:
         """botocore's ``needs-retry`` hook, after each attempt: the seconds
@@ -641,7 +660,7 @@ class S3Store(Store):
         delay = random.uniform(0, min(self.max_backoff, base * 2 ** (attempts - 1)))
         started = (request_dict or {}).get("context", {}).get("sealfs_started")
         elapsed = time.monotonic() - started if started is not None else 0.0
-        if elapsed + delay + self._attempt_timeout > self.call_timeout:
+        if elapsed + delay + attempt_timeout > call_timeout:
             return None
         return delay
 
