@@ -87,8 +87,8 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
             if e.id in seen_others:
                 # (still checked below: both names are reachable copies)
                 report.warnings.append(f"{child} and {seen_others[e.id]} are one file (a file rename was "
-                                       "interrupted): a mount takes them for one file; remove one name with "
-                                       "'sealfs rm' after checking which to keep")
+                                       "interrupted): two copies, which a mount treats as two files; check "
+                                       "which to keep and remove the other")
             seen_others.setdefault(e.id, child)
             if e.is_link:
                 report.links += 1

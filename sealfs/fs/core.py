@@ -187,7 +187,11 @@ class Filesystem:
         ``entry`` was just written by this mount)."""
         twin = not entry.is_dir and self._is_twin(entry)
         with self._lock:
-            ino = self._twins.get(entry.key) if twin else self._by_id.get(entry.id)
+            if twin:
+                node = self._twin_node(entry)
+                ino = node.ino if node is not None else None
+            else:
+                ino = self._by_id.get(entry.id)
             if ino is not None:
                 node = self._nodes[ino]
                 fresh = read_at is None or read_at > node.written
@@ -210,6 +214,16 @@ class Filesystem:
                 self._by_id[entry.id] = ino
             return node
 
+    def _twin_node(self, entry: Entry) -> Node | None:
+        """The twin node registered for ``entry``'s key, if it still is that
+        entry's (caller holds ``_lock``); a stale registration is dropped."""
+        ino = self._twins.get(entry.key)
+        node = self._nodes.get(ino) if ino is not None else None
+        if node is not None and node.entry.key == entry.key and node.entry.id == entry.id and not node.orphan:
+            return node
+        self._twins.pop(entry.key, None)
+        return None
+
     def _is_twin(self, entry: Entry) -> bool:
         """Whether file ``entry`` is a second name of a file id this mount
         knows under another key that still exists: what a crash in the
@@ -218,7 +232,7 @@ class Filesystem:
         they get their own nodes.  (If the other key is gone, the file was
         renamed by another mount: the same file.)"""
         with self._lock:
-            if entry.key in self._twins:
+            if self._twin_node(entry) is not None:
                 return True
             ino = self._by_id.get(entry.id)
             node = self._nodes.get(ino) if ino is not None else None
@@ -390,6 +404,10 @@ class Filesystem:
         A directory changed by another mount meanwhile gets ours (the last
         writer wins, as for files) if it still exists; if it was removed,
         it stays removed (ENOENT)."""
+        if not node.entry.is_dir and not node.entry.etag:
+            # Created here, it lost its name to another mount's file: never
+            # put this metadata on that file.
+            raise FsError(errno.ESTALE, f"{node.entry.name!r} was created by another mount meanwhile")
         try:
             try:
                 stored = self.vol.set_meta(node.entry)
@@ -520,12 +538,20 @@ class Filesystem:
                 self._upload(node)
         return self.vol.lookup(pnode.entry.id, name)
 
+    def _no_unstored_in(self, d: Entry) -> None:
+        """ENOTEMPTY if files created here in directory ``d`` are not stored yet."""
+        with self._lock:
+            if any(pid == d.id for pid, _ in self._unstored):
+                raise FsError(errno.ENOTEMPTY, "directory not empty")
+
     def _node_of(self, entry: Entry) -> Node | None:
         """The node of stored ``entry``, if this mount knows it (a file's
         node only under the same key: another key is a twin, or stale)."""
         with self._lock:
-            ino = self._twins.get(entry.key, self._by_id.get(entry.id))
-            node = self._nodes.get(ino) if ino is not None else None
+            node = self._twin_node(entry)
+            if node is None:
+                ino = self._by_id.get(entry.id)
+                node = self._nodes.get(ino) if ino is not None else None
         if node is not None and not entry.is_dir and node.entry.key != entry.key:
             return None
         return node
@@ -584,6 +610,7 @@ class Filesystem:
             entry = self._child(pnode, name)
             if not entry.is_dir:
                 raise FsError(errno.ENOTDIR, "not a directory")
+            self._no_unstored_in(entry)
             # (under the node's lock: flush_metadata must not write its
             # pending times back after the entry is gone)
             self._drop_entry(entry)
@@ -612,14 +639,16 @@ class Filesystem:
             if dst is not None:
                 if flags & RENAME_NOREPLACE:
                     raise FsError(errno.EEXIST, "target exists")
-                if dst.id == src.id:
+                if dst.key == src.key:
                     return
                 if src.is_dir and not dst.is_dir:
                     raise FsError(errno.ENOTDIR, "target is not a directory")
                 if dst.is_dir and not src.is_dir:
                     raise FsError(errno.EISDIR, "target is a directory")
-                if dst.is_dir and not self.vol.is_empty(dst.id):
-                    raise FsError(errno.ENOTEMPTY, "target directory not empty")
+                if dst.is_dir:
+                    self._no_unstored_in(dst)
+                    if not self.vol.is_empty(dst.id):
+                        raise FsError(errno.ENOTEMPTY, "target directory not empty")
             gone = self._node_of(dst) if dst is not None else None
             # The target's node stays locked until it is replaced: an open()
             # of it either comes first (and keeps its data as an orphan) or
@@ -700,8 +729,11 @@ class Filesystem:
 
     def _content(self, node: Node) -> FileContent:
         if node.content is None:
+            # (a file with no etag was never stored: created here, it lost its
+            # name to another mount; what is written to it now becomes
+            # another conflict copy at its next flush)
             node.content = FileContent(self.vol, node.entry, self.cache, self.spool_dir, self.opts.dirty_bytes,
-                                       new=node.unstored)
+                                       new=node.unstored or not node.entry.etag)
         return node.content
 
     def _new_handle(self, node: Node, flags: int) -> int:
@@ -840,7 +872,7 @@ class Filesystem:
         # so the next open sees the other version and drops the kernel's
         # cached pages of ours.
         self._drop_content(node)
-        self._forget_unstored(node)
+        self._forget_unstored(node)  # (its entry keeps no etag: see _content, _store_meta)
         node.meta_dirty = False
         log.warning("%s was changed by another mount; this mount's version was saved as %s",
                     name, copy.decode(errors="replace"))

@@ -294,7 +294,9 @@ class LocalStore(Store):
             size = os.fstat(src_fd).st_size - HEADER_SIZE
             self._write_all(fd, dst, header, 0)
             self._copy_range(src_fd, HEADER_SIZE, fd, HEADER_SIZE, size, src)
-            self._sync_file(fd)
+            # (always: a rename is a copy and a delete, and a power loss
+            # must not keep the delete and lose the copy's data)
+            os.fsync(fd)
             self._install(tmp, dst_path, dst)
         return etag
 

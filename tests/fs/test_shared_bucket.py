@@ -260,3 +260,23 @@ def test_two_mounts_create_one_name(make_mount, excl):
     assert (b.path / "out.log").read_bytes() == b"from A"
     [copy] = conflict_copies(a.path, "out.log")
     assert copy.read_bytes() == b"from B"
+    # B's view of the name now leads to A's file: a chmod there changes
+    # A's file, and never puts B's lost file's identity on it
+    os.chmod(b.path / "out.log", 0o600)
+    assert (a.path / "out.log").read_bytes() == b"from A"
+    assert stat_mode(a.path / "out.log") == 0o600
+
+
+def test_directory_with_files_not_yet_stored_is_not_empty(make_mount):
+    m = make_mount()
+    (m.path / "d").mkdir()
+    (m.path / "e").mkdir()
+    with open(m.path / "d" / "f", "wb") as f:
+        f.write(b"not flushed yet")
+        with pytest.raises(OSError) as info:
+            os.rmdir(m.path / "d")
+        assert info.value.errno == errno.ENOTEMPTY
+        with pytest.raises(OSError) as info:
+            os.rename(m.path / "e", m.path / "d")
+        assert info.value.errno == errno.ENOTEMPTY
+    assert (m.path / "d" / "f").read_bytes() == b"not flushed yet"

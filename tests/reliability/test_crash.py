@@ -737,3 +737,17 @@ def test_interrupted_file_rename_leaves_two_independent_names(make_mount):
     assert sorted(os.listdir(m.path)) == ["a", "b"]
     os.unlink(m.path / "a")
     assert (m.path / "b").read_bytes() == b"the content"
+    # renaming one twin over the other keeps the renamed one's content
+    m.unmount()
+    vol = Volume.open(m.spec.open(), [KeyFile(str(m.keyfile), m.keyfile.read_bytes())])
+    try:
+        _interrupted_rename(vol, b"b", b"c")
+    finally:
+        vol.close()
+    m.mount()
+    (m.path / "b").write_bytes(b"b, changed")
+    os.rename(m.path / "b", m.path / "c")
+    assert sorted(os.listdir(m.path)) == ["c"]
+    assert (m.path / "c").read_bytes() == b"b, changed"
+    m.remount()
+    assert (m.path / "c").read_bytes() == b"b, changed"
