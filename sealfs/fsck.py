@@ -12,19 +12,22 @@ Checks, without a mount:
   middle of a directory rename), or one file or symlink id (a file rename).
 
 ``--repair`` removes only leftovers that hold no data a user can reach:
-orphaned ``o/`` files, unreferenced overflow objects, entries under
-unreachable directory ids, stale multipart uploads.  It never deletes a
+orphaned ``o/`` files, unreferenced overflow objects, stale multipart
+uploads; entries under unreachable directory ids are moved into
+``/lost+found`` (named ``<8 hex digits of the lost directory id>-<name>``).  It never deletes a
 damaged object (the evidence, and maybe all that is left of a file).
 """
 
 from __future__ import annotations
 
+import errno
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from .errors import IntegrityError, NotFound, SealfsError
+from .errors import FsError, IntegrityError, NotFound, SealfsError
 from .volume import ROOT_ID, Entry, Volume
 
+LOST_AND_FOUND = b"lost+found"
 #: Multipart uploads younger than this may belong to a running mount.
 STALE_UPLOAD_SECONDS = 24 * 3600
 
@@ -116,17 +119,23 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
             if err:
                 report.damaged.append((path, err))
 
-    # leftovers: what no reachable entry refers to
-    for prefix, ids, why in (("d/", dir_ids, "entry of a directory that no longer exists"),
-                             ("x/", entry_ids, "overflow metadata of no entry")):
-        for o in store.list_all(prefix):
-            if isinstance(o, str):
-                continue
-            found = _hex_id(o.key.split("/")[1])
-            if found is None:
-                report.warnings.append(f"{o.key}: not an object sealfs writes (left alone)")
-            elif found not in ids:
-                report.leftovers.append((o.key, why))
+    # Entries under a directory id that no reachable directory has: a file
+    # created on one mount in a directory that another mount removed
+    # meanwhile (see SEMANTICS.md, known gaps).  They hold users' data:
+    # --repair moves the topmost ones into /lost+found (and with them what
+    # lies below), it does not delete them.
+    listed = {p: vol.listdir(p, on_error=lambda key, exc: report.damaged.append((key, str(exc))))
+              for p in _unknown_ids(store, "d/", dir_ids, report)}
+    inner = {e.id for entries in listed.values() for e in entries if e.is_dir}
+    rescue = [e for p, entries in listed.items() if p not in inner for e in entries]
+    stack = list(rescue)
+    while stack:  # (all below them is reachable once they are moved)
+        e = stack.pop()
+        entry_ids.add(e.id)
+        stack.extend(listed.get(e.id, []) if e.is_dir else [])
+    report.leftovers += [(e.key, "entry of a directory that no longer exists") for e in rescue]
+    for x in _unknown_ids(store, "x/", entry_ids, report):
+        report.leftovers.append((f"x/{x.hex()}", "overflow metadata of no entry"))
     for o in store.list_all("o/"):
         if not isinstance(o, str):
             report.leftovers.append((o.key, "file unlinked while open, left by a crash"))
@@ -137,13 +146,47 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
 
     if repair:
         uploads = {f"upload {u.upload_id} of {u.key}": u for u in store.list_multipart_uploads()}
+        lost = {e.key: e for e in rescue}
         for what, _ in report.leftovers:
             if what in uploads:
                 store.abort_multipart(uploads[what].key, uploads[what].upload_id)
+            elif what in lost:
+                _to_lost_and_found(vol, lost[what])
             else:
                 store.delete(what)
             report.repaired += 1
     return report
+
+
+def _unknown_ids(store, prefix: str, known: set[bytes], report: Report) -> list[bytes]:
+    """The ids under ``prefix`` (``d/<id>/...``, ``x/<id>``) not in ``known``."""
+    found: dict[bytes, None] = {}
+    for o in store.list_all(prefix):
+        if isinstance(o, str):
+            continue
+        i = _hex_id(o.key.split("/")[1])
+        if i is None:
+            report.warnings.append(f"{o.key}: not an object sealfs writes (left alone)")
+        elif i not in known:
+            found[i] = None
+    return list(found)
+
+
+def _to_lost_and_found(vol: Volume, e: Entry) -> None:
+    """Move ``e`` into /lost+found (made if missing) as ``<dir id>-<name>``."""
+    try:
+        lf = vol.lookup(ROOT_ID, LOST_AND_FOUND)
+    except FsError:
+        lf = vol.mkdir(ROOT_ID, LOST_AND_FOUND, 0o700, 0, 0)
+    stem = e.parent_id.hex()[:8].encode() + b"-" + e.name
+    for n in range(1, 1000):
+        name = (stem if n == 1 else stem + b"." + str(n).encode())[-255:]
+        try:
+            vol.lookup(lf.id, name)
+        except FsError:
+            vol.rename(e, lf.id, name)
+            return
+    raise FsError(errno.EEXIST, "no free name in /lost+found")
 
 
 def _hex_id(text: str) -> bytes | None:

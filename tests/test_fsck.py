@@ -60,10 +60,19 @@ def test_leftovers_found_and_repaired(store):
     assert "stale multipart upload" in kinds
     assert not report.damaged
     time.sleep(0.01)
+    contents = {i: vol.reader(vol.lookup(docs.id, f"f{i}".encode())).read(0, 1 << 20) for i in range(5)}
     fixed = check(vol, repair=True, stale_seconds=0.0)
     assert fixed.repaired == len(report.leftovers)
-    assert check(vol, stale_seconds=0.0).clean
+    after = check(vol, stale_seconds=0.0)
+    assert after.clean, after
     assert not [u for u in store.list_multipart_uploads() if u.upload_id == upload]
+    # the lost directory's entries hold users' data: moved, not deleted
+    tag = docs.id.hex()[:8]
+    assert sorted(e.name for e in vol.listdir(vol.resolve("/lost+found").id)) == sorted(
+        [f"{tag}-f{i}".encode() for i in range(5)] + [f"{tag}-sub".encode()])
+    for i in range(5):
+        assert vol.reader(vol.resolve(f"/lost+found/{tag}-f{i}")).read(0, 1 << 20) == contents[i]
+    assert vol.resolve(f"/lost+found/{tag}-sub").xattrs  # its overflow metadata was kept
 
 
 def test_fsck_command_exit_codes(store_spec, tmp_path):
