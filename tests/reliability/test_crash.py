@@ -722,14 +722,18 @@ def test_interrupted_file_rename_leaves_two_independent_names(make_mount):
     """docs/SEMANTICS.md (rename, crash behaviour): 'For a file, the two
     names are two independent copies of the same content.'"""
     m = make_mount()
+
+    def interrupted_rename(old: bytes, new: bytes) -> None:  # (with the volume unmounted)
+        m.unmount()
+        vol = Volume.open(m.spec.open(), [KeyFile(str(m.keyfile), m.keyfile.read_bytes())])
+        try:
+            _interrupted_rename(vol, old, new)
+        finally:
+            vol.close()
+        m.mount()
+
     (m.path / "a").write_bytes(b"the content")
-    m.unmount()
-    vol = Volume.open(m.spec.open(), [KeyFile(str(m.keyfile), m.keyfile.read_bytes())])
-    try:
-        _interrupted_rename(vol, b"a", b"b")
-    finally:
-        vol.close()
-    m.mount()
+    interrupted_rename(b"a", b"b")
     assert sorted(os.listdir(m.path)) == ["a", "b"]  # (the kernel now knows both names)
     (m.path / "a").write_bytes(b"new content of a")
     m.remount()
@@ -738,13 +742,7 @@ def test_interrupted_file_rename_leaves_two_independent_names(make_mount):
     os.unlink(m.path / "a")
     assert (m.path / "b").read_bytes() == b"the content"
     # renaming one twin over the other keeps the renamed one's content
-    m.unmount()
-    vol = Volume.open(m.spec.open(), [KeyFile(str(m.keyfile), m.keyfile.read_bytes())])
-    try:
-        _interrupted_rename(vol, b"b", b"c")
-    finally:
-        vol.close()
-    m.mount()
+    interrupted_rename(b"b", b"c")
     (m.path / "b").write_bytes(b"b, changed")
     os.rename(m.path / "b", m.path / "c")
     assert sorted(os.listdir(m.path)) == ["c"]
