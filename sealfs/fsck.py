@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from .errors import FsError, IntegrityError, NotFound, SealfsError
@@ -52,7 +53,10 @@ class Report:
 
 
 def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPLOAD_SECONDS,
-          threads: int = 8) -> Report:
+          threads: int = 8, progress: Callable[[int], Callable[[int], None]] | None = None) -> Report:
+    """Check ``vol`` (and repair with ``repair``).  ``progress(total bytes)``,
+    once the files are known, returns a callable told the bytes of each
+    file authenticated."""
     report = Report()
     store = vol.store
     dir_ids = {ROOT_ID}
@@ -112,10 +116,13 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
         except (IntegrityError, SealfsError) as exc:
             return path, 0, str(exc)
 
+    meter = progress(sum(e.size for _, e in files)) if progress else None
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for path, n, err in pool.map(verify, files):
             report.files += 1
             report.bytes += n
+            if meter is not None:
+                meter(n)
             if err:
                 report.damaged.append((path, err))
 

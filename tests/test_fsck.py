@@ -27,8 +27,16 @@ def _volume(store):
 
 def test_clean_volume(store):
     vol = _volume(store)
-    report = check(vol)
+    seen: list[int] = []
+    totals: list[int] = []
+
+    def progress(total: int):
+        totals.append(total)
+        return seen.append
+
+    report = check(vol, progress=progress)
     assert report.clean, report
+    assert totals == [report.bytes] and sum(seen) == report.bytes and len(seen) == 5  # the progress bar's feed
     assert (report.files, report.dirs, report.links) == (5, 3, 1)
     assert report.bytes == sum(10_000 + i for i in range(5))
 

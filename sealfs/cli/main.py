@@ -494,10 +494,18 @@ def cmd_fsck(args) -> int:
     from ..fsck import check
 
     vol = _volume(args)
+    meters: list[Progress] = []
+
+    def progress(total: int) -> Progress:
+        meters.append(Progress(total, "fsck"))
+        return meters[-1]
+
     try:
-        report = check(vol, repair=args.repair, threads=max(1, args.threads))
+        report = check(vol, repair=args.repair, threads=max(1, args.threads), progress=progress)
     finally:
         vol.close()
+        for meter in meters:
+            meter.finish()
     for what, why in report.damaged:
         print(f"DAMAGED   {what}: {why}")
     for what, why in report.leftovers:
