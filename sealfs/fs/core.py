@@ -314,9 +314,13 @@ class Filesystem:
         return "/" + "/".join(os.fsdecode(p) for p in reversed(parts))
 
     def child_exists(self, parent: int, name: bytes) -> bool:
-        """Whether directory ``parent`` has an entry ``name`` (asks the store)."""
+        """Whether directory ``parent`` has an entry ``name`` (a file created
+        here and not yet stored, or one in the store)."""
         pnode = self._node(parent)
         self._need_dir(pnode)
+        with self._lock:
+            if (pnode.entry.id, name) in self._unstored:
+                return True
         try:
             self.vol.lookup(pnode.entry.id, name)
         except FsError as exc:

@@ -127,6 +127,10 @@ def test_each_operation_needs_its_permission(make_policy_mount, tmp_path):
     os.rename(mnt / "rw" / "c", mnt / "keep" / "moved")  # delete in /rw, create + rename in /keep
     refused(errno.EACCES, os.rename, mnt / "keep" / "moved", mnt / "keep" / "again")
     assert sorted(os.listdir(mnt / "keep")) == ["d", "f", "moved"]
+    with open(mnt / "keep" / "fresh", "w") as f:  # (not in the store until its first flush)
+        f.write("not flushed yet\n")
+        refused(errno.EACCES, os.rename, mnt / "rw" / "a", mnt / "keep" / "fresh")
+    assert (mnt / "keep" / "fresh").read_text() == "not flushed yet\n"
 
     # xattrs
     refused(errno.EACCES, os.setxattr, mnt / "rw" / "f", "user.k", b"v")
