@@ -524,7 +524,11 @@ class Filesystem:
     def mknod(self, parent: int, name: bytes, mode: int, ctx: Ctx) -> Attr:
         if stat.S_ISREG(mode):
             attr, fh = self.create(parent, name, mode, os.O_WRONLY, ctx)
-            self.release(fh)
+            try:
+                self.release(fh)  # (stores the empty file)
+            except BaseException:
+                self.forget([(attr.ino, 1)])  # the kernel gets an error, not the node
+                raise
             return attr
         raise FsError(errno.EPERM, "sealfs stores only files, directories and symlinks (no FIFOs, sockets or devices)")
 

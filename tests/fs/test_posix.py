@@ -158,6 +158,8 @@ def test_errnos(mounted):
     with raises_errno(errno.EPERM):
         os.mknod(p / "sock", stat.S_IFSOCK | 0o600)
     assert sorted(os.listdir(p)) == sorted(["file", "dir", "full", "n" * 255, "d" * 255, "loop-a", "loop-b", "self"])
+    os.mknod(p / "regular", stat.S_IFREG | 0o640)  # a regular file by mknod: stored at once, empty
+    assert (stat.S_IMODE(os.stat(p / "regular").st_mode), (p / "regular").read_bytes()) == (0o640, b"")
 
 
 # -- rename ----------------------------------------------------------------------------
