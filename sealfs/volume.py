@@ -387,9 +387,9 @@ class Volume:
     def set_meta(self, e: Entry, **changes) -> Entry:
         """Change metadata fields of ``e`` (mode, uid, gid, mtime_ns,
         ctime_ns, xattrs, ...) with a server-side copy; content untouched.
-        NotFound if the entry is gone; for a directory (whose object is
-        written anew, not copied) PreconditionFailed if its object is no
-        longer the version ``e`` has: never a removed directory back."""
+        NotFound if the entry is gone; PreconditionFailed if its object is
+        no longer the version ``e`` has: never a removed directory back,
+        never this metadata on another file's contents."""
         new = replace(e, **changes)
         md = self._prepare_meta(new)
         new.etag = self._write_entry_object(e.key, new, md, if_match=e.etag or None)
@@ -398,12 +398,12 @@ class Volume:
 
     def _write_entry_object(self, src_key: str, new: Entry, md: dict[str, str], *,
                             if_match: str | None = None) -> str:
-        """Write ``new``'s object with metadata ``md``: a directory's is empty
-        (written only if its current etag is ``if_match``, when given); a
-        file's or symlink's content is copied server-side from ``src_key``."""
+        """Write ``new``'s object with metadata ``md``: a directory's is empty,
+        a file's or symlink's content is copied server-side from ``src_key``;
+        either only if the current etag is ``if_match``, when given."""
         if new.is_dir:
             return self.store.put(new.key, b"", md, if_match=if_match)
-        return self.store.copy(src_key, new.key, md)
+        return self.store.copy(src_key, new.key, md, if_match=if_match)
 
     def remove(self, e: Entry) -> None:
         """Delete an entry (a directory must be empty: ENOTEMPTY)."""

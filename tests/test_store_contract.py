@@ -503,6 +503,20 @@ def test_conditional_complete(store: Store) -> None:
     assert store.get("fresh") == b"new"
 
 
+def test_conditional_copy(store: Store) -> None:
+    old = store.put("k", b"content", {"m": "1"})
+    new = store.copy("k", "k", {"m": "2"}, if_match=old)  # in place, as a metadata change
+    assert store.get("k") == b"content" and store.head("k").metadata == {"m": "2"}
+    store.put("k", b"another version", {"m": "3"})
+    with pytest.raises(PreconditionFailed):
+        store.copy("k", "k", {"m": "4"}, if_match=new)
+    with pytest.raises(PreconditionFailed):
+        store.copy("k", "elsewhere", {"m": "4"}, if_match=new)
+    assert store.get("k") == b"another version" and store.head("k").metadata == {"m": "3"}
+    with pytest.raises(NotFound):
+        store.head("elsewhere")
+
+
 def test_complete_with_if_match(store: Store) -> None:
     current = store.put("k", b"old")
     upload_id = store.create_multipart("k")

@@ -418,6 +418,8 @@ class Filesystem:
             except PreconditionFailed:
                 fresh = self.vol.reload(node.entry)
                 if fresh.id != node.entry.id:
+                    if not node.entry.is_dir:  # (the kernel looks the name up again)
+                        raise FsError(errno.ESTALE, f"{node.entry.name!r} was replaced by another mount")
                     raise NotFound("another directory took the name") from None
                 stored = self.vol.set_meta(replace(node.entry, etag=fresh.etag))
         except NotFound:

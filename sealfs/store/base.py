@@ -236,10 +236,12 @@ class Store(abc.ABC):
         ``if_none_match``: only if the key does not exist."""
 
     @abc.abstractmethod
-    def copy(self, src: str, dst: str, metadata: dict[str, str]) -> str:
+    def copy(self, src: str, dst: str, metadata: dict[str, str], *, if_match: str | None = None) -> str:
         """Server-side copy of ``src`` to ``dst`` (which may equal ``src``),
         replacing the user metadata with ``metadata``; return the new etag.
-        Objects larger than ``max_put_size`` are copied in parts."""
+        Objects larger than ``max_put_size`` are copied in parts.  With
+        ``if_match``: only if ``src``'s etag is that, else PreconditionFailed
+        (a metadata change never lands on another version)."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

@@ -282,7 +282,7 @@ class LocalStore(Store):
             self._install(tmp, path, key, if_match=if_match, if_none_match=if_none_match)
         return etag
 
-    def copy(self, src: str, dst: str, metadata: dict[str, str]) -> str:
+    def copy(self, src: str, dst: str, metadata: dict[str, str], *, if_match: str | None = None) -> str:
         dst_path = self._object_path(dst)
         md = check_metadata(metadata)
         with self._open(src) as src_fd, self._temp_file("copy", dst) as (fd, tmp):
@@ -290,6 +290,8 @@ class LocalStore(Store):
             # single-part object is their MD5): readers holding the etag of
             # the content are not disturbed by a metadata change.
             etag, _ = self._read_header(src_fd, src)
+            if if_match is not None and etag != if_match:
+                raise PreconditionFailed(f"{src} in {self.url} changed (etag is no longer {if_match})")
             header = self._header(etag, md)
             size = os.fstat(src_fd).st_size - HEADER_SIZE
             self._write_all(fd, dst, header, 0)
@@ -297,7 +299,8 @@ class LocalStore(Store):
             # (always: a rename is a copy and a delete, and a power loss
             # must not keep the delete and lose the copy's data)
             os.fsync(fd)
-            self._install(tmp, dst_path, dst)
+            # (in place: only over the version read, under the store's lock)
+            self._install(tmp, dst_path, dst, if_match=if_match if src == dst else None)
         return etag
 
     def delete(self, key: str) -> None:

@@ -358,7 +358,7 @@ class S3Store(Store):
             return etag
         return _unquote(response["ETag"])
 
-    def copy(self, src: str, dst: str, metadata: dict[str, str]) -> str:
+    def copy(self, src: str, dst: str, metadata: dict[str, str], *, if_match: str | None = None) -> str:
         """Server-side copy.  Above ``max_put_size`` (S3: 5 GiB) the copy is
         a multipart upload of ``copy_part_size`` parts copied from one
         version of ``src``; if ``src`` is replaced meanwhile the copy fails
@@ -366,6 +366,8 @@ class S3Store(Store):
         dst_key = self._key(dst)
         md = check_metadata(metadata)
         source = self.head(src)
+        if if_match is not None and source.etag != if_match:
+            raise PreconditionFailed(f"{src} in {self.url} changed (etag is no longer {if_match})")
         if source.size > self.max_put_size:
             return self._copy_in_parts(source, dst, md)
         response = self._call(
@@ -375,6 +377,7 @@ class S3Store(Store):
             Bucket=self.bucket,
             Key=dst_key,
             CopySource={"Bucket": self.bucket, "Key": self._key(src)},
+            CopySourceIfMatch=_quote(source.etag),  # (the version looked at, whatever if_match)
             Metadata=md,
             MetadataDirective="REPLACE",
         )

@@ -280,3 +280,19 @@ def test_directory_with_files_not_yet_stored_is_not_empty(make_mount):
             os.rename(m.path / "e", m.path / "d")
         assert info.value.errno == errno.ENOTEMPTY
     assert (m.path / "d" / "f").read_bytes() == b"not flushed yet"
+
+
+def test_metadata_change_through_a_stale_name_never_breaks_the_new_file(make_mount):
+    """B still knows the name for a file that A replaced by another one: a
+    chmod on B lands on the new file or nowhere, never puts the old file's
+    identity on the new contents."""
+    a = make_mount()
+    b = make_mount(spec=a.spec)
+    (a.path / "f").write_bytes(b"old file")
+    assert (b.path / "f").read_bytes() == b"old file"
+    os.unlink(a.path / "f")
+    (a.path / "f").write_bytes(b"a new file")
+    os.chmod(b.path / "f", 0o600)  # (B's kernel still has the old file's inode for the name)
+    os.utime(b.path / "f", (1, 1))
+    assert (a.path / "f").read_bytes() == b"a new file"
+    assert (b.path / "f").read_bytes() == b"a new file"
