@@ -389,6 +389,11 @@ class Filesystem:
                 changes["mtime_ns"] = mtime_ns if mtime_ns is not None else t
             node.entry = replace(e, **changes)
             self._meta_changed(node)
+            if size is not None and fh is None and node.content is not None and node.content.changed:
+                # truncate() by path is done when it returns, even while a
+                # descriptor is open (or its release has yet to reach us,
+                # which comes after close() returned): upload now.
+                self._upload(node)
             if node.opens == 0:
                 self._drop_content(node)
             return self._attr(node)

@@ -872,6 +872,24 @@ def test_local_store_is_synced_to_disk_by_fsync_not_by_close(make_mount, store_k
     assert out.read_text().count("syncfs(") == 1, out.read_text()
 
 
+def test_truncate_by_path_reaches_the_store_while_the_file_is_open(mounted):
+    """truncate(path) is done when it returns, even with a descriptor open.
+    (The case that lost a truncate, a close whose release had not reached
+    the daemon yet, depends on timing: tests/reliability/test_crash.py
+    found it.)"""
+    fd = os.open(mounted.path / "t", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * 300_000)
+        os.truncate(mounted.path / "t", 1000)
+        out = sealfs("cat", mounted.url, "/t", *mounted.store_args()).stdout
+        assert out == b"x" * 1000
+    finally:
+        os.close(fd)
+    (mounted.path / "u").write_bytes(b"y" * 200_000)
+    os.truncate(mounted.path / "u", 10)  # right after close
+    assert sealfs("cat", mounted.url, "/u", *mounted.store_args()).stdout == b"y" * 10
+
+
 def test_fsync_reaches_the_store(mounted):
     data = os.urandom(300_000)
     fd = os.open(mounted.path / "synced", os.O_WRONLY | os.O_CREAT, 0o644)
