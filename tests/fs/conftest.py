@@ -10,6 +10,8 @@ traceback, unless the test declared the errors it expects.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shutil
@@ -50,6 +52,15 @@ def daemon_pids(mountpoint: Path) -> list[int]:
             if target in argv and b"mount" in argv:
                 pids.append(int(pid))
     return pids
+
+
+@contextlib.contextmanager
+def raises_errno(code: int):
+    """``with raises_errno(errno.X): ...``: an OSError with exactly that errno."""
+    with pytest.raises(OSError) as info:
+        yield info
+    got = info.value.errno
+    assert got == code, f"{errno.errorcode.get(got, got)} instead of {errno.errorcode[code]}: {info.value}"
 
 
 def is_mounted(path: Path) -> bool:

@@ -11,7 +11,6 @@ directory, or into the bucket with boto3.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import grp
@@ -28,17 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from conftest import Mount, daemon_pids, sealfs  # tests/fs/conftest.py
-
-
-@contextlib.contextmanager
-def raises_errno(code: int):
-    """``with raises_errno(errno.X): ...``: an OSError with exactly that errno."""
-    with pytest.raises(OSError) as info:
-        yield info
-    got = info.value.errno
-    assert got == code, f"{errno.errorcode.get(got, got)} instead of {errno.errorcode[code]}: {info.value}"
+from conftest import Mount, daemon_pids, raises_errno, sealfs  # tests/fs/conftest.py
 
 
 def store_keys(m: Mount, request) -> set[str]:

@@ -21,7 +21,6 @@ file under another module name, not copied.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pwd
@@ -29,7 +28,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,12 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fs_helpers import fs_helpers  # tests/fs_helpers.py
 
-_spec = importlib.util.spec_from_file_location("sealfs_tests_fs_helpers",
-                                               Path(__file__).resolve().parent.parent / "fs" / "conftest.py")
-fs_helpers = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(fs_helpers, "Mount"):
-    _spec.loader.exec_module(fs_helpers)
 Mount = fs_helpers.Mount
 sealfs = fs_helpers.sealfs
 daemon_pids = fs_helpers.daemon_pids

@@ -8,20 +8,13 @@ Test modules import the helpers from ``.conftest``.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location("sealfs_tests_fs_helpers",
-                                               Path(__file__).resolve().parent.parent / "fs" / "conftest.py")
-fs_helpers = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(fs_helpers, "Mount"):
-    _spec.loader.exec_module(fs_helpers)
+from fs_helpers import fs_helpers  # tests/fs_helpers.py
 
 Mount = fs_helpers.Mount
 sealfs = fs_helpers.sealfs
 daemon_pids = fs_helpers.daemon_pids
 is_mounted = fs_helpers.is_mounted
 unmount_all = fs_helpers.unmount_all
+raises_errno = fs_helpers.raises_errno
 make_mount = fs_helpers.make_mount  # the fixture (registered by this import)
 mounted = fs_helpers.mounted  # the fixture

@@ -42,17 +42,9 @@ import pytest
 from sealfs.codec.blocks import BLOCK_OVERHEAD
 from sealfs.codec.header import HEADER_SIZE
 
-from .conftest import fs_helpers, sealfs
+from .conftest import fs_helpers, raises_errno, sealfs
 
 ROOT_ID = bytes(16)
-
-
-@contextlib.contextmanager
-def raises_errno(code: int):
-    with pytest.raises(OSError) as info:
-        yield info
-    got = info.value.errno
-    assert got == code, f"{errno.errorcode.get(got, got)} instead of {errno.errorcode[code]}: {info.value}"
 
 
 @contextlib.contextmanager
