@@ -154,11 +154,12 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     if repair:
         uploads = {f"upload {u.upload_id} of {u.key}": u for u in store.list_multipart_uploads()}
         lost = {e.key: e for e in rescue}
+        lost_and_found = _lost_and_found(vol) if lost else None
         for what, _ in report.leftovers:
             if what in uploads:
                 store.abort_multipart(uploads[what].key, uploads[what].upload_id)
             elif what in lost:
-                _to_lost_and_found(vol, lost[what])
+                _move_into(vol, lost_and_found, lost[what])
             else:
                 store.delete(what)
             report.repaired += 1
@@ -179,12 +180,16 @@ def _unknown_ids(store, prefix: str, known: set[bytes], report: Report) -> list[
     return list(found)
 
 
-def _to_lost_and_found(vol: Volume, e: Entry) -> None:
-    """Move ``e`` into /lost+found (made if missing) as ``<dir id>-<name>``."""
+def _lost_and_found(vol: Volume) -> Entry:
+    """The /lost+found directory (made if missing)."""
     try:
-        lf = vol.lookup(ROOT_ID, LOST_AND_FOUND)
+        return vol.lookup(ROOT_ID, LOST_AND_FOUND)
     except FsError:
-        lf = vol.mkdir(ROOT_ID, LOST_AND_FOUND, 0o700, 0, 0)
+        return vol.mkdir(ROOT_ID, LOST_AND_FOUND, 0o700, 0, 0)
+
+
+def _move_into(vol: Volume, lf: Entry, e: Entry) -> None:
+    """Move ``e`` into directory ``lf`` as ``<its lost directory's id>-<name>``."""
     stem = e.parent_id.hex()[:8].encode() + b"-" + e.name
     for n in range(1, 1000):
         name = (stem if n == 1 else stem + b"." + str(n).encode())[-255:]

@@ -376,9 +376,13 @@ class Volume:
     def create_file(self, parent_id: bytes, name: bytes, mode: int, uid: int, gid: int) -> Entry:
         """A new empty regular file; EEXIST if the name is taken."""
         e = self._new_entry(parent_id, name, KIND_FILE, mode, uid, gid)
+        cipher, header = self._new_key(e)
+        return self._create(e, header + cipher.seal_block(0, True, b""))
+
+    def _new_key(self, e: Entry) -> tuple[FileCipher, bytes]:
+        """A fresh data key for file ``e``: its cipher and its sealed header."""
         dek = crypto.random_bytes(32)
-        body = self._new_header(e.id, dek) + FileCipher(dek, e.id, self.layout).seal_block(0, True, b"")
-        return self._create(e, body)
+        return FileCipher(dek, e.id, self.layout, e.name.decode(errors="replace")), self._new_header(e.id, dek)
 
     def _new_header(self, file_id: bytes, dek: bytes) -> bytes:
         g = self.keyring.current
@@ -487,9 +491,7 @@ class Volume:
         """The base of a file not yet in the store: empty, with a fresh data
         key; its first upload creates the object (If-None-Match)."""
         reader = FileReader(self, replace(e, size=0, etag=""))
-        dek = crypto.random_bytes(32)
-        reader._header = self._new_header(e.id, dek)
-        reader._cipher = FileCipher(dek, e.id, self.layout, reader.name)
+        reader._cipher, reader._header = self._new_key(e)
         return reader
 
     def write_content(
@@ -718,9 +720,7 @@ class _ContentWriter:
             self.cipher = cipher
             self.header = vol._new_header(e.id, cipher.dek) if rewrap else base.header_bytes()
         else:
-            dek = crypto.random_bytes(32)
-            self.cipher = FileCipher(dek, e.id, self.layout, e.name.decode(errors="replace"))
-            self.header = vol._new_header(e.id, dek)
+            self.cipher, self.header = vol._new_key(e)
         self.object_size = self.layout.object_size_for(size)
 
     def segments(self) -> Iterator[tuple]:

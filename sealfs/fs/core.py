@@ -68,7 +68,7 @@ def without_setid(mode: int) -> int:
 def conflict_name(name: bytes, tag: str) -> bytes:
     """``report.txt`` -> ``report.conflict-TAG.txt`` (the extension kept
     last, so programs still know the type), within NAME_MAX."""
-    stem, dot, ext = name.rpartition(b".")
+    stem, _, ext = name.rpartition(b".")
     if not stem or len(ext) > 16:
         stem, ext = name, b""
     suffix = b".conflict-" + tag.encode() + (b"." + ext if ext else b"")

@@ -352,10 +352,7 @@ class S3Store(Store):
             )
         except PreconditionFailed as e:
             md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-            etag = self._own_write_after_retry(e, key, md5, args["Metadata"], len(data))
-            if etag is None:
-                raise
-            return etag
+            return self._own_write_after_retry(e, key, md5, args["Metadata"], len(data))
         return _unquote(response["ETag"])
 
     def copy(self, src: str, dst: str, metadata: dict[str, str], *, if_match: str | None = None) -> str:
@@ -471,10 +468,7 @@ class S3Store(Store):
                 **self._conditions(if_match, if_none_match),
             )
         except PreconditionFailed as e:
-            etag = self._own_write_after_retry(e, key, _multipart_etag(parts))
-            if etag is None:
-                raise
-            return etag
+            return self._own_write_after_retry(e, key, _multipart_etag(parts))
         return _unquote(response["ETag"])
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -528,22 +522,22 @@ class S3Store(Store):
         etag: str | None,
         metadata: dict[str, str] | None = None,
         size: int | None = None,
-    ) -> str | None:
+    ) -> str:
         """The etag of ``key`` if a conditional write that ended in 412
-        after a retry had in fact been done by an earlier attempt of the
-        same call: the object has ``etag`` (and ``metadata`` and ``size``
-        when given).  None when the 412 stands."""
+        (``lost``) after a retry had in fact been done by an earlier attempt
+        of the same call: the object has ``etag`` (and ``metadata`` and
+        ``size`` when given).  Else ``lost`` stands: it is raised."""
         response = getattr(lost.__cause__, "response", None) or {}
         if not response.get("ResponseMetadata", {}).get("RetryAttempts") or etag is None:
-            return None
+            raise lost
         try:
             info = self.head(key)
         except NotFound:
-            return None
+            raise lost from None
         if info.etag != etag or (metadata is not None and info.metadata != metadata) or (
             size is not None and info.size != size
         ):
-            return None
+            raise lost
         log.info("a write of %s in %s was done, though its answer was lost (the retry found it done)", key, self.url)
         return info.etag
 
