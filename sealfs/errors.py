@@ -85,3 +85,11 @@ class FsError(SealfsError):
     @property
     def exit_code(self) -> int:  # type: ignore[override]
         return ExitCode.NOT_FOUND if self.errno == _errno.ENOENT else ExitCode.FAILURE
+
+
+class WouldBlock(Exception):
+    """An operation called with ``nowait=True`` would have to wait: for a
+    lock another thread holds, for the store or for the disk.  Raised
+    before it changed anything, so the caller can run it again, waiting
+    (the FUSE adapter then runs it in a worker thread).  Not a
+    SealfsError: it never reaches a user."""

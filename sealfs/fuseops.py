@@ -48,7 +48,7 @@ import stat
 import pyfuse3
 import trio
 
-from .errors import FsError, IntegrityError, SealfsError, StoreError
+from .errors import FsError, IntegrityError, SealfsError, StoreError, WouldBlock
 from .fs.core import Attr, Ctx, Filesystem
 from .policy.guard import Guard
 
@@ -92,17 +92,22 @@ class SealfsOps(pyfuse3.Operations):
 
     # -- plumbing ----------------------------------------------------------------------
 
-    async def _run(self, fn, *args, check=None, inline=False, **kwargs):
+    async def _run(self, fn, *args, check=None, inline=False, quick=False, **kwargs):
         """Run ``fn`` in a worker thread, after ``check`` (a policy check
         from :meth:`_may`, in the same thread call); turn every failure into
-        an errno.  ``inline``: ``fn`` only reads memory without taking a
-        lock, so without a check it runs here, saving two thread switches."""
+        an errno.  Without a check, two thread switches can be saved:
+        ``inline``: ``fn`` only reads memory without taking a lock, so it
+        runs here; ``quick``: ``fn`` takes ``nowait`` (see
+        :mod:`sealfs.fs.core`) and is tried here first."""
         call = functools.partial(fn, *args, **kwargs)
         if check is not None:
             call = functools.partial(_checked, check, call)
         try:
-            if inline and check is None:
-                return call()
+            if check is None and (inline or quick):
+                try:
+                    return call(nowait=True) if quick else call()
+                except WouldBlock:
+                    pass
             return await trio.to_thread.run_sync(call, limiter=self.limiter)
         except FsError as exc:
             if exc.errno == errno.EIO:
@@ -193,7 +198,7 @@ class SealfsOps(pyfuse3.Operations):
             log.exception("forget failed")
 
     async def getattr(self, inode, ctx):
-        return self._entry(await self._run(self.fs.getattr, inode))
+        return self._entry(await self._run(self.fs.getattr, inode, quick=True))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         kw = {}
@@ -287,19 +292,19 @@ class SealfsOps(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr, self._volatile(parent_inode, name))
 
     async def read(self, fh, off, size):
-        return await self._run(self.fs.read, fh, off, size)
+        return await self._run(self.fs.read, fh, off, size, quick=True)
 
     async def write(self, fh, off, buf):
         return await self._run(self.fs.write, fh, off, buf)
 
     async def flush(self, fh):
-        await self._run(self.fs.flush, fh)
+        await self._run(self.fs.flush, fh, quick=True)
 
     async def fsync(self, fh, datasync):
         await self._run(self.fs.fsync, fh)
 
     async def release(self, fh):
-        await self._run(self.fs.release, fh)
+        await self._run(self.fs.release, fh, quick=True)
 
     async def opendir(self, inode, ctx):
         if self.guard is None:

@@ -19,7 +19,7 @@ import logging
 from concurrent.futures import Future
 from typing import Callable
 
-from ..errors import IntegrityError, PreconditionFailed, StoreError
+from ..errors import IntegrityError, PreconditionFailed, StoreError, WouldBlock
 from ..volume import BlockStream, PartStream, Entry, FileReader, Volume
 from .cache import BlockCache
 from .spool import Spool
@@ -95,10 +95,12 @@ class FileContent:
         data = bytes(data[:want])
         return data + bytes(want - len(data)) if len(data) < want else data
 
-    def _base_block(self, index: int) -> bytes:
+    def _base_block(self, index: int, nowait: bool = False) -> bytes:
         key = (self.base.entry.id, self.base.etag, index)
         data = self.cache.get(key)
         if data is None:
+            if nowait:
+                raise WouldBlock
             self._fetch(index)
             data = self.cache.get(key)
             if data is None:  # the cache is smaller than one block
@@ -178,22 +180,35 @@ class FileContent:
                 self._stream.close()
                 self._stream = None
 
-    def block(self, index: int) -> bytes:
-        """Current plaintext of block ``index``, exactly its length."""
+    def block(self, index: int, nowait: bool = False) -> bytes:
+        """Current plaintext of block ``index``, exactly its length
+        (``nowait``: from memory, else WouldBlock)."""
         if index in self.dirty:
             return self._fits(self.dirty[index], index)
         if self.spool is not None and index in self.spool:
+            if nowait:
+                raise WouldBlock
             return self._fits(self.spool.get(index), index)
         if index < self._valid_base:
-            return self._fits(self._base_block(index), index)
+            return self._fits(self._base_block(index, nowait), index)
         return bytes(self._block_len(index))
 
-    def read(self, offset: int, length: int) -> bytes:
+    @property
+    def idle(self) -> bool:
+        """Whether :meth:`close` has nothing to wait for (no upload, stream,
+        background read or spool file)."""
+        return (self._parts is None and self._stream is None and self.spool is None
+                and (self._prefetch is None or self._prefetch.done()))
+
+    def read(self, offset: int, length: int, nowait: bool = False) -> bytes:
         end = min(self.size, offset + length)
         if offset >= end:
             return b""
         bs = self.block_size
         first, stop = offset // bs, -(-end // bs)
+        # (nowait: every block from memory, or WouldBlock before the
+        # readahead state below changes)
+        blocks = [self.block(i, nowait=True) for i in range(first, stop)] if nowait else None
         slack = max(1, SEQUENTIAL_SLACK_BYTES // bs)
         if self._next_block >= 0 and abs(first - self._next_block) <= slack:
             self._window = min(self._window * 2, max(1, MAX_READAHEAD_BYTES // bs))
@@ -202,7 +217,7 @@ class FileContent:
             self._window = 1
             self._next_block = stop
         self._read_stop = stop
-        data = b"".join(self.block(i) for i in range(first, stop))
+        data = b"".join(blocks if blocks is not None else (self.block(i) for i in range(first, stop)))
         self._prefetch_next()
         return data[offset - first * bs : end - first * bs]
 
