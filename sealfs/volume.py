@@ -43,7 +43,7 @@ from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
 from .errors import ConfigError, FsError, IntegrityError, NotFound, PreconditionFailed, UsageError
 from .keys.slots import CONFIG_KEY, Credential, Keyring, VolumeConfig, create as create_config
-from .store.base import MAX_METADATA_BYTES, MAX_PARTS, Store
+from .store.base import MAX_METADATA_BYTES, MAX_PARTS, ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +274,26 @@ class Volume:
 
     def lookup(self, parent_id: bytes, name: bytes) -> Entry:
         """The entry ``name`` in directory ``parent_id``; ENOENT if absent."""
+        return self._lookup(parent_id, name, self.store.head)
+
+    def load(self, e: Entry, limit: int) -> tuple[Entry, bytes]:
+        """File ``e`` as stored now (see :meth:`reload`) with the first
+        ``limit`` bytes of its object, in one request: for a small file all
+        :meth:`FileReader.preload` needs, where a reload and a read would be
+        two or three."""
+        body = b""
+
+        def get(key: str) -> ObjectInfo:
+            nonlocal body
+            body, info = self.store.get_object(key, limit)
+            return info
+
+        return self._lookup(e.parent_id, e.name, get), body
+
+    def _lookup(self, parent_id: bytes, name: bytes, fetch: Callable[[str], ObjectInfo]) -> Entry:
         key, _ = self.entry_key(parent_id, name)
         try:
-            info = self.store.head(key)
+            info = fetch(key)
         except NotFound:
             raise FsError(errno.ENOENT, f"no such file: {name.decode(errors='replace')}") from None
         try:
@@ -579,10 +596,11 @@ class FileReader:
     def name(self) -> str:
         return self.entry.name.decode(errors="replace") or "/"
 
-    def _load_header(self) -> FileCipher:
+    def _load_header(self, raw: bytes | None = None) -> FileCipher:
         with self._lock:
             if self._cipher is None:
-                raw = self._get(0, HEADER_SIZE)
+                if raw is None:
+                    raw = self._get(0, HEADER_SIZE)
                 try:
                     header, dek = open_header(raw, self.vol.keyring.kek)
                 except IntegrityError as exc:
@@ -594,6 +612,16 @@ class FileReader:
                 self._header = bytes(raw)
                 self._cipher = FileCipher(dek, header.file_id, self.layout, self.name)
             return self._cipher
+
+    def preload(self, body: bytes) -> list[bytes] | None:
+        """Every block's plaintext from ``body``, the start of this version's
+        object (as :meth:`Volume.load` read it); None if ``body`` does not
+        hold the whole object."""
+        end = self.layout.object_size_for(self.size)
+        if len(body) < end:
+            return None
+        cipher = self._load_header(body[:HEADER_SIZE])
+        return cipher.open_span(0, memoryview(body)[HEADER_SIZE:end], self.size)
 
     def adopt(self, other: "FileReader") -> None:
         """Reuse ``other``'s authenticated header: same file, same DEK (a

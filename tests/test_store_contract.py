@@ -91,6 +91,18 @@ def test_empty_object(store: Store) -> None:
     assert store.get("empty", 3) == b""
     data, info = store.get_object("empty")
     assert (data, info.size, info.etag) == (b"", 0, etag)
+    data, info = store.get_object("empty", limit=10)
+    assert (data, info.size, info.etag) == (b"", 0, etag)
+
+
+def test_get_object_with_a_limit_reads_the_start_and_tells_the_whole_size(store: Store) -> None:
+    data = os.urandom(3000)
+    etag = store.put("k", data, {"mode": "100644"})
+    for limit, want in ((1000, data[:1000]), (3000, data), (5000, data), (0, b"")):
+        got, info = store.get_object("k", limit=limit)
+        assert (got, info.size, info.etag, info.metadata) == (want, 3000, etag, {"mode": "100644"})
+    with pytest.raises(ValueError):
+        store.get_object("k", limit=-1)
 
 
 def test_get_object_returns_data_and_info(store: Store) -> None:

@@ -142,6 +142,19 @@ class FileContent:
         for i, data in enumerate(blocks, start=first):
             self.cache.put((self.base.entry.id, self.base.etag, i), data)
 
+    def preload(self, entry: Entry, body: bytes) -> None:
+        """Cache the base's blocks from ``body``, the start of ``entry``'s
+        object read at open (see :meth:`Volume.load`), if that is the base
+        and ``body`` holds all its blocks."""
+        if (entry.key, entry.etag) != (self.base.entry.key, self.base.etag):
+            return
+        try:
+            blocks = self.base.preload(body) or ()
+        except IntegrityError:
+            return  # (the read reports it, with the block; the open succeeds as it would without this)
+        for i, data in enumerate(blocks):
+            self.cache.put((self.base.entry.id, self.base.etag, i), data)
+
     def _close_stream(self) -> None:
         self._wait_prefetch()
         if self._stream is not None:

@@ -58,6 +58,9 @@ ROOT_INO = 1
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_SIZE_MAX = 65536
+#: Files up to this size opened for reading are read whole at open (in the
+#: request that revalidates them).
+OPEN_READ_BYTES = 256 * 1024
 #: Entries answered per readdir call (the kernel asks again for more).
 READDIR_PAGE = 256
 #: xattr namespaces stored as given; others are refused (ENOTSUP).
@@ -822,7 +825,16 @@ class Filesystem:
                 # without local changes (not only the first: the kernel
                 # sends RELEASE asynchronously, so an earlier handle may
                 # still count here although its file was closed)
-                fresh = self.vol.reload(node.entry)
+                # A small file opened for reading, with no block in the
+                # cache, comes whole with its metadata: one store request
+                # for the open and the reads after it.
+                e = node.entry
+                preload = (acc == os.O_RDONLY and not flags & os.O_TRUNC and e.size <= OPEN_READ_BYTES
+                           and self.cache.get((e.id, e.etag, 0)) is None)
+                if preload:
+                    fresh, body = self.vol.load(e, self.vol.layout.object_size_for(OPEN_READ_BYTES))
+                else:
+                    fresh = self.vol.reload(e)
                 if fresh.id != node.entry.id:
                     # The name holds another file now (replaced by another
                     # mount); on ESTALE the kernel looks the name up anew.
@@ -832,6 +844,8 @@ class Filesystem:
                 if not keep:
                     self._drop_content(node)  # cached blocks and stream of the old version
                 node.entry = fresh
+                if preload and fresh.is_file:
+                    self._content(node).preload(fresh, body)
             if flags & os.O_TRUNC:
                 # The kernel leaves O_TRUNC to us (atomic_o_trunc), so
                 # also what its truncate would do: new times, and no
@@ -850,8 +864,6 @@ class Filesystem:
     def read(self, fh: int, offset: int, length: int, nowait: bool = False) -> bytes:
         node = self._handles[fh].node
         with _holding(node.lock, nowait):
-            if nowait and node.content is None:
-                raise WouldBlock  # (its reader may load the header)
             try:
                 return self._content(node).read(offset, length, nowait)
             except PreconditionFailed as exc:

@@ -190,8 +190,9 @@ class Store(abc.ABC):
         StoreError (or StoreUnavailable) from ``read``."""
 
     @abc.abstractmethod
-    def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
-        """The whole object and its info (with metadata), read consistently."""
+    def get_object(self, key: str, limit: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """The whole object (its first ``limit`` bytes at most) and its info
+        (with metadata and the whole size), read consistently in one request."""
 
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo:

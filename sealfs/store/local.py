@@ -195,10 +195,12 @@ class LocalStore(Store):
             raise
         return f  # the open file keeps this version readable even if replaced
 
-    def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+    def get_object(self, key: str, limit: int | None = None) -> tuple[bytes, ObjectInfo]:
+        if limit is not None:
+            check_range(0, limit)
         with self._open(key) as fd:
             info = self._info(fd, key, with_metadata=True)
-            return self._pread(fd, key, HEADER_SIZE, info.size), info
+            return self._pread(fd, key, HEADER_SIZE, info.size if limit is None else min(limit, info.size)), info
 
     def head(self, key: str) -> ObjectInfo:
         with self._open(key) as fd:

@@ -287,9 +287,16 @@ class S3Store(Store):
             return _Stream(None, key, self.url)
         return _Stream(response["Body"], key, self.url)
 
-    def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
-        data, response = self._get(key)
-        return data, self._info(key, response, with_metadata=True)
+    def get_object(self, key: str, limit: int | None = None) -> tuple[bytes, ObjectInfo]:
+        args: dict[str, Any] = {}
+        if limit is not None:
+            check_range(0, limit)
+            args["Range"] = f"bytes=0-{limit - 1}" if limit else "bytes=0-0"
+        try:
+            data, response = self._get(key, **args)
+        except _RangeNotSatisfiable:  # an empty object
+            return b"", self.head(key)
+        return data[:limit], self._info(key, response, with_metadata=True)
 
     def head(self, key: str) -> ObjectInfo:
         response = self._call("lookup", key, self._client.head_object, Bucket=self.bucket, Key=self._key(key))
@@ -544,7 +551,9 @@ class S3Store(Store):
     def _info(self, key: str, response: dict, *, with_metadata: bool) -> ObjectInfo:
         return ObjectInfo(
             key=key,
-            size=response["ContentLength"],
+            # (of a ranged GET: the whole object's size, from Content-Range)
+            size=int(response["ContentRange"].rpartition("/")[2]) if "ContentRange" in response
+            else response["ContentLength"],
             etag=_unquote(response["ETag"]),
             metadata=dict(response.get("Metadata", {})) if with_metadata else None,
             mtime=response["LastModified"].timestamp(),

@@ -1,0 +1,166 @@
+"""The filesystem core without a mount: what the hot requests cost.
+
+A small file opened for reading is revalidated and read in one store
+request; the requests the kernel sends most are answered without waiting
+(``nowait``) when memory has the answer, and say WouldBlock, having changed
+nothing, when it does not.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from sealfs.errors import IntegrityError, WouldBlock
+from sealfs.fs.core import OPEN_READ_BYTES, ROOT_INO, Ctx, Filesystem, Options
+from sealfs.keys.slots import KeyFile
+from sealfs.store.local import LocalStore
+from sealfs.volume import Volume
+
+from test_volume import CountingStore  # tests/test_volume.py
+
+KEY = KeyFile("k", os.urandom(64))
+CTX = Ctx(uid=0, gid=0, pid=os.getpid())
+
+
+@pytest.fixture
+def setup(tmp_path):
+    store = CountingStore(LocalStore(str(tmp_path / "bucket"), create=True))
+    vol = Volume.create(store, KEY, block_size=64 * 1024)
+    fs = Filesystem(vol, Options(cache_dir=str(tmp_path / "cache")))
+    other = Volume.open(LocalStore(str(tmp_path / "bucket")), [KEY])  # another mount of the bucket
+    yield fs, store, other
+    for v in (vol, other):
+        v.close()
+
+
+def write_file(fs: Filesystem, name: bytes, data: bytes) -> int:
+    attr, fh = fs.create(ROOT_INO, name, 0o644, os.O_WRONLY, CTX)
+    fs.write(fh, 0, data)
+    fs.release(fh)
+    return attr.ino
+
+
+def read_file(fs: Filesystem, ino: int, n: int = 1 << 30) -> bytes:
+    fh, _ = fs.open(ino, os.O_RDONLY, CTX)
+    try:
+        return fs.read(fh, 0, n)
+    finally:
+        fs.release(fh)
+
+
+def test_a_small_file_is_opened_and_read_in_one_request(setup):
+    fs, store, _ = setup
+    data = os.urandom(100_000)  # two blocks
+    ino = write_file(fs, b"small", data)
+    fs.cache.drop_file(fs._node(ino).entry.id)  # as after a remount
+    store.calls.clear()
+    assert read_file(fs, ino) == data
+    assert store.calls == {"get_object": 1}
+
+
+def test_open_of_a_cached_file_only_revalidates(setup):
+    fs, store, _ = setup
+    ino = write_file(fs, b"small", b"hello")
+    assert read_file(fs, ino) == b"hello"
+    store.calls.clear()
+    assert read_file(fs, ino) == b"hello"
+    assert store.calls == {"head": 1}
+
+
+def test_a_large_file_is_not_read_at_open(setup):
+    fs, store, _ = setup
+    data = os.urandom(OPEN_READ_BYTES + 1)
+    ino = write_file(fs, b"large", data)
+    fs.cache.drop_file(fs._node(ino).entry.id)
+    store.calls.clear()
+    fh, _ = fs.open(ino, os.O_RDONLY, CTX)
+    assert store.calls == {"head": 1}
+    assert fs.read(fh, 0, len(data)) == data
+    fs.release(fh)
+
+
+def test_open_reads_the_version_stored_now(setup):
+    fs, _, other = setup
+    ino = write_file(fs, b"f", b"first version")
+    assert read_file(fs, ino) == b"first version"
+    e = other.lookup(other.root().id, b"f")
+    other.write_content(e, 14, lambda i: b"second version", if_match=e.etag)
+    assert read_file(fs, ino) == b"second version"
+
+
+def test_a_file_grown_past_the_limit_since_lookup_is_read_by_ranges(setup):
+    fs, store, other = setup
+    ino = write_file(fs, b"f", b"small")
+    fs.cache.drop_file(fs._node(ino).entry.id)
+    big = os.urandom(4 * OPEN_READ_BYTES)
+    e = other.lookup(other.root().id, b"f")
+    bs = other.layout.block_size
+    other.write_content(e, len(big), lambda i: big[i * bs:(i + 1) * bs], if_match=e.etag)
+    store.calls.clear()
+    assert read_file(fs, ino) == big
+    assert store.calls["get_object"] == 1 and store.calls.get("get", 0) >= 1
+
+
+def test_a_tampered_small_file_opens_and_its_read_fails(setup, tmp_path):
+    fs, _, other = setup
+    ino = write_file(fs, b"f", b"secret data")
+    fs.cache.drop_file(fs._node(ino).entry.id)
+    e = other.lookup(other.root().id, b"f")
+    body = bytearray(other.store.get(e.key))
+    body[-5] ^= 1
+    other.store.put(e.key, bytes(body), other.store.head(e.key).metadata)
+    fh, _ = fs.open(ino, os.O_RDONLY, CTX)
+    with pytest.raises(IntegrityError):
+        fs.read(fh, 0, 100)
+    fs.release(fh)
+
+
+def test_nowait_answers_from_memory(setup):
+    fs, store, _ = setup
+    ino = write_file(fs, b"f", b"hello")
+    fh, _ = fs.open(ino, os.O_RDONLY, CTX)
+    store.calls.clear()
+    assert fs.getattr(ino, nowait=True).size == 5
+    assert fs.read(fh, 0, 100, nowait=True) == b"hello"
+    fs.flush(fh, nowait=True)
+    fs.release(fh, nowait=True)
+    assert store.calls == {}
+    assert fs._node(ino).opens == 0 and fs._node(ino).content is None
+
+
+def test_nowait_says_wouldblock_and_changes_nothing(setup):
+    fs, _, _ = setup
+    data = os.urandom(200_000)
+    ino = write_file(fs, b"f", data)
+    node = fs._node(ino)
+    # blocks not cached: the read needs the store
+    fs.cache.drop_file(node.entry.id)
+    fh, _ = fs.open(ino, os.O_RDWR, CTX)  # (read-write: not preloaded)
+    with pytest.raises(WouldBlock):
+        fs.read(fh, 0, 4096, nowait=True)
+    assert fs.read(fh, 0, 4096) == data[:4096]
+    # a change to upload: flush and release need the store
+    fs.write(fh, 0, b"X")
+    for call in (fs.flush, fs.release):
+        with pytest.raises(WouldBlock):
+            call(fh, nowait=True)
+        assert node.opens == 1 and node.content.changed
+    # another thread holds the node
+    fs.release(fh)
+    outcome = []
+
+    def getattr_nowait() -> None:
+        try:
+            outcome.append(fs.getattr(ino, nowait=True))
+        except WouldBlock as exc:
+            outcome.append(exc)
+
+    with node.lock:
+        t = threading.Thread(target=getattr_nowait)
+        t.start()
+        t.join()
+    assert len(outcome) == 1 and isinstance(outcome[0], WouldBlock)
+    assert read_file(fs, ino) == b"X" + data[1:]
