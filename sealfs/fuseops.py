@@ -46,11 +46,11 @@ import os
 import stat
 
 import pyfuse3
-import trio
 
 from .errors import FsError, IntegrityError, SealfsError, StoreError, WouldBlock
 from .fs.core import Attr, Ctx, Filesystem
 from .policy.guard import Guard
+from .workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class SealfsOps(pyfuse3.Operations):
         self._dir_callers: dict[int, tuple] = {}
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
-        self.limiter = trio.CapacityLimiter(threads)
+        self.workers = Workers(threads)
         logging.getLogger("pyfuse3").addFilter(_QUIET_LATE_REPLIES)
 
     # -- plumbing ----------------------------------------------------------------------
@@ -108,7 +108,7 @@ class SealfsOps(pyfuse3.Operations):
                     return call(nowait=True) if quick else call()
                 except WouldBlock:
                     pass
-            return await trio.to_thread.run_sync(call, limiter=self.limiter)
+            return await self.workers.run(call)
         except FsError as exc:
             if exc.errno == errno.EIO:
                 log.error("%s: %s", fn.__name__, exc)
@@ -288,14 +288,15 @@ class SealfsOps(pyfuse3.Operations):
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         attr, fh = await self._run(self.fs.create, parent_inode, name, mode, flags, self._ctx(ctx),
-                                   check=self._may(ctx, ("create",) + _open_ops(flags), parent_inode, name))
+                                   check=self._may(ctx, ("create",) + _open_ops(flags), parent_inode, name),
+                                   quick=True)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr, self._volatile(parent_inode, name))
 
     async def read(self, fh, off, size):
         return await self._run(self.fs.read, fh, off, size, quick=True)
 
     async def write(self, fh, off, buf):
-        return await self._run(self.fs.write, fh, off, buf)
+        return await self._run(self.fs.write, fh, off, buf, quick=True)
 
     async def flush(self, fh):
         await self._run(self.fs.flush, fh, quick=True)

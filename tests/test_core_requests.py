@@ -8,12 +8,13 @@ nothing, when it does not.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
 import pytest
 
-from sealfs.errors import IntegrityError, WouldBlock
+from sealfs.errors import FsError, IntegrityError, WouldBlock
 from sealfs.fs.core import OPEN_READ_BYTES, ROOT_INO, Ctx, Filesystem, Options
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import LocalStore
@@ -164,3 +165,54 @@ def test_nowait_says_wouldblock_and_changes_nothing(setup):
         t.join()
     assert len(outcome) == 1 and isinstance(outcome[0], WouldBlock)
     assert read_file(fs, ino) == b"X" + data[1:]
+
+
+def test_create_and_write_nowait(setup, tmp_path):
+    fs, store, _ = setup
+    store.calls.clear()
+    attr, fh = fs.create(ROOT_INO, b"new", 0o644, os.O_WRONLY, CTX, nowait=True)
+    assert fs.write(fh, 0, b"x" * 100_000, nowait=True) == 100_000
+    assert store.calls == {}  # (stored at the first flush)
+    fs.release(fh)
+    assert read_file(fs, attr.ino) == b"x" * 100_000
+
+
+def test_write_nowait_refuses_what_needs_the_store_or_the_disk(setup):
+    fs, _, _ = setup
+    data = os.urandom(200_000)
+    ino = write_file(fs, b"f", data)
+    node = fs._node(ino)
+    fs.cache.drop_file(node.entry.id)
+    fh, _ = fs.open(ino, os.O_RDWR, CTX)
+    with pytest.raises(WouldBlock):  # a partial block of the stored version, not cached
+        fs.write(fh, 10, b"abc", nowait=True)
+    assert not node.content.dirty and not node.content.changed
+    assert fs.write(fh, 0, b"y" * 65536, nowait=True) == 65536  # a whole block: nothing to read
+    limit = fs.opts.dirty_bytes
+    with pytest.raises(WouldBlock):  # past the dirty budget: the spool (disk)
+        fs.write(fh, 0, b"z" * (limit + 65536), nowait=True)
+    assert node.content.size == len(data)
+    fs.release(fh)
+    assert read_file(fs, ino) == b"y" * 65536 + data[65536:]
+
+
+def test_create_nowait_waits_for_nothing_and_leaves_no_trace(setup):
+    fs, _, _ = setup
+    root = fs._node(ROOT_INO)
+    outcome = []
+
+    def create() -> None:
+        try:
+            outcome.append(fs.create(ROOT_INO, b"late", 0o644, os.O_WRONLY, CTX, nowait=True))
+        except WouldBlock as exc:
+            outcome.append(exc)
+
+    with root.lock:
+        t = threading.Thread(target=create)
+        t.start()
+        t.join()
+    assert isinstance(outcome[0], WouldBlock)
+    assert not fs._unstored and not fs._handles
+    with pytest.raises(FsError) as err:
+        fs.lookup(ROOT_INO, b"late", CTX)
+    assert err.value.errno == errno.ENOENT

@@ -236,12 +236,14 @@ class FileContent:
 
     # -- changing -----------------------------------------------------------------
 
-    def write(self, offset: int, data: bytes | memoryview) -> int:
+    def write(self, offset: int, data: bytes | memoryview, nowait: bool = False) -> int:
         bs = self.block_size
         view = memoryview(data)
         end = offset + len(view)
         if not len(view):
             return 0
+        if nowait and not self._writes_in_memory(offset, end):
+            raise WouldBlock
         new_size = max(self.size, end)
         if self._parts is not None and offset < self._parts.next_block * bs:
             self._abort_parts()  # rewriting what was sent: upload it all at flush
@@ -267,6 +269,28 @@ class FileContent:
         self._spill()
         self._send_parts()
         return len(view)
+
+    def _writes_in_memory(self, offset: int, end: int) -> bool:
+        """Whether writing ``[offset, end)`` needs neither the store nor the
+        disk: the blocks it only partly covers are in memory, the dirty
+        blocks stay within budget, and no part upload starts or stops."""
+        bs = self.block_size
+        if self._parts is not None and offset < self._parts.next_block * bs:
+            return False
+        first, last = offset // bs, (end - 1) // bs
+        for index in {first, last}:
+            covered = index * bs >= offset and (index + 1) * bs <= end  # (as write() decides)
+            if index not in self.dirty and not covered:
+                try:
+                    self.block(index, nowait=True)
+                except WouldBlock:
+                    return False
+        touched = set(range(first, last + 1))
+        if len(self.dirty.keys() | touched) * bs > self.dirty_limit:
+            return False
+        per_part = PartStream.blocks_per_part(self.vol)
+        return not (self.vol.store.server_side_copy and self._valid_base == 0 and self._stream_parts
+                    and max(self.size, end) > per_part * bs)
 
     def truncate(self, new_size: int) -> None:
         bs = self.block_size

@@ -786,7 +786,7 @@ class Filesystem:
             node.writers += acc != os.O_RDONLY
         return fh
 
-    def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx) -> tuple[Attr, int]:
+    def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx, nowait: bool = False) -> tuple[Attr, int]:
         self._writable()
         pnode = self._node(parent)
         self._need_dir(pnode)
@@ -798,12 +798,13 @@ class Filesystem:
         # refuses O_EXCL creates of it), and any other operation on the name
         # stores the file first (_child).
         entry = self.vol.new_file_entry(pnode.entry.id, check_name(name), mode, uid, gid)
-        node = self._remember(entry, parent, lookups=1)
-        node.unstored = True
-        with self._lock:
-            self._unstored[(entry.parent_id, entry.name)] = node
-        self._touch_dir(pnode)
-        fh = self._new_handle(node, flags)
+        with _holding(pnode.lock, nowait):  # (all in memory: WouldBlock only if another thread has the directory)
+            node = self._remember(entry, parent, lookups=1)
+            node.unstored = True
+            with self._lock:
+                self._unstored[(entry.parent_id, entry.name)] = node
+            self._touch_dir(pnode)
+            fh = self._new_handle(node, flags)
         return self._counted(node), fh
 
     def open(self, ino: int, flags: int, ctx: Ctx) -> tuple[int, bool]:
@@ -871,16 +872,16 @@ class Filesystem:
                 log.warning("%s; reopen the file to read the new version", exc)
                 raise FsError(errno.ESTALE, str(exc)) from None
 
-    def write(self, fh: int, offset: int, data: bytes) -> int:
+    def write(self, fh: int, offset: int, data: bytes, nowait: bool = False) -> int:
         h = self._handles[fh]
         node = h.node
         if not h.writable:
             raise FsError(errno.EBADF, "file not open for writing")
-        with node.lock:
+        with _holding(node.lock, nowait):
             content = self._content(node)
             if h.append:
                 offset = content.size
-            n = content.write(offset, data)
+            n = content.write(offset, data, nowait)
             # (set-user-id/set-group-id bits are cleared by the kernel,
             # which sends a setattr before the write)
             t = now_ns()
