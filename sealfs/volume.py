@@ -61,6 +61,10 @@ LINK_OVERHEAD = 4 + crypto.NONCE_SIZE + crypto.TAG_SIZE
 _KIND_MODE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_LINK: stat.S_IFLNK}
 
 
+#: See Volume.unchanged.
+SETTLED_SECONDS = 2
+
+
 def dir_prefix(dir_id: bytes) -> str:
     return f"d/{dir_id.hex()}/"
 
@@ -110,6 +114,10 @@ class Entry:
     long_ct: bytes | None = None
     #: xattrs live in the overflow object ``x/<id>``.
     overflow: bool = False
+    #: (LastModified, the store's clock) in whole seconds when this entry
+    #: was read with a HEAD or GET: see :meth:`Volume.unchanged`.  Not
+    #: carried by ``dataclasses.replace``: a changed entry proves nothing.
+    seen: tuple[int, int] | None = field(default=None, init=False, compare=False)
 
     @property
     def is_dir(self) -> bool:
@@ -270,7 +278,7 @@ class Volume:
 
     def root(self) -> Entry:
         info = self.store.head(ROOT_KEY)
-        return self._entry_from(ROOT_ID, "", ROOT_KEY, info.metadata, info.size, info.etag)
+        return self._entry_of(ROOT_ID, "", info)
 
     def lookup(self, parent_id: bytes, name: bytes) -> Entry:
         """The entry ``name`` in directory ``parent_id``; ENOENT if absent."""
@@ -297,8 +305,7 @@ class Volume:
         except NotFound:
             raise FsError(errno.ENOENT, f"no such file: {name.decode(errors='replace')}") from None
         try:
-            return self._entry_from(parent_id, key[len(dir_prefix(parent_id)):], key, info.metadata, info.size,
-                                    info.etag)
+            return self._entry_of(parent_id, key[len(dir_prefix(parent_id)):], info)
         except IntegrityError as exc:  # name the file: the key says nothing to a reader of the log
             raise IntegrityError(f"{name.decode(errors='replace')}: {exc}") from None
 
@@ -311,27 +318,51 @@ class Volume:
         except (IntegrityError, ValueError):
             return None
 
+    def _entry_of(self, parent_id: bytes, component: str, info: ObjectInfo) -> Entry:
+        """The entry of object ``info`` (read with its metadata)."""
+        e = self._entry_from(parent_id, component, info.key, info.metadata, info.size, info.etag)
+        if info.checked is not None:
+            e.seen = (int(info.mtime), int(info.checked))
+        return e
+
+    def unchanged(self, e: Entry, info: ObjectInfo) -> bool:
+        """Whether listed object ``info`` is still the version entry ``e``
+        was read from, metadata included, so a listing needs no HEAD for
+        it.  On S3 a metadata change is a copy that keeps the etag, but not
+        LastModified, which has one-second resolution: the same etag and
+        LastModified prove nothing changed if that LastModified was already
+        SETTLED_SECONDS old by the store's clock when ``e`` was read (a
+        later change would carry a later one)."""
+        seen = e.seen
+        return (seen is not None and e.key == info.key and e.etag == info.etag and int(info.mtime) == seen[0]
+                and seen[0] <= seen[1] - SETTLED_SECONDS)
+
     def reload(self, e: Entry) -> Entry:
         if e.key == ROOT_KEY:
             return self.root()
         return self.lookup(e.parent_id, e.name)
 
-    def listdir(self, dir_id: bytes, on_error: Callable[[str, Exception], None] | None = None) -> list[Entry]:
+    def listdir(self, dir_id: bytes, on_error: Callable[[str, Exception], None] | None = None,
+                known: Callable[[str], Entry | None] | None = None) -> list[Entry]:
         """Every entry of the directory, with metadata, sorted by key.
         Entries that fail authentication are skipped and reported to
-        ``on_error(key, exc)`` (or raise when no callback is given)."""
+        ``on_error(key, exc)`` (or raise when no callback is given).  On a
+        store whose LIST has no metadata (S3), ``known(key)`` may give an
+        entry read before: used as it is if :meth:`unchanged`, instead of a
+        HEAD."""
         prefix = dir_prefix(dir_id)
         infos = [o for o in self.store.list_all(prefix) if not isinstance(o, str)]
 
         def load(info) -> Entry | None:
+            md = info.metadata
             try:
-                md = info.metadata
                 if md is None:
-                    full = self.store.head(info.key)
-                    md, size, etag = full.metadata, full.size, full.etag
-                else:
-                    size, etag = info.size, info.etag
-                return self._entry_from(dir_id, info.key[len(prefix):], info.key, md, size, etag)
+                    e = known(info.key) if known is not None else None
+                    if e is not None and self.unchanged(e, info):
+                        return e
+                    info = self.store.head(info.key)
+                    md = info.metadata
+                return self._entry_of(dir_id, info.key[len(prefix):], info)
             except NotFound:
                 return None  # removed since the LIST
             except IntegrityError as exc:

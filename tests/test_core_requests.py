@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 
 import pytest
 
@@ -18,7 +19,7 @@ from sealfs.errors import FsError, IntegrityError, WouldBlock
 from sealfs.fs.core import OPEN_READ_BYTES, ROOT_INO, Ctx, Filesystem, Options
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import LocalStore
-from sealfs.volume import Volume
+from sealfs.volume import SETTLED_SECONDS, Volume
 
 from test_volume import CountingStore  # tests/test_volume.py
 
@@ -216,3 +217,65 @@ def test_create_nowait_waits_for_nothing_and_leaves_no_trace(setup):
     with pytest.raises(FsError) as err:
         fs.lookup(ROOT_INO, b"late", CTX)
     assert err.value.errno == errno.ENOENT
+
+
+# -- listings on S3: a HEAD per entry only for what may have changed ---------------------------
+
+
+@pytest.fixture
+def s3_setup(make_bucket, moto_server, tmp_path):
+    from sealfs.store.s3 import S3Store
+
+    bucket = make_bucket()
+
+    def open_store():
+        return S3Store(bucket, "pfx", endpoint=moto_server, path_style=True)
+
+    store = CountingStore(open_store())
+    vol = Volume.create(store, KEY, block_size=64 * 1024)
+    fs = Filesystem(vol, Options(cache_dir=str(tmp_path / "cache")))
+    other = Volume.open(open_store(), [KEY])
+    yield fs, store, other
+    for v in (vol, other):
+        v.close()
+
+
+def list_dir(fs: Filesystem, ino: int = ROOT_INO) -> dict[bytes, int]:
+    """name -> mode, as ls -l sees them (giving back the lookups readdir took)."""
+    fh = fs.opendir(ino, CTX)
+    out, start = {}, 0
+    while page := fs.readdir(fh, start):
+        for name, attr, start in page:
+            out[name] = attr.mode & 0o7777
+        fs.forget([(attr.ino, 1) for _, attr, _ in page])
+    fs.releasedir(fh)
+    return out
+
+
+def test_a_listing_heads_only_entries_that_may_have_changed(s3_setup):
+    fs, store, other = s3_setup
+    names = [f"f{i:02d}".encode() for i in range(12)]
+    for name in names:
+        write_file(fs, name, b"data")
+    # keep the nodes known, as the kernel does for what it has listed
+    inos = {name: fs.lookup(ROOT_INO, name, CTX).ino for name in names}
+    time.sleep(SETTLED_SECONDS + 1.1)  # (a LastModified of the last second proves nothing)
+    store.calls.clear()
+    assert set(list_dir(fs)) == set(names)
+    assert store.calls.get("head", 0) == len(names)  # what the writes told us has no LastModified
+    store.calls.clear()
+    assert list_dir(fs) == {name: 0o644 for name in names}
+    assert store.calls.get("head", 0) == 0 and store.calls.get("list", 0) == 1
+
+    # another mount changes only metadata (S3 keeps the etag): that entry is read again
+    e = other.lookup(other.root().id, b"f03")
+    other.set_meta(e, mode=(e.mode & ~0o7777) | 0o600)
+    store.calls.clear()
+    listed = list_dir(fs)
+    assert listed[b"f03"] == 0o600 and listed[b"f04"] == 0o644
+    assert store.calls.get("head", 0) == 1
+    # changed again within the same second: still seen
+    e = other.lookup(other.root().id, b"f03")
+    other.set_meta(e, mode=(e.mode & ~0o7777) | 0o640)
+    assert list_dir(fs)[b"f03"] == 0o640
+    assert fs.getattr(inos[b"f03"]).mode & 0o7777 == 0o640

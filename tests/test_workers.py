@@ -1,4 +1,4 @@
-"""The worker pool of the FUSE adapter (sealfs/workers.py)."""
+"""The worker pool of the FUSE adapter (sealfs.fuseops.Workers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 import trio
 
-from sealfs.workers import Workers
+from sealfs.fuseops import Workers
 
 
 def test_results_exceptions_and_the_bound():

@@ -742,7 +742,10 @@ class Filesystem:
             read_at = next(self._clock)
             with self._lock:  # (before listing: a file stored meanwhile is listed)
                 unstored = [n.entry for (pid, _), n in self._unstored.items() if pid == node.entry.id]
-            entries = self.vol.listdir(node.entry.id, on_error=self._bad_entry)
+            with self._lock:  # (what this mount read of the directory, unchanged here since)
+                known = {n.entry.key: n.entry for n in self._nodes.values()
+                         if n.entry.parent_id == node.entry.id and n.content is None and not n.meta_dirty}
+            entries = self.vol.listdir(node.entry.id, on_error=self._bad_entry, known=known.get)
             listed = {e.name for e in entries}
             entries += [e for e in unstored if e.name not in listed]
             entries.sort(key=lambda e: e.name)

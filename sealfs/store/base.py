@@ -69,6 +69,9 @@ class ObjectInfo:
     metadata: dict[str, str] | None = None
     #: Last-modified time in seconds since the epoch (the store's clock).
     mtime: float = 0.0
+    #: The store's clock when it answered a HEAD or GET (S3: the Date
+    #: header), if it says; see :meth:`sealfs.volume.Volume.unchanged`.
+    checked: float | None = None
 
 
 @dataclass

@@ -65,6 +65,7 @@ so those two conditions are only exercised against real S3.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import functools
 import hashlib
 import logging
@@ -557,6 +558,7 @@ class S3Store(Store):
             etag=_unquote(response["ETag"]),
             metadata=dict(response.get("Metadata", {})) if with_metadata else None,
             mtime=response["LastModified"].timestamp(),
+            checked=_server_time(response),
         )
 
     def _get(self, key: str, **args: Any) -> tuple[bytes, dict]:
@@ -778,3 +780,12 @@ def _quote(etag: str) -> str:
 
 def _unquote(etag: str) -> str:
     return etag.strip('"')
+
+
+def _server_time(response: dict) -> float | None:
+    """The server's clock when it answered (its Date header), if it says."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return email.utils.parsedate_to_datetime(date).timestamp() if date else None
+    except (TypeError, ValueError):
+        return None
