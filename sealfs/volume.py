@@ -34,7 +34,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .codec import crypto
 from .codec.blocks import FileCipher, Layout
@@ -838,7 +838,22 @@ class _ContentWriter:
             if progress:
                 progress(self.size)
             return etag
+        if store.streaming_put:
+            return store.put_chunks(key, self._chunks(progress), md, if_match=if_match, if_none_match=if_none_match)
         return self._multipart(md, if_match, if_none_match, progress)
+
+    def _chunks(self, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+        """The new object's bytes in order, at most a part at a time."""
+        for seg in self._merged():
+            if seg[0] == "bytes":
+                pieces: Iterable[bytes] = (seg[1],)
+            else:
+                pieces = (self.base.read_sealed_range(a, min(a + PART_SIZE, seg[2]))  # type: ignore[union-attr]
+                          for a in range(seg[1], seg[2], PART_SIZE))
+            for piece in pieces:
+                yield piece
+                if progress:
+                    progress(len(piece))
 
     def _multipart(self, md, if_match, if_none_match, progress) -> str:
         store = self.vol.store

@@ -42,14 +42,15 @@ class FileModel(RuleBasedStateMachine):
         self.model = bytearray()
         self.stored = bytearray()
 
-    @initialize()
-    def make_volume(self):
+    @initialize(streaming_put=st.booleans())
+    def make_volume(self, streaming_put):
         import tempfile
 
         self.tmp = tempfile.TemporaryDirectory()
         store = LocalStore(os.path.join(self.tmp.name, "store"), create=True)
         store.min_part_size = 1
         store.server_side_copy = True  # so that rewrites are uploaded while written
+        store.streaming_put = streaming_put  # one pass (the local store), or multipart (S3)
         self.store = store
         self.vol = Volume.create(store, KeyFile("k", os.urandom(64)), block_size=BS)
         self.entry = self.vol.create_file(ROOT_ID, b"f", 0o644, 0, 0)
@@ -130,10 +131,12 @@ FileModel.TestCase.settings = settings(
 TestFileModel = FileModel.TestCase
 
 
-def test_whole_file_read_back_from_the_store_matches(tmp_path, small_parts):
+@pytest.mark.parametrize("streaming_put", [True, False], ids=["one-pass", "multipart"])
+def test_whole_file_read_back_from_the_store_matches(tmp_path, small_parts, streaming_put):
     """After uploads, an independent reader (offline path) sees the model."""
     store = LocalStore(str(tmp_path / "s"), create=True)
     store.min_part_size = 1
+    store.streaming_put = streaming_put
     vol = Volume.create(store, KeyFile("k", os.urandom(64)), block_size=BS)
     entry = vol.create_file(ROOT_ID, b"f", 0o644, 0, 0)
     content = FileContent(vol, entry, BlockCache(1 << 20), str(tmp_path / "spool"), 2 * BS)

@@ -983,3 +983,19 @@ def test_open_store_refuses_bad_urls(url: str, options: dict[str, str], words: s
     with pytest.raises(UsageError, match=re.escape(words)) as exc:
         open_store(url, options)
     assert "secret" not in str(exc.value)
+
+
+def test_put_chunks_writes_the_concatenation_or_is_not_offered(store: Store) -> None:
+    chunks = [os.urandom(n) for n in (1, 70_000, 0, 5)]
+    if not store.streaming_put:
+        with pytest.raises(NotImplementedError):
+            store.put_chunks("k", iter(chunks))
+        return
+    etag = store.put_chunks("k", iter(chunks), {"mode": "100600"}, if_none_match=True)
+    data, info = store.get_object("k")
+    assert (data, info.etag, info.metadata) == (b"".join(chunks), etag, {"mode": "100600"})
+    with pytest.raises(PreconditionFailed):
+        store.put_chunks("k", iter([b"x"]), if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        store.put_chunks("k", iter([b"x"]), if_match="not-the-etag")
+    assert store.get("k") == b"".join(chunks)

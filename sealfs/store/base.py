@@ -34,7 +34,7 @@ The contract, for every backend:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -175,6 +175,9 @@ class Store(abc.ABC):
     #: the bytes again (a local directory).  Uploading a file while it is
     #: written needs a metadata copy at the end: only worth it when cheap.
     server_side_copy: bool = False
+    #: Whether ``put_chunks`` writes an object of any size in one pass (a
+    #: local directory); else large objects go up in multipart parts.
+    streaming_put: bool = False
 
     # -- reading -----------------------------------------------------------
     @abc.abstractmethod
@@ -238,6 +241,19 @@ class Store(abc.ABC):
         """Store ``data`` under ``key`` atomically; return the new etag.
         ``if_match``: only if the current etag is this one.
         ``if_none_match``: only if the key does not exist."""
+
+    def put_chunks(
+        self,
+        key: str,
+        chunks: Iterable[bytes | bytearray | memoryview],
+        metadata: dict[str, str] | None = None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """``put`` of the concatenation of ``chunks``, written as they come
+        (only where ``streaming_put``)."""
+        raise NotImplementedError(f"{type(self).__name__} writes large objects in parts")
 
     @abc.abstractmethod
     def copy(self, src: str, dst: str, metadata: dict[str, str], *, if_match: str | None = None) -> str:

@@ -125,6 +125,7 @@ class LocalStore(Store):
         self.min_part_size = S3_MIN_PART_SIZE
         #: Objects are files: no single-write limit worth the name.
         self.max_put_size = 2**62
+        self.streaming_put = True
         self._objects = os.path.join(self.root, "objects")
         self._tmp = os.path.join(self.root, "tmp")
         self._uploads = os.path.join(self.root, "multipart")
@@ -270,16 +271,30 @@ class LocalStore(Store):
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> str:
+        if len(data) > self.max_put_size:
+            raise ValueError(f"{len(data)} bytes exceed the single-put limit of {self.max_put_size}")
+        return self.put_chunks(key, (data,), metadata, if_match=if_match, if_none_match=if_none_match)
+
+    def put_chunks(
+        self,
+        key: str,
+        chunks: Iterable[bytes | bytearray | memoryview],
+        metadata: dict[str, str] | None = None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
         path = self._object_path(key)
         md = check_metadata(metadata)
         check_conditions(if_match, if_none_match)
-        if len(data) > self.max_put_size:
-            raise ValueError(f"{len(data)} bytes exceed the single-put limit of {self.max_put_size}")
         etag = secrets.token_hex(16)
         header = self._header(etag, md)
         with self._temp_file("put", key) as (fd, tmp):
             self._write_all(fd, key, header, 0)
-            self._write_all(fd, key, data, HEADER_SIZE)
+            offset = HEADER_SIZE
+            for chunk in chunks:
+                self._write_all(fd, key, chunk, offset)
+                offset += len(chunk)
             self._sync_file(fd)
             self._install(tmp, path, key, if_match=if_match, if_none_match=if_none_match)
         return etag
