@@ -552,6 +552,7 @@ class Volume:
         if_match: str | None = None,
         if_none_match: bool = False,
         progress: Callable[[int], None] | None = None,
+        sealed_block: Callable[[int, FileCipher], bytes | None] | None = None,
     ) -> Entry:
         """Write a new version of file ``e`` with ``size`` plaintext bytes.
 
@@ -561,10 +562,13 @@ class Volume:
         Unchanged blocks are copied as ciphertext (server-side, with
         UploadPartCopy, where whole parts are unchanged).  ``dirty_block``
         is called once per block, in increasing order, so it may stream.
+        ``sealed_block(i, cipher)``, if given, may return a whole block (not
+        the last) already sealed by ``cipher``, which is then stored as it is
+        (blocks spooled to disk: see sealfs.fs.spool).
         Returns the entry with its new etag; PreconditionFailed if the
         object's etag is no longer ``if_match``.
         """
-        writer = _ContentWriter(self, e, size, dirty_block, base)
+        writer = _ContentWriter(self, e, size, dirty_block, base, sealed_block=sealed_block)
         new = replace(e, size=size)
         md = self._prepare_meta(new)
         new.etag = writer.upload(md, if_match=if_match, if_none_match=if_none_match, progress=progress)
@@ -767,11 +771,13 @@ class _ContentWriter:
     """
 
     def __init__(self, vol: Volume, e: Entry, size: int, dirty_block: Callable[[int], bytes | None],
-                 base: FileReader | None, rewrap: bool = False):
+                 base: FileReader | None, rewrap: bool = False,
+                 sealed_block: Callable[[int, FileCipher], bytes | None] | None = None):
         self.vol = vol
         self.e = e
         self.size = size
         self.dirty_block = dirty_block
+        self.sealed_block = sealed_block
         self.base = base
         self.layout = vol.layout
         if base is not None:
@@ -796,6 +802,11 @@ class _ContentWriter:
             same_size = self.base.size == self.size
             reusable_stop = n if same_size else min(n - 1, base_n - 1)
         for i in range(n):
+            if i < n - 1 and self.sealed_block is not None:
+                sealed = self.sealed_block(i, self.cipher)
+                if sealed is not None:
+                    yield ("bytes", sealed)
+                    continue
             plain = self.dirty_block(i)
             if plain is None and i < reusable_stop:
                 yield ("copy", *lay.sealed_range(i, i + 1, self.size))

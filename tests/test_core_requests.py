@@ -279,3 +279,32 @@ def test_a_listing_heads_only_entries_that_may_have_changed(s3_setup):
     other.set_meta(e, mode=(e.mode & ~0o7777) | 0o640)
     assert list_dir(fs)[b"f03"] == 0o640
     assert fs.getattr(inos[b"f03"]).mode & 0o7777 == 0o640
+
+
+def test_spooled_blocks_are_stored_as_they_were_sealed(setup, monkeypatch):
+    """Blocks spilled to the spool are sealed once: the upload stores those
+    very bytes, and nothing in the spool file is plaintext."""
+    from sealfs.codec import blocks
+
+    fs, _, _ = setup
+    fs.opts.dirty_bytes = 4 * 65536
+    sealed = []
+    real = blocks.FileCipher.seal_block
+
+    def counting(self, index, last, plain, nonce=None):
+        sealed.append(index)
+        return real(self, index, last, plain, nonce)
+
+    monkeypatch.setattr(blocks.FileCipher, "seal_block", counting)
+    data = os.urandom(20 * 65536 + 100)
+    attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
+    for off in range(0, len(data), 65536):
+        fs.write(fh, off, data[off:off + 65536])
+    spool = fs._node(attr.ino).content.spool
+    assert spool is not None and len(spool) >= 10
+    raw = b"".join(os.pread(spool._fd, 65536 + 28, i * spool.slot) for i in spool.indices())
+    assert data[:4096] not in raw
+    fs.release(fh)
+    assert sorted(sealed) == list(range(21)), "each block sealed once"
+    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    assert read_file(fs, attr.ino) == data

@@ -57,8 +57,8 @@ def unseal(key: bytes, sealed: bytes | memoryview, aad: bytes, what: str) -> byt
     naming ``what`` (never the key or the data)."""
     if len(sealed) < NONCE_SIZE + TAG_SIZE:
         raise IntegrityError(f"{what}: too short to be sealed data")
-    sealed = bytes(sealed)
+    view = memoryview(sealed)  # (no copy of the block)
     try:
-        return AESGCM(key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+        return AESGCM(key).decrypt(bytes(view[:NONCE_SIZE]), view[NONCE_SIZE:], aad)
     except Exception:  # InvalidTag, or a malformed key/nonce from bad input
         raise IntegrityError(f"{what}: authentication failed (modified, moved or not ours)") from None

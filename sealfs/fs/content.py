@@ -2,8 +2,8 @@
 
 A :class:`FileContent` starts from a stored version of the file (the
 *base*, read through the block cache with readahead) and collects local
-changes: dirty blocks in memory, spilled to an encrypted :class:`Spool`
-past a memory budget.  :meth:`FileContent.upload` writes a new version in
+changes: dirty blocks in memory, spilled to a :class:`Spool` (sealed as
+they will be stored) past a memory budget.  :meth:`FileContent.upload` writes a new version in
 which unchanged blocks are reused as ciphertext.
 
 Truncation invalidates base blocks without touching the store: only blocks
@@ -317,7 +317,7 @@ class FileContent:
         if len(self.dirty) * self.block_size <= self.dirty_limit:
             return
         if self.spool is None:
-            self.spool = Spool(self.spool_dir, self.block_size)
+            self.spool = Spool(self.spool_dir, self._spool_cipher())
         top = max(self.dirty)
         for i in sorted(self.dirty):
             if i != top:
@@ -332,6 +332,22 @@ class FileContent:
         if index in self.dirty or (self.spool is not None and index in self.spool) or index >= self._valid_base:
             return self.block(index)
         return None
+
+    def _spool_cipher(self):
+        """The base's cipher, so that spooled blocks are stored as they are;
+        if the base is gone from the store (another mount replaced it: the
+        upload reports the conflict), a key of the spool's own."""
+        try:
+            return self.base.cipher()
+        except PreconditionFailed:
+            return self.vol.new_reader(self.base.entry).cipher()
+
+    def _sealed_block(self, index: int, cipher) -> bytes | None:
+        """Block ``index`` as ``cipher`` seals a whole block, if the spool
+        holds just that (see Spool.sealed)."""
+        if index in self.dirty or self.spool is None:
+            return None
+        return self.spool.sealed(index, cipher)
 
     def _sendable(self, index: int) -> bool:
         if index in self.dirty:
@@ -381,7 +397,8 @@ class FileContent:
                 progress(self.size)
         else:
             new = self.vol.write_content(
-                entry, self.size, self._dirty_block, base=self.base, progress=progress, **cond
+                entry, self.size, self._dirty_block, base=self.base, progress=progress,
+                sealed_block=self._sealed_block, **cond
             )
         reader = self.vol.reader(new)
         reader.adopt(self.base)

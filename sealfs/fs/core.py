@@ -23,9 +23,9 @@ Locking: ``_lock`` guards the tables; each node has its own lock for its
 contents and metadata.  Lock order: directory nodes (lower inode first),
 then the node being changed, then ``_lock`` (only briefly).
 
-**nowait.**  The requests a program sends most (getattr, read from cached
-blocks, flush and release of a handle with nothing to upload) are often
-answered from memory.  With ``nowait=True`` those methods answer only if
+**nowait.**  The requests a program sends most (getattr, create, read from
+cached blocks, write into memory, flush and release of a handle with
+nothing to upload) are often answered from memory.  With ``nowait=True`` those methods answer only if
 they can without waiting (for a node lock another thread holds, the store
 or the disk), and otherwise raise WouldBlock before changing anything: the
 adapter tries them on its event loop first and hands only the rest to a

@@ -1,51 +1,56 @@
-"""Encrypted local spill space for dirty blocks.
+"""Local spill space for dirty blocks, sealed as they will be stored.
 
 When a file's dirty data outgrows its memory budget, blocks move here until
 they are uploaded.  Each spool is an anonymous file (``O_TMPFILE``, or
-created and immediately unlinked) in the cache directory, sealed with a
-random key that exists only in this process's memory: plaintext never
-touches the local disk, and nothing readable is left behind by a crash.
+created and immediately unlinked) in the cache directory.  A block is
+sealed with the file's own cipher (its data key lives only in memory), so
+what the spool holds is what the store will hold: plaintext never touches
+the local disk, a crash leaves nothing a reader of the bucket could not
+read anyway, and at upload a whole block goes out as it is, without being
+opened and sealed again (see :meth:`Spool.sealed`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import struct
 
-from ..codec.crypto import NONCE_SIZE, TAG_SIZE, random_bytes, seal, unseal
+from ..codec.blocks import BLOCK_OVERHEAD, FileCipher
 from ..errors import FsError
 
 
 class Spool:
-    def __init__(self, directory: str, block_size: int):
-        self.block_size = block_size
-        self.slot = block_size + NONCE_SIZE + TAG_SIZE
-        self._key = random_bytes(32)
-        self._lengths: dict[int, int] = {}
+    def __init__(self, directory: str, cipher: FileCipher):
+        self.cipher = cipher
+        self.block_size = cipher.layout.block_size
+        self.slot = self.block_size + BLOCK_OVERHEAD
+        #: index -> (sealed length, sealed as a last block: a partial one)
+        self._blocks: dict[int, tuple[int, bool]] = {}
         os.makedirs(directory, mode=0o700, exist_ok=True)
         try:
             self._fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
         except OSError:
-            name = os.path.join(directory, f".spool-{os.getpid()}-{random_bytes(8).hex()}")
+            name = os.path.join(directory, f".spool-{os.getpid()}-{os.urandom(8).hex()}")
             self._fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             os.unlink(name)
 
     def __contains__(self, index: int) -> bool:
-        return index in self._lengths
+        return index in self._blocks
 
     def __len__(self) -> int:
-        return len(self._lengths)
+        return len(self._blocks)
 
     def is_full(self, index: int) -> bool:
         """Whether block ``index`` is here and holds a whole block."""
-        return self._lengths.get(index) == self.slot
+        stored = self._blocks.get(index)
+        return stored is not None and not stored[1]
 
     def indices(self) -> list[int]:
-        return sorted(self._lengths)
+        return sorted(self._blocks)
 
     def put(self, index: int, plain: bytes | bytearray) -> None:
-        sealed = seal(self._key, bytes(plain), struct.pack(">Q", index))
+        partial = len(plain) != self.block_size
+        sealed = self.cipher.seal_block(index, partial, plain)
         try:
             written = os.pwrite(self._fd, sealed, index * self.slot)
         except OSError as exc:
@@ -54,18 +59,29 @@ class Spool:
             raise FsError(errno.EIO, f"cannot write the spool: {exc.strerror}") from None
         if written != len(sealed):
             raise FsError(errno.ENOSPC, "short write to the spool (cache directory full?)")
-        self._lengths[index] = len(sealed)
+        self._blocks[index] = (len(sealed), partial)
+
+    def _read(self, index: int) -> bytes:
+        length, _ = self._blocks[index]
+        return os.pread(self._fd, length, index * self.slot)
 
     def get(self, index: int) -> bytes:
-        sealed = os.pread(self._fd, self._lengths[index], index * self.slot)
-        return unseal(self._key, sealed, struct.pack(">Q", index), f"spooled block {index}")
+        return self.cipher.open_block(index, self._blocks[index][1], self._read(index))
+
+    def sealed(self, index: int, cipher: FileCipher) -> bytes | None:
+        """Block ``index`` as stored by ``cipher`` as a whole, not-last
+        block: the bytes here if they are just that (same key and file),
+        else None."""
+        if not self.is_full(index) or (cipher.dek, cipher.file_id) != (self.cipher.dek, self.cipher.file_id):
+            return None
+        return self._read(index)
 
     def discard(self, index: int) -> None:
-        self._lengths.pop(index, None)
+        self._blocks.pop(index, None)
 
     def discard_from(self, index: int) -> None:
-        for i in [i for i in self._lengths if i >= index]:
-            del self._lengths[i]
+        for i in [i for i in self._blocks if i >= index]:
+            del self._blocks[i]
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -313,9 +313,10 @@ class LocalStore(Store):
             size = os.fstat(src_fd).st_size - HEADER_SIZE
             self._write_all(fd, dst, header, 0)
             self._copy_range(src_fd, HEADER_SIZE, fd, HEADER_SIZE, size, src)
-            # (always: a rename is a copy and a delete, and a power loss
-            # must not keep the delete and lose the copy's data)
-            os.fsync(fd)
+            if src == dst:  # a metadata change replaces the object as a put does
+                self._sync_file(fd)
+            else:  # a rename is a copy and a delete: a power loss must not keep the delete and lose the copy
+                os.fsync(fd)
             # (in place: only over the version read, under the store's lock)
             self._install(tmp, dst_path, dst, if_match=if_match if src == dst else None)
         return etag

@@ -831,9 +831,9 @@ def test_directory_removed_by_another_mount_stays_removed(make_mount):
 
 def test_local_store_is_synced_to_disk_by_fsync_not_by_close(make_mount, store_kind):
     """On a file:// store, close() puts each object in place whole (it
-    survives a crash of the daemon) and fsync() makes everything durable
-    with one syncfs of the store, as on a local filesystem: watched with
-    strace on the daemon."""
+    survives a crash of the daemon), and so do chmod and utime, and fsync()
+    makes everything durable with one syncfs of the store, as on a local
+    filesystem: watched with strace on the daemon."""
     if store_kind != "local":
         pytest.skip("S3 acknowledges durable writes; there is nothing to sync")
     m = make_mount()
@@ -847,6 +847,8 @@ def test_local_store_is_synced_to_disk_by_fsync_not_by_close(make_mount, store_k
             time.sleep(0.05)
         for i in range(20):
             (m.path / f"f{i}").write_bytes(os.urandom(5000))
+            os.chmod(m.path / f"f{i}", 0o600)
+            os.utime(m.path / f"f{i}", (1_700_000_000, 1_700_000_000 + i))
         time.sleep(0.5)
         closes_only = out.read_text()
         with open(m.path / "f0", "r+b") as f:
