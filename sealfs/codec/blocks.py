@@ -115,7 +115,7 @@ class FileCipher:
     def seal_block(self, index: int, last: bool, plaintext: bytes | memoryview, nonce: bytes | None = None) -> bytes:
         if len(plaintext) > self.layout.block_size or (not last and len(plaintext) != self.layout.block_size):
             raise ValueError(f"block {index}: {len(plaintext)} bytes is not a valid block")
-        return seal(self._key(index), bytes(plaintext), block_aad(self.file_id, index, last), nonce)
+        return seal(self._key(index), plaintext, block_aad(self.file_id, index, last), nonce)
 
     def open_block(self, index: int, last: bool, sealed: bytes | memoryview) -> bytes:
         plain = unseal(self._key(index), sealed, block_aad(self.file_id, index, last), f"{self.name} block {index}")

@@ -45,7 +45,7 @@ def random_bytes(n: int) -> bytes:
     return os.urandom(n)
 
 
-def seal(key: bytes, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
+def seal(key: bytes, plaintext: bytes | bytearray | memoryview, aad: bytes, nonce: bytes | None = None) -> bytes:
     """AES-256-GCM: ``nonce || ciphertext || tag`` with a fresh random nonce
     (``nonce`` is only passed by test-vector generation)."""
     nonce = os.urandom(NONCE_SIZE) if nonce is None else nonce

@@ -45,7 +45,8 @@ class FileContent:
         self.spool_dir = spool_dir
         self.dirty_limit = dirty_limit
         self.block_size = vol.layout.block_size
-        self.dirty: dict[int, bytearray] = {}
+        #: Changed blocks: a bytearray, or a memoryview of bytes written whole.
+        self.dirty: dict[int, bytearray | memoryview] = {}
         self.spool: Spool | None = None
         self._stream: BlockStream | None = None
         #: The upload of a sequential rewrite, sent while it is written.
@@ -247,19 +248,25 @@ class FileContent:
         new_size = max(self.size, end)
         if self._parts is not None and offset < self._parts.next_block * bs:
             self._abort_parts()  # rewriting what was sent: upload it all at flush
+        # A whole block of immutable bytes (what FUSE hands over) is kept as a
+        # view of them, copied only if a later write changes part of it.
+        keep_views = isinstance(data, bytes)
         pos = offset
         while pos < end:
             index, within = divmod(pos, bs)
             take = min(bs - within, end - pos)
-            if index in self.dirty:
-                buf = self.dirty[index]
-            elif within == 0 and take == bs:
-                buf = bytearray()  # fully overwritten: no need to read it
+            piece = view[pos - offset : pos - offset + take]
+            if within == 0 and take == bs:
+                buf = piece if keep_views else bytearray(piece)  # (fully overwritten: nothing to read)
             else:
-                buf = bytearray(self.block(index))
-            if len(buf) < within:
-                buf.extend(bytes(within - len(buf)))
-            buf[within : within + take] = view[pos - offset : pos - offset + take]
+                buf = self.dirty.get(index)
+                if buf is None:
+                    buf = bytearray(self.block(index))
+                elif not isinstance(buf, bytearray):
+                    buf = bytearray(buf)
+                if len(buf) < within:
+                    buf.extend(bytes(within - len(buf)))
+                buf[within : within + take] = piece
             self.dirty[index] = buf
             if self.spool is not None:
                 self.spool.discard(index)
