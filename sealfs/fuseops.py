@@ -227,7 +227,8 @@ class SealfsOps(pyfuse3.Operations):
             def check(general=check) -> None:
                 # the kernel clears set-user/group-ID bits by itself before a write
                 (only_setid if self._drops_setid_only(inode, kw["mode"]) else general)()
-        return self._entry(await self._run(self.fs.setattr, inode, self._ctx(ctx), fh=fh, **kw, check=check))
+        return self._entry(await self._run(self.fs.setattr, inode, self._ctx(ctx), fh=fh, **kw, check=check,
+                                           quick=True))
 
     def _drops_setid_only(self, ino: int, mode: int) -> bool:
         """Whether ``mode`` only clears set-user/group-ID bits of the file."""

@@ -308,3 +308,27 @@ def test_spooled_blocks_are_stored_as_they_were_sealed(setup, monkeypatch):
     assert sorted(sealed) == list(range(21)), "each block sealed once"
     fs.cache.drop_file(fs._node(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
+
+
+def test_setattr_nowait_only_while_a_writer_has_an_upload_pending(setup):
+    fs, store, _ = setup
+    attr, fh = fs.create(ROOT_INO, b"t", 0o600, os.O_WRONLY, CTX)
+    fs.write(fh, 0, b"tar member")
+    store.calls.clear()
+    fs.setattr(attr.ino, CTX, mtime_ns=1_700_000_000 * 10**9, nowait=True)  # (tar, before close)
+    fs.setattr(attr.ino, CTX, mode=0o644, nowait=True)
+    assert store.calls == {}
+    fs.release(fh)
+    e = fs._node(attr.ino).entry
+    assert (e.mode & 0o7777, e.mtime_ns) == (0o644, 1_700_000_000 * 10**9)
+    assert store.writes() == 1  # the data and the metadata in one write
+    with pytest.raises(WouldBlock):  # closed: a change is a store write
+        fs.setattr(attr.ino, CTX, mode=0o600, nowait=True)
+    fs.setattr(attr.ino, CTX, mode=0o600)
+    fs.cache.drop_file(e.id)
+    ino = attr.ino
+    fh, _ = fs.open(ino, os.O_RDWR, CTX)
+    with pytest.raises(WouldBlock):  # a truncate needs the store (its base block)
+        fs.setattr(ino, CTX, size=3, fh=fh, nowait=True)
+    fs.release(fh)
+    assert read_file(fs, ino) == b"tar member"

@@ -24,8 +24,9 @@ contents and metadata.  Lock order: directory nodes (lower inode first),
 then the node being changed, then ``_lock`` (only briefly).
 
 **nowait.**  The requests a program sends most (getattr, create, read from
-cached blocks, write into memory, flush and release of a handle with
-nothing to upload) are often answered from memory.  With ``nowait=True`` those methods answer only if
+cached blocks, write into memory, setattr of a file being written, flush
+and release of a handle with nothing to upload) are often answered from
+memory.  With ``nowait=True`` those methods answer only if
 they can without waiting (for a node lock another thread holds, the store
 or the disk), and otherwise raise WouldBlock before changing anything: the
 adapter tries them on its event loop first and hands only the rest to a
@@ -388,10 +389,12 @@ class Filesystem:
 
     def setattr(self, ino: int, ctx: Ctx, *, size: int | None = None, mode: int | None = None,
                 uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
-                mtime_ns: int | None = None, fh: int | None = None) -> Attr:
+                mtime_ns: int | None = None, fh: int | None = None, nowait: bool = False) -> Attr:
         node = self._node(ino)
         self._writable()
-        with node.lock:
+        with _holding(node.lock, nowait):
+            if nowait and not (size is None and node.writers > 0 and self._to_upload(node)):
+                raise WouldBlock  # (only a change to go with a pending upload stays in memory)
             self._check_live(node, errno.ENOENT)
             e = node.entry
             t = now_ns()
