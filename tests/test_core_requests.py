@@ -133,15 +133,39 @@ def test_nowait_answers_from_memory(setup):
     assert fs._node(ino).opens == 0 and fs._node(ino).content is None
 
 
+def open_uncached(fs: Filesystem, data: bytes):
+    """A stored file of ``data`` none of whose blocks is cached, opened
+    read-write (so not read at open): (inode, node, handle)."""
+    ino = write_file(fs, b"f", data)
+    node = fs._node(ino)
+    fs.cache.drop_file(node.entry.id)
+    fh, _ = fs.open(ino, os.O_RDWR, CTX)
+    return ino, node, fh
+
+
+def while_held(lock, call):
+    """What ``call()`` returns or raises in another thread while this one
+    holds ``lock``."""
+    outcome = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            outcome.append(exc)
+
+    with lock:
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+    return outcome[0]
+
+
 def test_nowait_says_wouldblock_and_changes_nothing(setup):
     fs, _, _ = setup
     data = os.urandom(200_000)
-    ino = write_file(fs, b"f", data)
-    node = fs._node(ino)
-    # blocks not cached: the read needs the store
-    fs.cache.drop_file(node.entry.id)
-    fh, _ = fs.open(ino, os.O_RDWR, CTX)  # (read-write: not preloaded)
-    with pytest.raises(WouldBlock):
+    ino, node, fh = open_uncached(fs, data)
+    with pytest.raises(WouldBlock):  # blocks not cached: the read needs the store
         fs.read(fh, 0, 4096, nowait=True)
     assert fs.read(fh, 0, 4096) == data[:4096]
     # a change to upload: flush and release need the store
@@ -152,19 +176,7 @@ def test_nowait_says_wouldblock_and_changes_nothing(setup):
         assert node.opens == 1 and node.content.changed
     # another thread holds the node
     fs.release(fh)
-    outcome = []
-
-    def getattr_nowait() -> None:
-        try:
-            outcome.append(fs.getattr(ino, nowait=True))
-        except WouldBlock as exc:
-            outcome.append(exc)
-
-    with node.lock:
-        t = threading.Thread(target=getattr_nowait)
-        t.start()
-        t.join()
-    assert len(outcome) == 1 and isinstance(outcome[0], WouldBlock)
+    assert isinstance(while_held(node.lock, lambda: fs.getattr(ino, nowait=True)), WouldBlock)
     assert read_file(fs, ino) == b"X" + data[1:]
 
 
@@ -181,10 +193,7 @@ def test_create_and_write_nowait(setup, tmp_path):
 def test_write_nowait_refuses_what_needs_the_store_or_the_disk(setup):
     fs, _, _ = setup
     data = os.urandom(200_000)
-    ino = write_file(fs, b"f", data)
-    node = fs._node(ino)
-    fs.cache.drop_file(node.entry.id)
-    fh, _ = fs.open(ino, os.O_RDWR, CTX)
+    ino, node, fh = open_uncached(fs, data)
     with pytest.raises(WouldBlock):  # a partial block of the stored version, not cached
         fs.write(fh, 10, b"abc", nowait=True)
     assert not node.content.dirty and not node.content.changed
@@ -199,20 +208,9 @@ def test_write_nowait_refuses_what_needs_the_store_or_the_disk(setup):
 
 def test_create_nowait_waits_for_nothing_and_leaves_no_trace(setup):
     fs, _, _ = setup
-    root = fs._node(ROOT_INO)
-    outcome = []
-
-    def create() -> None:
-        try:
-            outcome.append(fs.create(ROOT_INO, b"late", 0o644, os.O_WRONLY, CTX, nowait=True))
-        except WouldBlock as exc:
-            outcome.append(exc)
-
-    with root.lock:
-        t = threading.Thread(target=create)
-        t.start()
-        t.join()
-    assert isinstance(outcome[0], WouldBlock)
+    got = while_held(fs._node(ROOT_INO).lock, lambda: fs.create(ROOT_INO, b"late", 0o644, os.O_WRONLY, CTX,
+                                                                 nowait=True))
+    assert isinstance(got, WouldBlock)
     assert not fs._unstored and not fs._handles
     with pytest.raises(FsError) as err:
         fs.lookup(ROOT_INO, b"late", CTX)
