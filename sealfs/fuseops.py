@@ -43,9 +43,8 @@ import errno
 import functools
 import logging
 import os
-import stat
-
 import queue
+import stat
 import threading
 from typing import Callable, TypeVar
 
