@@ -96,8 +96,12 @@ class FileContent:
         data = bytes(data[:want])
         return data + bytes(want - len(data)) if len(data) < want else data
 
+    def _cache_key(self, index: int) -> tuple:
+        """The block cache's key of block ``index`` of the base."""
+        return (self.base.entry.id, self.base.etag, index)
+
     def _base_block(self, index: int, nowait: bool = False) -> bytes:
-        key = (self.base.entry.id, self.base.etag, index)
+        key = self._cache_key(index)
         data = self.cache.get(key)
         if data is None:
             if nowait:
@@ -112,7 +116,7 @@ class FileContent:
         """Bring blocks from ``index`` on into the cache: on a sequential
         run from one streaming GET, else with one ranged GET of the window."""
         self._wait_prefetch()
-        if self.cache.get((self.base.entry.id, self.base.etag, index)) is not None:
+        if self.cache.get(self._cache_key(index)) is not None:
             return  # the prefetch brought it
         stop = min(self._valid_base, max(index + self._window, self._read_stop))
         blocks, first = None, index
@@ -141,7 +145,7 @@ class FileContent:
         if blocks is None:
             blocks = self.base.read_blocks(index, min(stop, stream.next) if behind else stop)
         for i, data in enumerate(blocks, start=first):
-            self.cache.put((self.base.entry.id, self.base.etag, i), data)
+            self.cache.put(self._cache_key(i), data)
 
     def preload(self, entry: Entry, body: bytes) -> None:
         """Cache the base's blocks from ``body``, the start of ``entry``'s
@@ -154,7 +158,7 @@ class FileContent:
         except IntegrityError:
             return  # (the read reports it, with the block; the open succeeds as it would without this)
         for i, data in enumerate(blocks):
-            self.cache.put((self.base.entry.id, self.base.etag, i), data)
+            self.cache.put(self._cache_key(i), data)
 
     def _close_stream(self) -> None:
         self._wait_prefetch()
@@ -295,9 +299,13 @@ class FileContent:
         touched = set(range(first, last + 1))
         if len(self.dirty.keys() | touched) * bs > self.dirty_limit:
             return False
-        per_part = PartStream.blocks_per_part(self.vol)
-        return not (self.vol.store.server_side_copy and self._valid_base == 0 and self._stream_parts
-                    and max(self.size, end) > per_part * bs)
+        return not (self._rewritten_in_parts()
+                    and max(self.size, end) > PartStream.blocks_per_part(self.vol) * bs)
+
+    def _rewritten_in_parts(self) -> bool:
+        """Whether parts of this file are sent while it is written (see
+        :meth:`_send_parts`)."""
+        return self._valid_base == 0 and self.vol.store.server_side_copy and self._stream_parts
 
     def truncate(self, new_size: int) -> None:
         bs = self.block_size
@@ -365,7 +373,7 @@ class FileContent:
         """A file rewritten from its start (new, or truncated to zero) on a
         store with server-side copies: send each part as soon as its blocks
         and the one after are written (so none of them is the last)."""
-        if self._valid_base != 0 or not self.vol.store.server_side_copy or not self._stream_parts:
+        if not self._rewritten_in_parts():
             return
         per_part = PartStream.blocks_per_part(self.vol)
         start = self._parts.next_block if self._parts is not None else 0

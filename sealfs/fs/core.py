@@ -743,9 +743,10 @@ class Filesystem:
         node = self._node(ino)
         if start == 0:
             read_at = next(self._clock)
-            with self._lock:  # (before listing: a file stored meanwhile is listed)
+            with self._lock:
+                # (before listing: a file stored meanwhile is listed)
                 unstored = [n.entry for (pid, _), n in self._unstored.items() if pid == node.entry.id]
-            with self._lock:  # (what this mount read of the directory, unchanged here since)
+                # what this mount read of the directory, unchanged here since
                 known = {n.entry.key: n.entry for n in self._nodes.values()
                          if n.entry.parent_id == node.entry.id and n.content is None and not n.meta_dirty}
             entries = self.vol.listdir(node.entry.id, on_error=self._bad_entry, known=known.get)
@@ -897,11 +898,9 @@ class Filesystem:
 
     def _upload(self, node: Node) -> None:
         """Upload a node's changes (caller holds node.lock)."""
-        if node.unstored:
-            self._content(node)
-        content = node.content
-        if content is None or (not content.changed and not node.meta_dirty):
+        if not self._to_upload(node):
             return
+        content = self._content(node)  # (made here only for a file not yet stored: new, so changed)
         if not content.changed:
             self._store_meta(node)
             return
