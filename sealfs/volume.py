@@ -34,7 +34,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from .codec import crypto
 from .codec.blocks import FileCipher, Layout
@@ -842,7 +842,7 @@ class _ContentWriter:
         if self.object_size <= SINGLE_PUT_MAX:
             body = bytearray()
             for seg in self._merged():
-                body += seg[1] if seg[0] == "bytes" else self.base.read_sealed_range(seg[1], seg[2])  # type: ignore[union-attr]
+                body += self._segment_bytes(seg)
             if len(body) != self.object_size:
                 raise AssertionError("object assembled to the wrong size")
             etag = store.put(key, body, md, if_match=if_match, if_none_match=if_none_match)
@@ -853,15 +853,15 @@ class _ContentWriter:
             return store.put_chunks(key, self._chunks(progress), md, if_match=if_match, if_none_match=if_none_match)
         return self._multipart(md, if_match, if_none_match, progress)
 
+    def _segment_bytes(self, seg: tuple) -> bytes:
+        """The bytes of one segment: fresh ciphertext, or read from the base."""
+        return seg[1] if seg[0] == "bytes" else self.base.read_sealed_range(seg[1], seg[2])  # type: ignore[union-attr]
+
     def _chunks(self, progress: Callable[[int], None] | None) -> Iterator[bytes]:
-        """The new object's bytes in order, at most a part at a time."""
-        for seg in self._merged():
-            if seg[0] == "bytes":
-                pieces: Iterable[bytes] = (seg[1],)
-            else:
-                pieces = (self.base.read_sealed_range(a, min(a + PART_SIZE, seg[2]))  # type: ignore[union-attr]
-                          for a in range(seg[1], seg[2], PART_SIZE))
-            for piece in pieces:
+        """The new object's bytes in order, no piece longer than a part."""
+        for part in _cut_parts(self._merged(), PART_SIZE):
+            for seg in part:
+                piece = self._segment_bytes(seg)
                 yield piece
                 if progress:
                     progress(len(piece))
@@ -900,7 +900,7 @@ class _ContentWriter:
             else:
                 buf = bytearray()
                 for seg in part:
-                    buf += seg[1] if seg[0] == "bytes" else self.base.read_sealed_range(seg[1], seg[2])  # type: ignore[union-attr]
+                    buf += self._segment_bytes(seg)
                 etag = store.upload_part(self.e.key, upload_id, number, buf)
                 n = len(buf)
             if progress:
