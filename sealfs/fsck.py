@@ -6,14 +6,15 @@ Checks, without a mount:
   block, every symlink target (all authenticated: a damaged object is
   *reported*, never repaired — there is nothing to repair it from);
 * objects nothing refers to: entries under a directory id that no reachable
-  directory has, overflow metadata of no entry, files unlinked while open
-  (``o/``) left by a crash, and multipart uploads older than a grace period;
+  directory has, overflow metadata of no entry, times records of no entry
+  version, files unlinked while open (``o/``) left by a crash, and multipart
+  uploads and times records older than a grace period;
 * two directory entries holding one directory id (left by a crash in the
   middle of a directory rename), or one file or symlink id (a file rename).
 
 ``--repair`` removes only leftovers that hold no data a user can reach:
-orphaned ``o/`` files, unreferenced overflow objects, stale multipart
-uploads; entries under unreachable directory ids are moved into
+orphaned ``o/`` files, unreferenced overflow objects and times records,
+stale multipart uploads; entries under unreachable directory ids are moved into
 ``/lost+found`` (named ``<8 hex digits of the lost directory id>-<name>``).  It never deletes a
 damaged object (the evidence, and maybe all that is left of a file).
 """
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from .errors import FsError, IntegrityError, NotFound, SealfsError
-from .volume import ROOT_ID, Entry, Volume
+from .volume import ROOT_ID, Entry, Volume, times_key
 
 LOST_AND_FOUND = b"lost+found"
 #: Multipart uploads younger than this may belong to a running mount.
@@ -61,6 +62,7 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     store = vol.store
     dir_ids = {ROOT_ID}
     entry_ids: set[bytes] = set()
+    times_keys: set[str] = set()  # the times records reachable entries name
     files: list[tuple[str, Entry]] = []
     seen_dirs: dict[bytes, str] = {ROOT_ID: "/"}
     seen_others: dict[bytes, str] = {}  # files and symlinks
@@ -80,6 +82,8 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
         for e in vol.listdir(d.id, on_error=bad):
             child = path.rstrip("/") + "/" + e.name.decode(errors="replace")
             entry_ids.add(e.id)
+            if e.times_record is not None:
+                times_keys.add(times_key(e.id, e.times_record))
             if e.is_dir:
                 if e.id in seen_dirs:
                     report.warnings.append(f"{child} and {seen_dirs[e.id]} are one directory "
@@ -139,6 +143,8 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     while stack:  # (all below them is reachable once they are moved)
         e = stack.pop()
         entry_ids.add(e.id)
+        if e.times_record is not None:
+            times_keys.add(times_key(e.id, e.times_record))
         stack.extend(listed.get(e.id, []) if e.is_dir else [])
     report.leftovers += [(e.key, "entry of a directory that no longer exists") for e in rescue]
     for x in _unknown_ids(store, "x/", entry_ids, report):
@@ -147,6 +153,10 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
         if not isinstance(o, str):
             report.leftovers.append((o.key, "file unlinked while open, left by a crash"))
     now = time.time()
+    for t in store.list_all("t/"):
+        # (a record is written just before the upload that names it completes)
+        if not isinstance(t, str) and t.key not in times_keys and now - t.mtime > stale_seconds:
+            report.leftovers.append((t.key, "times record of no entry version"))
     for up in store.list_multipart_uploads():
         if now - up.initiated > stale_seconds:
             report.leftovers.append((f"upload {up.upload_id} of {up.key}", "stale multipart upload"))

@@ -13,6 +13,8 @@ Store layout (docs/FORMAT.md):
                                 empty, so a LIST alone counts subdirectories.
     x/<entry id hex>            overflow metadata (large xattrs) that does
                                 not fit in user metadata
+    t/<entry id hex>.<nonce>    the mtime and ctime of a file version
+                                uploaded in parts (see PartStream)
 
 Every entry object carries user metadata ``m`` (sealed entry metadata bound
 to the object's key) and, for long names, ``n`` (the name ciphertext).
@@ -63,10 +65,25 @@ _KIND_MODE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_LINK: stat.S
 
 #: See Volume.unchanged.
 SETTLED_SECONDS = 2
+#: Size of the nonce that names a times record (``tr``).
+TIMES_NONCE_SIZE = 16
+_TIMES_AAD = b"sealfs times "
+#: Times records remembered (they never change: a new one has a new name).
+_TIMES_CACHED = 4096
+
+
+class _TimesGone(Exception):
+    """The times record an entry's metadata names is not in the store:
+    a newer version replaced the entry (and removed the record) between
+    reading the entry and reading its record."""
 
 
 def dir_prefix(dir_id: bytes) -> str:
     return f"d/{dir_id.hex()}/"
+
+
+def times_key(entry_id: bytes, nonce: bytes) -> str:
+    return f"t/{entry_id.hex()}.{nonce.hex()}"
 
 
 def overflow_key(entry_id: bytes) -> str:
@@ -114,6 +131,10 @@ class Entry:
     long_ct: bytes | None = None
     #: xattrs live in the overflow object ``x/<id>``.
     overflow: bool = False
+    #: The nonce of this version's times record ``t/<id>.<nonce>``, which
+    #: holds its mtime and ctime (set on versions uploaded in parts, whose
+    #: metadata is fixed before their last write); None: times are in ``m``.
+    times_record: bytes | None = None
     #: (LastModified, the store's clock) in whole seconds when this entry
     #: was read with a HEAD or GET: see :meth:`Volume.unchanged`.  Not
     #: carried by ``dataclasses.replace``: a changed entry proves nothing.
@@ -144,6 +165,7 @@ class Volume:
         self.names = NameCipher(keyring.name_key())
         self.meta = MetaCipher(keyring.meta_keys(), keyring.current)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sealfs-io")
+        self._times: dict[tuple[bytes, bytes], tuple[int, int]] = {}
 
     # -- creating and opening -------------------------------------------------------
 
@@ -196,14 +218,17 @@ class Volume:
             f["x"] = {_b64(k): _b64(v) for k, v in sorted(e.xattrs.items())}
         return f
 
-    def _user_metadata(self, e: Entry) -> tuple[dict[str, str], bytes | None]:
+    def _user_metadata(self, e: Entry, record: bytes | None = None) -> tuple[dict[str, str], bytes | None]:
         """User metadata for ``e``'s object, and the overflow blob to store
-        beside it when the xattrs do not fit (else None)."""
+        beside it when the xattrs do not fit (else None).  ``record``: the
+        nonce of the times record that will hold the object's times."""
         aad = e.key.encode()
         md = {}
         if e.long_ct is not None:
             md["n"] = _b64(e.long_ct)
         fields = self._fields(e)
+        if record is not None:
+            fields["tr"] = record.hex()
         md["m"] = self.meta.seal(fields, aad)
         if sum(len(k) + len(v) for k, v in md.items()) <= _META_BUDGET:
             return md, None
@@ -238,8 +263,14 @@ class Volume:
             if f.get("ov"):
                 e.overflow = True
                 blob = self.store.get(overflow_key(e.id))
-                f.update(_json_of(self.meta.open_bytes(blob, b"sealfs overflow " + e.id, what + " overflow")))
+                f.update(_json_of(self.meta.open_bytes(blob, b"sealfs overflow " + e.id, what + " overflow"),
+                                  "overflow metadata"))
             e.xattrs = {_unb64(k): _unb64(v) for k, v in f.get("x", {}).items()}
+            if "tr" in f:
+                e.times_record = bytes.fromhex(f["tr"])
+                if len(e.times_record) != TIMES_NONCE_SIZE:
+                    raise ValueError("tr")
+                e.mtime_ns, e.ctime_ns = self._recorded_times(e.id, e.times_record, what)
         except (KeyError, ValueError, TypeError):
             raise IntegrityError(f"{what}: metadata is malformed") from None
         if kind == KIND_FILE:
@@ -252,18 +283,57 @@ class Volume:
             raise IntegrityError(f"{what}: directory entry has content")
         return e
 
-    def _prepare_meta(self, e: Entry) -> dict[str, str]:
-        """User metadata for ``e``; writes its overflow object first if needed."""
-        md, blob = self._user_metadata(e)
+    def _prepare_meta(self, e: Entry, record: bytes | None = None) -> dict[str, str]:
+        """User metadata for ``e`` (its times in times record ``record`` if
+        given, see :meth:`put_times`); writes its overflow object first if
+        needed."""
+        md, blob = self._user_metadata(e, record)
         e.overflow = blob is not None
+        e.times_record = record
         if blob is not None:
             self.store.put(overflow_key(e.id), blob)
         return md
 
-    def _drop_overflow(self, old: Entry, new: Entry | None) -> None:
-        """Remove ``old``'s overflow object once nothing uses it."""
+    def _recorded_times(self, entry_id: bytes, nonce: bytes, what: str) -> tuple[int, int]:
+        """(mtime, ctime) from times record ``nonce`` of entry ``entry_id``."""
+        times = self._times.get((entry_id, nonce))
+        if times is None:
+            try:
+                blob = self.store.get(times_key(entry_id, nonce))
+            except NotFound:
+                raise _TimesGone from None
+            f = _json_of(self.meta.open_bytes(blob, _TIMES_AAD + entry_id + nonce, what + " times"), "times record")
+            times = (int(f["mt"]), int(f["ct"]))
+            self._remember_times(entry_id, nonce, times)
+        return times
+
+    def _remember_times(self, entry_id: bytes, nonce: bytes, times: tuple[int, int]) -> None:
+        if len(self._times) >= _TIMES_CACHED:
+            self._times.clear()
+        self._times[(entry_id, nonce)] = times
+
+    def put_times(self, e: Entry, nonce: bytes) -> None:
+        """Store ``e``'s mtime and ctime as times record ``nonce``: written
+        before the object whose metadata names it is completed."""
+        data = _json_bytes({"ct": e.ctime_ns, "mt": e.mtime_ns})
+        self.store.put(times_key(e.id, nonce), self.meta.seal_bytes(data, _TIMES_AAD + e.id + nonce))
+        self._remember_times(e.id, nonce, (e.mtime_ns, e.ctime_ns))
+
+    def _drop_side_objects(self, old: Entry, new: Entry | None) -> None:
+        """Remove ``old``'s overflow object and times record once ``new``
+        (the version that replaced it, None if removed) does not use them.
+        The change is done by then: a failure to delete is logged (fsck
+        lists what is left), not raised."""
         if old.overflow and (new is None or not new.overflow):
-            self.store.delete(overflow_key(old.id))
+            self._delete_side_object(overflow_key(old.id))
+        if old.times_record is not None and (new is None or new.times_record != old.times_record):
+            self._delete_side_object(times_key(old.id, old.times_record))
+
+    def _delete_side_object(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except Exception as exc:  # noqa: BLE001 - see _drop_side_objects
+            log.warning("cannot remove %s (left for fsck): %s", key, exc)
 
     def _put_entry(self, e: Entry, body: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> Entry:
         md = self._prepare_meta(e)
@@ -301,13 +371,28 @@ class Volume:
     def _lookup(self, parent_id: bytes, name: bytes, fetch: Callable[[str], ObjectInfo]) -> Entry:
         key, _ = self.entry_key(parent_id, name)
         try:
-            info = fetch(key)
+            return self._read_entry(parent_id, key, fetch)
         except NotFound:
             raise FsError(errno.ENOENT, f"no such file: {name.decode(errors='replace')}") from None
-        try:
-            return self._entry_of(parent_id, key[len(dir_prefix(parent_id)):], info)
         except IntegrityError as exc:  # name the file: the key says nothing to a reader of the log
             raise IntegrityError(f"{name.decode(errors='replace')}: {exc}") from None
+
+    def _read_entry(self, parent_id: bytes, key: str, fetch: Callable[[str], ObjectInfo],
+                    info: ObjectInfo | None = None) -> Entry:
+        """The entry of object ``key`` in directory ``parent_id``, from
+        ``info`` if given, else from ``fetch(key)``; fetched again once if
+        its times record went away meanwhile (the entry was replaced).
+        NotFound if the object is gone."""
+        for last in (False, True):
+            if info is None:
+                info = fetch(key)
+            try:
+                return self._entry_of(parent_id, key[len(dir_prefix(parent_id)):], info)
+            except _TimesGone:
+                if last:
+                    raise IntegrityError(f"entry {key}: its times record is missing") from None
+                info = None
+        raise AssertionError("unreachable")
 
     def _name_hint(self, dir_id: bytes, component: str, md: dict[str, str] | None) -> str | None:
         """The name of an entry whose metadata failed, for messages; None
@@ -362,7 +447,7 @@ class Volume:
                         return e
                     info = self.store.head(info.key)
                     md = info.metadata
-                return self._entry_of(dir_id, info.key[len(prefix):], info)
+                return self._read_entry(dir_id, info.key, self.store.head, info)
             except NotFound:
                 return None  # removed since the LIST
             except IntegrityError as exc:
@@ -445,7 +530,7 @@ class Volume:
         new = replace(e, **changes)
         md = self._prepare_meta(new)
         new.etag = self._write_entry_object(e.key, new, md, if_match=e.etag or None)
-        self._drop_overflow(e, new)
+        self._drop_side_objects(e, new)
         return new
 
     def _write_entry_object(self, src_key: str, new: Entry, md: dict[str, str], *,
@@ -462,7 +547,7 @@ class Volume:
         if e.is_dir and not self.is_empty(e.id):
             raise FsError(errno.ENOTEMPTY, "directory not empty")
         self.store.delete(e.key)
-        self._drop_overflow(e, None)
+        self._drop_side_objects(e, None)
 
     def orphan(self, e: Entry) -> Entry:
         """Move a file that is unlinked while still open out of its
@@ -471,6 +556,7 @@ class Volume:
         md = self._prepare_meta(new)
         new.etag = self.store.copy(e.key, new.key, md)
         self.store.delete(e.key)
+        self._drop_side_objects(e, new)
         return new
 
     def rename(self, e: Entry, new_parent: bytes, new_name: bytes, *, replace_entry: Entry | None = None) -> Entry:
@@ -489,8 +575,9 @@ class Volume:
         md = self._prepare_meta(new)
         new.etag = self._write_entry_object(e.key, new, md)
         self.store.delete(e.key)
+        self._drop_side_objects(e, new)
         if replace_entry is not None and replace_entry.id != e.id:
-            self._drop_overflow(replace_entry, None)
+            self._drop_side_objects(replace_entry, None)
         return new
 
     # -- paths (for the offline CLI) ------------------------------------------------------------
@@ -572,6 +659,7 @@ class Volume:
         new = replace(e, size=size)
         md = self._prepare_meta(new)
         new.etag = writer.upload(md, if_match=if_match, if_none_match=if_none_match, progress=progress)
+        self._drop_side_objects(e, new)
         return new
 
     def rekey_file(self, e: Entry) -> bool:
@@ -582,8 +670,10 @@ class Volume:
         if reader.header().generation == self.keyring.current:
             return False
         writer = _ContentWriter(self, e, e.size, lambda i: None, reader, rewrap=True)
-        md = self._prepare_meta(e)
+        new = replace(e)
+        md = self._prepare_meta(new)
         writer.upload(md, if_match=e.etag, if_none_match=False, progress=None)
+        self._drop_side_objects(e, new)
         return True
 
 
@@ -595,13 +685,13 @@ def _json_bytes(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _json_of(data: bytes) -> dict:
+def _json_of(data: bytes, what: str) -> dict:
     try:
         out = json.loads(data)
     except ValueError:
-        raise IntegrityError("overflow metadata is not JSON") from None
+        raise IntegrityError(f"{what} is not JSON") from None
     if not isinstance(out, dict):
-        raise IntegrityError("overflow metadata is not an object")
+        raise IntegrityError(f"{what} is not an object")
     return out
 
 
@@ -910,6 +1000,11 @@ class _ContentWriter:
             inflight.release()
 
 
+def _untimed(fields: dict) -> dict:
+    """Entry metadata fields without the times."""
+    return {k: v for k, v in fields.items() if k not in ("mt", "ct")}
+
+
 def _cut_parts(segments: Iterator[tuple], part_size: int) -> Iterator[list[tuple]]:
     """Regroup segments into parts of exactly ``part_size`` bytes (the last
     may be shorter), splitting segments at part boundaries."""
@@ -946,9 +1041,13 @@ class PartStream:
     uploads them as the next multipart part in the background, at most
     ``MAX_IN_FLIGHT`` at a time.  :meth:`finish` seals and sends the rest
     with the last-block flag, completes the upload (If-Match the version it
-    replaces), and, because S3 fixes an object's metadata when its upload
-    starts, replaces the metadata with a server-side copy if it changed
-    (the mtime of a file being written always does).
+    replaces).  S3 fixes an object's metadata when its upload starts, and
+    the mtime of a file being written changes until its last write, so the
+    metadata names a times record (``t/<id>.<nonce>``, see
+    :meth:`Volume.put_times`) that :meth:`finish` writes just before the
+    completion.  Only if other metadata changed meanwhile (a chmod while
+    writing) is the metadata replaced by a server-side copy instead, which
+    on S3 costs about as much as the upload did.
 
     The caller keeps every block locally until :meth:`finish` returns, so
     :meth:`abort` (a write behind what was sent, a truncate) loses nothing.
@@ -962,8 +1061,10 @@ class PartStream:
         self.cipher = cipher
         self.header = header
         self.part_blocks = self.blocks_per_part(vol)
-        self.fields = vol._fields(e)
-        self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(replace(e)))
+        self.fields = _untimed(vol._fields(e))
+        self.started = replace(e)
+        self.times_record = crypto.random_bytes(TIMES_NONCE_SIZE)
+        self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(self.started, self.times_record))
         self.next_block = 0
         self._futures: list = []
 
@@ -1006,11 +1107,23 @@ class PartStream:
         if buf:
             self._submit(bytes(buf))
         parts = [f.result() for f in self._futures]
-        new = replace(e, size=size)
-        new.etag = self.vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match,
-                                                     if_none_match=if_none_match)
-        if self.vol._fields(new) != self.fields:
-            new.etag = self.vol.store.copy(self.key, self.key, self.vol._prepare_meta(new))
+        vol = self.vol
+        new = replace(e, size=size, overflow=self.started.overflow, times_record=None)
+        timed = _untimed(vol._fields(new)) == self.fields
+        if timed:
+            vol.put_times(new, self.times_record)
+        try:
+            new.etag = vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match,
+                                                    if_none_match=if_none_match)
+        except BaseException:
+            if timed:
+                vol._delete_side_object(times_key(new.id, self.times_record))
+            raise
+        if timed:
+            new.times_record = self.times_record
+        else:
+            new.etag = vol.store.copy(self.key, self.key, vol._prepare_meta(new))
+        vol._drop_side_objects(e, new)
         return new
 
     def abort(self) -> None:

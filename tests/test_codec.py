@@ -396,6 +396,20 @@ def test_overflow_vector_is_reproduced_and_opens(monkeypatch):
         MetaCipher(META_KEYS, 1).open_bytes(unhex(o["object"]), b"sealfs overflow " + bytes(16), "overflow")
 
 
+def test_times_record_vector_is_reproduced_and_opens(monkeypatch):
+    t = META["times"]
+    aad = b"sealfs times " + unhex(t["id"]) + unhex(t["tr"])
+    assert t["object_key"] == f"t/{t['id']}.{t['tr']}"
+    assert unhex(t["aad"]) == struct.pack(">I", t["generation"]) + aad
+    data = json.dumps(t["fields"], separators=(",", ":"), sort_keys=True).encode()
+    assert json.loads(MetaCipher(META_KEYS, 1).open_bytes(unhex(t["object"]), aad, "times")) == t["fields"]
+    scripted_nonce(monkeypatch, unhex(t["nonce"]))
+    assert MetaCipher(META_KEYS, t["generation"]).seal_bytes(data, aad).hex() == t["object"]
+    for other in (unhex(t["tr"])[::-1], bytes(16)):  # another version's record, another name
+        with pytest.raises(IntegrityError):
+            MetaCipher(META_KEYS, 1).open_bytes(unhex(t["object"]), b"sealfs times " + unhex(t["id"]) + other, "times")
+
+
 # -- the volume config -----------------------------------------------------------------------
 
 CONFIG = load("config.json")

@@ -10,6 +10,7 @@ local store, with sizes shrunk so that every path is taken: 4 KiB blocks,
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -21,7 +22,7 @@ from sealfs.fs.cache import BlockCache
 from sealfs.fs.content import FileContent
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import LocalStore
-from sealfs.volume import ROOT_ID, Volume
+from sealfs.volume import ROOT_ID, Volume, times_key
 
 BS = 4096
 MAX_SIZE = 10 * BS
@@ -96,9 +97,13 @@ class FileModel(RuleBasedStateMachine):
 
     @rule()
     def upload(self):
-        self.entry = self.content.upload(self.entry)
+        self.entry = self.content.upload(replace(self.entry, mtime_ns=self.entry.mtime_ns + 1))
         self.stored = bytearray(self.model)
         assert not self.store.list_multipart_uploads(), "an upload was left behind"
+        # the times record of this version (uploaded in parts), and no other
+        records = [o.key for o in self.store.list_all("t/")]
+        assert records == ([times_key(self.entry.id, self.entry.times_record)] if self.entry.times_record else [])
+        assert self.vol.lookup(ROOT_ID, b"f").mtime_ns == self.entry.mtime_ns
 
     @rule()
     def reopen_after_upload(self):

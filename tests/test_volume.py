@@ -19,13 +19,15 @@ from sealfs.volume import ROOT_ID, Volume
 class CountingStore(Store):
     """Wraps a store and counts every call by name."""
 
-    WRITES = ("put", "copy", "delete", "delete_many", "complete_multipart")
+    WRITES = ("put", "put_chunks", "copy", "delete", "delete_many", "complete_multipart")
 
     def __init__(self, inner: Store):
         self.inner = inner
         self.url = inner.url
         self.min_part_size = inner.min_part_size
         self.max_put_size = inner.max_put_size
+        self.server_side_copy = inner.server_side_copy
+        self.streaming_put = inner.streaming_put
         self.calls: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -54,6 +56,9 @@ class CountingStore(Store):
 
     def put(self, *args, **kwargs):
         return self._call("put", *args, **kwargs)
+
+    def put_chunks(self, *args, **kwargs):
+        return self._call("put_chunks", *args, **kwargs)
 
     def copy(self, *args, **kwargs):
         return self._call("copy", *args, **kwargs)

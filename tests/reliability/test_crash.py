@@ -263,7 +263,8 @@ MOUNT_OPTIONS = ["dirty_size=64K"]
 #: Share of rounds whose worker starts with the big file.
 BIG_ROUNDS = 0.2
 #: What fsck may find after a crash (and --repair removes).
-CRASH_LEFTOVERS = {"stale multipart upload", "file unlinked while open, left by a crash"}
+CRASH_LEFTOVERS = {"stale multipart upload", "file unlinked while open, left by a crash",
+                   "times record of no entry version"}
 EMPTY = digest(b"")
 ABSENT = None
 READY_TIMEOUT = 30.0
