@@ -1083,24 +1083,36 @@ class PartStream:
     def _upload_part(self, number: int, data: bytes) -> tuple[int, str]:
         return number, self.vol.store.upload_part(self.key, self.upload_id, number, data)
 
-    def send(self, block: Callable[[int], bytes]) -> None:
+    def _sealed(self, i: int, block: Callable[[int], bytes],
+                sealed_block: Callable[[int, FileCipher], bytes | None] | None) -> bytes:
+        """Whole block ``i`` (not the last) as stored: as ``sealed_block``
+        has it already sealed (see write_content), else sealed now."""
+        data = sealed_block(i, self.cipher) if sealed_block is not None else None
+        return data if data is not None else self.cipher.seal_block(i, False, block(i))
+
+    def send(self, block: Callable[[int], bytes],
+             sealed_block: Callable[[int, FileCipher], bytes | None] | None = None) -> None:
         """Send the next part: blocks ``next_block .. +part_blocks``, which
         the caller has checked are complete and not the last."""
         buf = bytearray(self.header if self.next_block == 0 else b"")
         for i in range(self.next_block, self.next_block + self.part_blocks):
-            buf += self.cipher.seal_block(i, False, block(i))
+            buf += self._sealed(i, block, sealed_block)
         self.next_block += self.part_blocks
         self._submit(bytes(buf))
 
     def finish(self, e: Entry, size: int, block: Callable[[int], bytes], *, if_match: str | None,
-               if_none_match: bool = False) -> Entry:
+               if_none_match: bool = False,
+               sealed_block: Callable[[int, FileCipher], bytes | None] | None = None) -> Entry:
         layout = self.vol.layout
         n = layout.block_count(size)
         if n <= self.next_block:
             raise ValueError("the file ended inside what was already sent")
         buf = bytearray(self.header if self.next_block == 0 else b"")
         for i in range(self.next_block, n):
-            buf += self.cipher.seal_block(i, i == n - 1, block(i))
+            if i == n - 1:
+                buf += self.cipher.seal_block(i, True, block(i))
+            else:
+                buf += self._sealed(i, block, sealed_block)
             if len(buf) >= self.part_blocks * layout.sealed_block_size and i < n - 1:
                 self._submit(bytes(buf))
                 buf = bytearray()

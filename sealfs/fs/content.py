@@ -388,7 +388,7 @@ class FileContent:
                     # blocks here; the upload at close reports the conflict.
                     self._stream_parts = False
                     return
-            self._parts.send(self.block)
+            self._parts.send(self.block, self._sealed_block)
             start = self._parts.next_block
 
     def _abort_parts(self) -> None:
@@ -403,7 +403,7 @@ class FileContent:
         cond = {"if_match": None, "if_none_match": True} if self.unstored else {"if_match": self.base.etag}
         if self._parts is not None:
             try:
-                new = self._parts.finish(entry, self.size, self.block, **cond)
+                new = self._parts.finish(entry, self.size, self.block, sealed_block=self._sealed_block, **cond)
             except BaseException:
                 self._abort_parts()  # every block is still here for the next try
                 raise
