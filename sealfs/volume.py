@@ -1032,28 +1032,22 @@ def _cut_parts(segments: Iterator[tuple], part_size: int) -> Iterator[list[tuple
         yield part
 
 
-class PartStream:
-    """A new version of a file uploaded while it is still being written.
+class _WhileWritten:
+    """A new version of a file stored while it is still being written.
 
     Sequential writers fill blocks in order; every time more than a part's
-    worth of whole blocks lies ahead of what was sent, :meth:`send` seals
-    them (none of them can be the last block: a later one exists) and
-    uploads them as the next multipart part in the background, at most
-    ``MAX_IN_FLIGHT`` at a time.  :meth:`finish` seals and sends the rest
-    with the last-block flag, completes the upload (If-Match the version it
-    replaces).  S3 fixes an object's metadata when its upload starts, and
-    the mtime of a file being written changes until its last write, so the
-    metadata names a times record (``t/<id>.<nonce>``, see
-    :meth:`Volume.put_times`) that :meth:`finish` writes just before the
-    completion.  Only if other metadata changed meanwhile (a chmod while
-    writing) is the metadata replaced by a server-side copy instead, which
-    on S3 costs about as much as the upload did.
-
-    The caller keeps every block locally until :meth:`finish` returns, so
-    :meth:`abort` (a write behind what was sent, a truncate) loses nothing.
+    worth of whole blocks lies ahead of what was sent, the caller has
+    :meth:`send` seal them (none of them can be the last block: a later one
+    exists) and pass them to the store.  :meth:`finish` seals and passes
+    the rest, the last block flagged, and makes them the file's new version
+    (If-Match the version it replaces).  A write behind what was sent, or a
+    truncate, makes the caller :meth:`abort` it and store the file whole at
+    its next flush.
     """
 
-    MAX_IN_FLIGHT = 4
+    #: Whether the caller must keep the blocks sent until :meth:`finish`
+    #: returns (else :meth:`block` and :meth:`sealed` read them back).
+    keeps_sent = True
 
     def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
         self.vol = vol
@@ -1061,27 +1055,16 @@ class PartStream:
         self.cipher = cipher
         self.header = header
         self.part_blocks = self.blocks_per_part(vol)
-        self.fields = _untimed(vol._fields(e))
-        self.started = replace(e)
-        self.times_record = crypto.random_bytes(TIMES_NONCE_SIZE)
-        self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(self.started, self.times_record))
         self.next_block = 0
-        self._futures: list = []
 
     @staticmethod
     def blocks_per_part(vol: Volume) -> int:
-        part = max(PART_SIZE, vol.store.min_part_size)
-        return -(-part // vol.layout.sealed_block_size)
+        raise NotImplementedError
 
-    def _submit(self, data: bytes) -> None:
-        number = len(self._futures) + 1
-        in_flight = [f for f in self._futures if not f.done()]
-        if len(in_flight) >= self.MAX_IN_FLIGHT:
-            in_flight[0].result()
-        self._futures.append(self.vol.submit(self._upload_part, number, data))
-
-    def _upload_part(self, number: int, data: bytes) -> tuple[int, str]:
-        return number, self.vol.store.upload_part(self.key, self.upload_id, number, data)
+    def _emit(self, chunks: list[bytes]) -> None:
+        """Pass the next stretch of the object, ``chunks`` in order, to the
+        store."""
+        raise NotImplementedError
 
     def _sealed(self, i: int, block: Callable[[int], bytes],
                 sealed_block: Callable[[int, FileCipher], bytes | None] | None) -> bytes:
@@ -1094,30 +1077,130 @@ class PartStream:
              sealed_block: Callable[[int, FileCipher], bytes | None] | None = None) -> None:
         """Send the next part: blocks ``next_block .. +part_blocks``, which
         the caller has checked are complete and not the last."""
-        buf = bytearray(self.header if self.next_block == 0 else b"")
-        for i in range(self.next_block, self.next_block + self.part_blocks):
-            buf += self._sealed(i, block, sealed_block)
+        chunks = [self.header] if self.next_block == 0 else []
+        chunks += [self._sealed(i, block, sealed_block)
+                   for i in range(self.next_block, self.next_block + self.part_blocks)]
+        self._emit(chunks)
         self.next_block += self.part_blocks
-        self._submit(bytes(buf))
 
-    def finish(self, e: Entry, size: int, block: Callable[[int], bytes], *, if_match: str | None,
-               if_none_match: bool = False,
-               sealed_block: Callable[[int, FileCipher], bytes | None] | None = None) -> Entry:
+    def _send_rest(self, size: int, block: Callable[[int], bytes],
+                   sealed_block: Callable[[int, FileCipher], bytes | None] | None) -> None:
+        """Seal and send the blocks after ``next_block`` of a file of ``size``
+        bytes, the last one flagged."""
         layout = self.vol.layout
         n = layout.block_count(size)
         if n <= self.next_block:
             raise ValueError("the file ended inside what was already sent")
-        buf = bytearray(self.header if self.next_block == 0 else b"")
+        chunks = [self.header] if self.next_block == 0 else []
         for i in range(self.next_block, n):
             if i == n - 1:
-                buf += self.cipher.seal_block(i, True, block(i))
+                chunks.append(self.cipher.seal_block(i, True, block(i)))
             else:
-                buf += self._sealed(i, block, sealed_block)
-            if len(buf) >= self.part_blocks * layout.sealed_block_size and i < n - 1:
-                self._submit(bytes(buf))
-                buf = bytearray()
-        if buf:
-            self._submit(bytes(buf))
+                chunks.append(self._sealed(i, block, sealed_block))
+            if sum(map(len, chunks)) >= self.part_blocks * layout.sealed_block_size and i < n - 1:
+                self._emit(chunks)
+                chunks = []
+        if chunks:
+            self._emit(chunks)
+
+
+class AppendStream(_WhileWritten):
+    """On a store that writes an object in one pass (the local store): each
+    part is appended to the new object as soon as it is complete, so that
+    the blocks go to disk once, where they will stay.  The caller need not
+    keep them: :meth:`block` reads one back.  :meth:`finish` installs the
+    object with its final metadata."""
+
+    keeps_sent = False
+    #: Bytes appended at a time.
+    APPEND_BYTES = 1024 * 1024
+
+    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
+        super().__init__(vol, e, cipher, header)
+        self.writer = vol.store.open_put(e.key)
+
+    @staticmethod
+    def blocks_per_part(vol: Volume) -> int:
+        return max(1, AppendStream.APPEND_BYTES // vol.layout.sealed_block_size)
+
+    def _emit(self, chunks: list[bytes]) -> None:
+        self.writer.append(*chunks)
+
+    def sealed(self, i: int) -> bytes:
+        """Sent block ``i`` as stored."""
+        layout = self.vol.layout
+        return self.writer.read(layout.block_offset(i), layout.sealed_block_size)
+
+    def block(self, i: int) -> bytes:
+        """Plaintext of sent block ``i``."""
+        return self.cipher.open_block(i, False, self.sealed(i))
+
+    def finish(self, e: Entry, size: int, block: Callable[[int], bytes], *, if_match: str | None,
+               if_none_match: bool = False,
+               sealed_block: Callable[[int, FileCipher], bytes | None] | None = None) -> Entry:
+        sent = self.writer.size
+        try:
+            self._send_rest(size, block, sealed_block)
+            new = replace(e, size=size)
+            new.etag = self.writer.commit(self.vol._prepare_meta(new), if_match=if_match,
+                                          if_none_match=if_none_match)
+        except BaseException:
+            # back to the blocks sent by send(): the caller may read them,
+            # finish again or abort
+            self.writer.truncate(sent)
+            raise
+        self.vol._drop_side_objects(e, new)
+        return new
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+class PartStream(_WhileWritten):
+    """On S3: each part goes up as the next part of a multipart upload, in
+    the background, at most ``MAX_IN_FLIGHT`` at a time; the caller keeps
+    every block until :meth:`finish` returns (S3 cannot read back an
+    unfinished upload).
+
+    S3 fixes an object's metadata when its upload starts, and the mtime of
+    a file being written changes until its last write, so the metadata
+    names a times record (``t/<id>.<nonce>``, see :meth:`Volume.put_times`)
+    that :meth:`finish` writes just before the completion.  Only if other
+    metadata changed meanwhile (a chmod while writing) is the metadata
+    replaced by a server-side copy instead, which on S3 costs about as much
+    as the upload did.
+    """
+
+    MAX_IN_FLIGHT = 4
+
+    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
+        super().__init__(vol, e, cipher, header)
+        self.fields = _untimed(vol._fields(e))
+        self.started = replace(e)
+        self.times_record = crypto.random_bytes(TIMES_NONCE_SIZE)
+        self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(self.started, self.times_record))
+        self._futures: list = []
+
+    @staticmethod
+    def blocks_per_part(vol: Volume) -> int:
+        part = max(PART_SIZE, vol.store.min_part_size)
+        return -(-part // vol.layout.sealed_block_size)
+
+    def _emit(self, chunks: list[bytes]) -> None:
+        data = b"".join(chunks)
+        number = len(self._futures) + 1
+        in_flight = [f for f in self._futures if not f.done()]
+        if len(in_flight) >= self.MAX_IN_FLIGHT:
+            in_flight[0].result()
+        self._futures.append(self.vol.submit(self._upload_part, number, data))
+
+    def _upload_part(self, number: int, data: bytes) -> tuple[int, str]:
+        return number, self.vol.store.upload_part(self.key, self.upload_id, number, data)
+
+    def finish(self, e: Entry, size: int, block: Callable[[int], bytes], *, if_match: str | None,
+               if_none_match: bool = False,
+               sealed_block: Callable[[int, FileCipher], bytes | None] | None = None) -> Entry:
+        self._send_rest(size, block, sealed_block)
         parts = [f.result() for f in self._futures]
         vol = self.vol
         new = replace(e, size=size, overflow=self.started.overflow, times_record=None)

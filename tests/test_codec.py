@@ -117,6 +117,16 @@ def test_hkdf_vector_is_rfc5869_hkdf_sha256(v):
     assert okm.hex() == v["okm"]
 
 
+@pytest.mark.parametrize("length", [1, 16, 32, 33, 64, 100, 255 * 32])
+@pytest.mark.parametrize("salt", [b"", b"s" * 16, os.urandom(80)])
+def test_our_hkdf_is_cryptography_s(length, salt):
+    """sealfs computes HKDF with hmac (it runs once per block): the same
+    output as cryptography's HKDF, for any length and salt."""
+    ikm, info = os.urandom(32), os.urandom(20)
+    want = HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
+    assert crypto.hkdf(ikm, salt=salt, info=info, length=length) == want
+
+
 def test_code_derives_every_key_of_the_kdf_vectors():
     """Each derivation through the code path that uses it, so a changed label,
     salt or length breaks this test."""

@@ -32,6 +32,7 @@ MAX_SIZE = 10 * BS
 def small_parts(monkeypatch):
     monkeypatch.setattr(volume_mod, "SINGLE_PUT_MAX", 8 * BS)
     monkeypatch.setattr(volume_mod, "PART_SIZE", 4 * BS + 100)  # parts that straddle blocks
+    monkeypatch.setattr(volume_mod.AppendStream, "APPEND_BYTES", 2 * BS + 100)
 
 
 offsets = st.integers(min_value=0, max_value=MAX_SIZE)
@@ -43,15 +44,18 @@ class FileModel(RuleBasedStateMachine):
         self.model = bytearray()
         self.stored = bytearray()
 
-    @initialize(streaming_put=st.booleans())
-    def make_volume(self, streaming_put):
+    @initialize(mode=st.sampled_from(["append", "multipart", "multipart, one-pass put"]))
+    def make_volume(self, mode):
+        """How sequential rewrites go out while written: appended to the new
+        object (the local store) or as multipart parts (S3); how whole
+        uploads go: in one pass (the local store) or in multipart parts."""
         import tempfile
 
         self.tmp = tempfile.TemporaryDirectory()
         store = LocalStore(os.path.join(self.tmp.name, "store"), create=True)
         store.min_part_size = 1
-        store.server_side_copy = True  # so that rewrites are uploaded while written
-        store.streaming_put = streaming_put  # one pass (the local store), or multipart (S3)
+        store.server_side_copy = mode != "append"
+        store.streaming_put = mode != "multipart"
         self.store = store
         self.vol = Volume.create(store, KeyFile("k", os.urandom(64)), block_size=BS)
         self.entry = self.vol.create_file(ROOT_ID, b"f", 0o644, 0, 0)
@@ -100,6 +104,7 @@ class FileModel(RuleBasedStateMachine):
         self.entry = self.content.upload(replace(self.entry, mtime_ns=self.entry.mtime_ns + 1))
         self.stored = bytearray(self.model)
         assert not self.store.list_multipart_uploads(), "an upload was left behind"
+        assert not self.content._parts and not os.listdir(self.store._tmp), "a new object was left behind"
         # the times record of this version (uploaded in parts), and no other
         records = [o.key for o in self.store.list_all("t/")]
         assert records == ([times_key(self.entry.id, self.entry.times_record)] if self.entry.times_record else [])

@@ -296,16 +296,106 @@ def test_spooled_blocks_are_stored_as_they_were_sealed(setup, monkeypatch):
     monkeypatch.setattr(blocks.FileCipher, "seal_block", counting)
     data = os.urandom(20 * 65536 + 100)
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
-    for off in range(0, len(data), 65536):
+    for off in reversed(range(65536, len(data), 65536)):  # (not front to back: nothing streams yet)
         fs.write(fh, off, data[off:off + 65536])
     spool = fs._node(attr.ino).content.spool
     assert spool is not None and len(spool) >= 10
     raw = b"".join(os.pread(spool._fd, 65536 + 28, i * spool.slot) for i in spool.indices())
-    assert data[:4096] not in raw
+    assert data[65536:65536 + 4096] not in raw
+    fs.write(fh, 0, data[:65536])  # (now the spooled blocks can go into the new object as they are)
     fs.release(fh)
     assert sorted(sealed) == list(range(21)), "each block sealed once"
     fs.cache.drop_file(fs._node(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
+
+
+def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_path, monkeypatch):
+    """On the local store a file written from its start is appended to its
+    new object as it is written: each block sealed once, neither kept in
+    memory nor spooled; readable meanwhile; a write behind what was sent
+    moves the sent blocks to the spool and the file comes out right."""
+    from sealfs.codec import blocks
+
+    fs, store, _ = setup
+    fs.opts.dirty_bytes = 24 * 65536  # (more than one append: 1 MiB)
+    sealed = []
+    real = blocks.FileCipher.seal_block
+
+    def counting(self, index, last, plain, nonce=None):
+        sealed.append(index)
+        return real(self, index, last, plain, nonce)
+
+    monkeypatch.setattr(blocks.FileCipher, "seal_block", counting)
+    data = bytearray(os.urandom(40 * 65536 + 100))
+    attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
+    for off in range(0, len(data), 65536):
+        fs.write(fh, off, bytes(data[off:off + 65536]))
+        content = fs._node(attr.ino).content
+        assert len(content.dirty) <= 24 and not content.spool
+    assert content._parts is not None and content._parts.next_block >= 16
+    (temp,) = os.listdir(store.inner._tmp)
+    with open(os.path.join(store.inner._tmp, temp), "rb") as f:
+        assert data[:4096] not in f.read()
+    assert content.read(65536 * 3, 100) == data[65536 * 3 : 65536 * 3 + 100]  # (read back from the new object)
+    fs.release(fh)
+    assert sorted(sealed) == list(range(41)), "each block sealed once"
+    assert os.listdir(store.inner._tmp) == []
+    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    assert read_file(fs, attr.ino) == data
+
+    # rewritten from the start, then a write behind what was sent
+    fh, _ = fs.open(attr.ino, os.O_WRONLY | os.O_TRUNC, CTX)
+    fs.setattr(attr.ino, CTX, size=0)
+    data = bytearray(os.urandom(30 * 65536))
+    for off in range(0, len(data), 65536):
+        fs.write(fh, off, bytes(data[off:off + 65536]))
+    content = fs._node(attr.ino).content
+    assert content._parts is not None
+    fs.write(fh, 100, b"patched")
+    data[100:107] = b"patched"
+    assert content._parts is None and len(content.spool) >= 14 and os.listdir(store.inner._tmp) == []
+    fs.release(fh)
+    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    assert read_file(fs, attr.ino) == data
+
+
+@pytest.mark.parametrize("spool_full", [False, True])
+def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, spool_full):
+    """The new object cannot be installed (a store error): the blocks that
+    only it holds move to the spool, or, if the spool cannot take them
+    (its disk full), stay in the new object, which the next flush finishes."""
+    from sealfs.errors import StoreError
+    from sealfs.fs.spool import Spool
+    from sealfs.store.local import _LocalObjectWriter
+
+    fs, store, _ = setup
+    data = os.urandom(40 * 65536 + 100)
+    attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
+    for off in range(0, len(data), 65536):
+        fs.write(fh, off, data[off:off + 65536])
+    content = fs._node(attr.ino).content
+    assert content._parts is not None
+    real_commit = _LocalObjectWriter.commit
+
+    def failing_commit(self, *args, **kwargs):
+        raise StoreError("the store is gone")
+
+    monkeypatch.setattr(_LocalObjectWriter, "commit", failing_commit)
+    if spool_full:
+        def full(self, index, sealed):
+            raise FsError(errno.ENOSPC, "cache directory is full")
+        monkeypatch.setattr(Spool, "put_sealed", full)
+    with pytest.raises((StoreError, FsError)):  # (the adapter answers EIO, or ENOSPC)
+        fs.flush(fh)
+    assert (content._parts is not None) == spool_full
+    assert content.read(0, len(data)) == data
+    monkeypatch.setattr(_LocalObjectWriter, "commit", real_commit)
+    monkeypatch.undo()
+    fs.release(fh)
+    assert not content.changed
+    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    assert read_file(fs, attr.ino) == data
+    assert os.listdir(store.inner._tmp) == []
 
 
 def test_setattr_nowait_only_while_a_writer_has_an_upload_pending(setup):

@@ -999,3 +999,39 @@ def test_put_chunks_writes_the_concatenation_or_is_not_offered(store: Store) -> 
     with pytest.raises(PreconditionFailed):
         store.put_chunks("k", iter([b"x"]), if_match="not-the-etag")
     assert store.get("k") == b"".join(chunks)
+
+
+def test_open_put_is_invisible_until_committed_and_readable_meanwhile(store: Store) -> None:
+    if not store.streaming_put:
+        with pytest.raises(NotImplementedError):
+            store.open_put("k")
+        return
+    store.put("k", b"old")
+    w = store.open_put("k")
+    w.append(b"hello ")
+    w.append(memoryview(b"world"))
+    assert w.read(6, 5) == b"world" and w.read(0, 100) == b"hello world"
+    assert store.get("k") == b"old"
+    with pytest.raises(PreconditionFailed):
+        w.commit(if_match="not-the-etag")
+    assert store.get("k") == b"old" and w.read(0, 5) == b"hello"  # (still there to read after a failure)
+    etag = w.commit({"m": "1"}, if_match=store.head("k").etag)
+    data, info = store.get_object("k")
+    assert (data, info.etag, info.metadata) == (b"hello world", etag, {"m": "1"})
+    # an aborted one leaves nothing behind
+    w = store.open_put("k2")
+    w.append(os.urandom(1000))
+    w.abort()
+    w.abort()
+    with pytest.raises(NotFound):
+        store.head("k2")
+    assert not [o for o in store.list_all("") if not isinstance(o, str) and o.key == "k2"]
+    # what is appended after a point can be taken back
+    w = store.open_put("k3")
+    w.append(b"keep", b" this")
+    assert w.size == 9
+    w.append(b" but not this")
+    w.truncate(9)
+    w.append(b"!")
+    w.commit()
+    assert store.get("k3") == b"keep this!"

@@ -60,6 +60,9 @@ class CountingStore(Store):
     def put_chunks(self, *args, **kwargs):
         return self._call("put_chunks", *args, **kwargs)
 
+    def open_put(self, *args, **kwargs):
+        return self._call("open_put", *args, **kwargs)
+
     def copy(self, *args, **kwargs):
         return self._call("copy", *args, **kwargs)
 

@@ -7,12 +7,11 @@ docs/FORMAT.md, "Keys".
 
 from __future__ import annotations
 
+import hmac
 import os
 import struct
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import IntegrityError
 
@@ -33,7 +32,17 @@ LABEL_KMS_SLOT = b"sealfs v1 kms slot key"
 
 
 def hkdf(key: bytes, *, salt: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(key)
+    """HKDF-SHA256 (RFC 5869), computed with the standard library's HMAC:
+    it runs once per block, where building cryptography's HKDF object costs
+    several times the hashing (tests/test_codec.py checks both agree)."""
+    if not 0 < length <= 255 * 32:
+        raise ValueError("HKDF-SHA256 output length out of range")
+    prk = hmac.digest(salt or bytes(32), key, "sha256")
+    out, t = b"", b""
+    for counter in range(1, -(-length // 32) + 1):
+        t = hmac.digest(prk, t + info + bytes([counter]), "sha256")
+        out += t
+    return out[:length]
 
 
 def block_key(dek: bytes, file_id: bytes, index: int) -> bytes:

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import Callable
 
 from ..errors import IntegrityError, PreconditionFailed, StoreError, WouldBlock
-from ..volume import BlockStream, PartStream, Entry, FileReader, Volume
+from ..volume import AppendStream, BlockStream, Entry, FileReader, PartStream, Volume
 from .cache import BlockCache
 from .spool import Spool
 
@@ -50,7 +50,7 @@ class FileContent:
         self.spool: Spool | None = None
         self._stream: BlockStream | None = None
         #: The upload of a sequential rewrite, sent while it is written.
-        self._parts: PartStream | None = None
+        self._parts: PartStream | AppendStream | None = None
         self._prefetch: Future | None = None
         self._set_base(vol.new_reader(entry) if new else vol.reader(entry))
         #: Not yet in the store (created here): its first upload creates
@@ -207,6 +207,11 @@ class FileContent:
             if nowait:
                 raise WouldBlock
             return self._fits(self.spool.get(index), index)
+        parts = self._parts
+        if parts is not None and not parts.keeps_sent and index < parts.next_block:
+            if nowait:
+                raise WouldBlock
+            return parts.block(index)
         if index < self._valid_base:
             return self._fits(self._base_block(index, nowait), index)
         return bytes(self._block_len(index))
@@ -300,12 +305,18 @@ class FileContent:
         if len(self.dirty.keys() | touched) * bs > self.dirty_limit:
             return False
         return not (self._rewritten_in_parts()
-                    and max(self.size, end) > PartStream.blocks_per_part(self.vol) * bs)
+                    and max(self.size, end) > self._parts_class().blocks_per_part(self.vol) * bs)
+
+    def _parts_class(self) -> type[PartStream] | type[AppendStream] | None:
+        """How this store takes a file while it is written: multipart parts
+        (S3), appends to the new object (local), or not at all."""
+        store = self.vol.store
+        return PartStream if store.server_side_copy else AppendStream if store.streaming_put else None
 
     def _rewritten_in_parts(self) -> bool:
         """Whether parts of this file are sent while it is written (see
         :meth:`_send_parts`)."""
-        return self._valid_base == 0 and self.vol.store.server_side_copy and self._stream_parts
+        return self._valid_base == 0 and self._stream_parts and self._parts_class() is not None
 
     def truncate(self, new_size: int) -> None:
         bs = self.block_size
@@ -331,15 +342,19 @@ class FileContent:
         highest block, likely still being appended to, stays)."""
         if len(self.dirty) * self.block_size <= self.dirty_limit:
             return
-        if self.spool is None:
-            self.spool = Spool(self.spool_dir, self._spool_cipher())
+        spool = self._spool()
         top = max(self.dirty)
         for i in sorted(self.dirty):
             if i != top:
                 # (dropped from memory only once spooled: a full cache_dir
                 # fails the write with ENOSPC, never loses the block)
-                self.spool.put(i, self.dirty[i])
+                spool.put(i, self.dirty[i])
                 del self.dirty[i]
+
+    def _spool(self) -> Spool:
+        if self.spool is None:
+            self.spool = Spool(self.spool_dir, self._spool_cipher())
+        return self.spool
 
     # -- uploading ------------------------------------------------------------------
 
@@ -371,30 +386,49 @@ class FileContent:
 
     def _send_parts(self) -> None:
         """A file rewritten from its start (new, or truncated to zero) on a
-        store with server-side copies: send each part as soon as its blocks
-        and the one after are written (so none of them is the last)."""
+        store that can take it while it is written: send each part as soon
+        as its blocks and the one after are written (so none of them is the
+        last).  Where the store can read them back (AppendStream), the
+        blocks sent leave memory and the spool."""
         if not self._rewritten_in_parts():
             return
-        per_part = PartStream.blocks_per_part(self.vol)
+        cls = self._parts_class()
+        per_part = cls.blocks_per_part(self.vol)
         start = self._parts.next_block if self._parts is not None else 0
         while self.size > (start + per_part) * self.block_size and all(
             self._sendable(i) for i in range(start, start + per_part + 1)
         ):
             if self._parts is None:
                 try:
-                    self._parts = PartStream(self.vol, self.base.entry, self.base.cipher(), self.base.header_bytes())
+                    self._parts = cls(self.vol, self.base.entry, self.base.cipher(), self.base.header_bytes())
                 except PreconditionFailed:
                     # The version we opened is gone (another mount): keep the
                     # blocks here; the upload at close reports the conflict.
                     self._stream_parts = False
                     return
             self._parts.send(self.block, self._sealed_block)
+            if not self._parts.keeps_sent:
+                for i in range(start, self._parts.next_block):
+                    self.dirty.pop(i, None)
+                    if self.spool is not None:
+                        self.spool.discard(i)
             start = self._parts.next_block
 
-    def _abort_parts(self) -> None:
-        parts, self._parts = self._parts, None
-        if parts is not None:
-            parts.abort()
+    def _abort_parts(self, keep: bool = True) -> None:
+        """Stop sending this file while it is written: it is stored whole at
+        its next flush.  ``keep``: blocks that only the stream holds move to
+        the spool first (if that fails, nothing changed); else they are
+        being thrown away."""
+        parts = self._parts
+        if parts is None:
+            return
+        if keep and not parts.keeps_sent:
+            spool = self._spool()
+            for i in range(parts.next_block):
+                spool.put_sealed(i, parts.sealed(i))
+        self._parts = None
+        self._stream_parts = False  # (not again from the start at each write)
+        parts.abort()
 
     def upload(self, entry: Entry, progress: Callable[[int], None] | None = None) -> Entry:
         """Write the current contents as a new version with ``entry``'s
@@ -432,7 +466,7 @@ class FileContent:
             self.spool = None
 
     def close(self) -> None:
-        self._abort_parts()
+        self._abort_parts(keep=False)
         self._close_stream()
         self._drop_spool()
         self.dirty.clear()

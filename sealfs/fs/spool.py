@@ -51,6 +51,10 @@ class Spool:
     def put(self, index: int, plain: bytes | bytearray) -> None:
         partial = len(plain) != self.block_size
         sealed = self.cipher.seal_block(index, partial, plain)
+        self._write(index, sealed)
+        self._blocks[index] = (len(sealed), partial)
+
+    def _write(self, index: int, sealed: bytes) -> None:
         try:
             written = os.pwrite(self._fd, sealed, index * self.slot)
         except OSError as exc:
@@ -59,7 +63,12 @@ class Spool:
             raise FsError(errno.EIO, f"cannot write the spool: {exc.strerror}") from None
         if written != len(sealed):
             raise FsError(errno.ENOSPC, "short write to the spool (cache directory full?)")
-        self._blocks[index] = (len(sealed), partial)
+
+    def put_sealed(self, index: int, sealed: bytes) -> None:
+        """Block ``index`` as this spool's cipher sealed it, whole and not
+        the last (a block read back from a stream: see FileContent)."""
+        self._write(index, sealed)
+        self._blocks[index] = (len(sealed), False)
 
     def _read(self, index: int) -> bytes:
         length, _ = self._blocks[index]

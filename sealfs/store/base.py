@@ -175,8 +175,9 @@ class Store(abc.ABC):
     #: the bytes again (a local directory).  Uploading a file while it is
     #: written needs a metadata copy at the end: only worth it when cheap.
     server_side_copy: bool = False
-    #: Whether ``put_chunks`` writes an object of any size in one pass (a
-    #: local directory); else large objects go up in multipart parts.
+    #: Whether the store writes an object of any size in one pass
+    #: (``open_put``, ``put_chunks``: a local directory); else large objects
+    #: go up in multipart parts.
     streaming_put: bool = False
 
     # -- reading -----------------------------------------------------------
@@ -253,6 +254,20 @@ class Store(abc.ABC):
     ) -> str:
         """``put`` of the concatenation of ``chunks``, written as they come
         (only where ``streaming_put``)."""
+        check_metadata(metadata)
+        check_conditions(if_match, if_none_match)
+        writer = self.open_put(key)
+        try:
+            for chunk in chunks:
+                writer.append(chunk)
+            return writer.commit(metadata, if_match=if_match, if_none_match=if_none_match)
+        except BaseException:
+            writer.abort()
+            raise
+
+    def open_put(self, key: str) -> "ObjectWriter":
+        """A new version of ``key``, written front to back and installed by
+        :meth:`ObjectWriter.commit` (only where ``streaming_put``)."""
         raise NotImplementedError(f"{type(self).__name__} writes large objects in parts")
 
     @abc.abstractmethod
@@ -323,3 +338,38 @@ class Store(abc.ABC):
 
     def close(self) -> None:
         """Release connections/handles."""
+
+
+class ObjectWriter(abc.ABC):
+    """A new object being written front to back (see :meth:`Store.open_put`):
+    invisible until :meth:`commit`, gone after :meth:`abort`."""
+
+    @abc.abstractmethod
+    def append(self, *data: bytes | bytearray | memoryview) -> None:
+        """Add each of ``data``, in order, at the end of what was written:
+        all of them, or (if it fails) none."""
+
+    @abc.abstractmethod
+    def read(self, start: int, length: int) -> bytes:
+        """``length`` bytes written, from offset ``start``."""
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Bytes appended so far."""
+
+    @abc.abstractmethod
+    def truncate(self, size: int) -> None:
+        """Forget what was appended after the first ``size`` bytes."""
+
+    @abc.abstractmethod
+    def commit(self, metadata: dict[str, str] | None = None, *, if_match: str | None = None,
+               if_none_match: bool = False) -> str:
+        """Install what was written as the object, with ``metadata``, under
+        the conditions of :meth:`Store.put`; the new etag.  If it fails
+        (PreconditionFailed, say), what was written is still there to read
+        and the writer must still be committed or aborted."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Throw away what was written (no effect once done)."""

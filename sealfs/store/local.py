@@ -83,6 +83,7 @@ from .base import (
     S3_MIN_PART_SIZE,
     ListPage,
     ObjectInfo,
+    ObjectWriter,
     Store,
     Upload,
     check_conditions,
@@ -275,29 +276,8 @@ class LocalStore(Store):
             raise ValueError(f"{len(data)} bytes exceed the single-put limit of {self.max_put_size}")
         return self.put_chunks(key, (data,), metadata, if_match=if_match, if_none_match=if_none_match)
 
-    def put_chunks(
-        self,
-        key: str,
-        chunks: Iterable[bytes | bytearray | memoryview],
-        metadata: dict[str, str] | None = None,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-    ) -> str:
-        path = self._object_path(key)
-        md = check_metadata(metadata)
-        check_conditions(if_match, if_none_match)
-        etag = secrets.token_hex(16)
-        header = self._header(etag, md)
-        with self._temp_file("put", key) as (fd, tmp):
-            self._write_all(fd, key, header, 0)
-            offset = HEADER_SIZE
-            for chunk in chunks:
-                self._write_all(fd, key, chunk, offset)
-                offset += len(chunk)
-            self._sync_file(fd)
-            self._install(tmp, path, key, if_match=if_match, if_none_match=if_none_match)
-        return etag
+    def open_put(self, key: str) -> "_LocalObjectWriter":
+        return _LocalObjectWriter(self, key)
 
     def copy(self, src: str, dst: str, metadata: dict[str, str], *, if_match: str | None = None) -> str:
         dst_path = self._object_path(dst)
@@ -773,6 +753,64 @@ class LocalStore(Store):
     def _error(self, e: OSError, action: str, key: str | None) -> StoreError:
         what = f"{action} {key}" if key else action
         return StoreError(f"local store {self.root}: cannot {what}: {e.strerror or e}")
+
+
+class _LocalObjectWriter(ObjectWriter):
+    """A new object file in ``tmp/``, renamed into place by :meth:`commit`
+    (its header, which holds the etag and metadata, written last)."""
+
+    def __init__(self, store: LocalStore, key: str):
+        self.store = store
+        self.key = key
+        self._path = store._object_path(key)
+        with store._os_errors("write", key):
+            store._makedirs(store._tmp)
+            self._fd, self._tmp = tempfile.mkstemp(prefix="put-", dir=store._tmp)
+        self._end = HEADER_SIZE
+
+    def append(self, *data: bytes | bytearray | memoryview) -> None:
+        end = self._end
+        for piece in data:
+            self.store._write_all(self._fd, self.key, piece, end)
+            end += memoryview(piece).nbytes
+        self._end = end  # (what a failed append wrote past it is cut at commit)
+
+    @property
+    def size(self) -> int:
+        return self._end - HEADER_SIZE
+
+    def truncate(self, size: int) -> None:
+        check_range(0, size)
+        self._end = HEADER_SIZE + min(size, self.size)  # (the file is cut to it at commit)
+
+    def read(self, start: int, length: int) -> bytes:
+        check_range(start, start + length)
+        return self.store._pread(self._fd, self.key, HEADER_SIZE + start, min(length, self._end - HEADER_SIZE - start))
+
+    def commit(self, metadata: dict[str, str] | None = None, *, if_match: str | None = None,
+               if_none_match: bool = False) -> str:
+        store = self.store
+        md = check_metadata(metadata)
+        check_conditions(if_match, if_none_match)
+        etag = secrets.token_hex(16)
+        store._write_all(self._fd, self.key, store._header(etag, md), 0)
+        with store._os_errors("write", self.key):
+            os.ftruncate(self._fd, self._end)
+            store._sync_file(self._fd)
+            store._install(self._tmp, self._path, self.key, if_match=if_match, if_none_match=if_none_match)
+        self._close()
+        return etag
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 @contextlib.contextmanager
