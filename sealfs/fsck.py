@@ -8,13 +8,14 @@ Checks, without a mount:
 * objects nothing refers to: entries under a directory id that no reachable
   directory has, overflow metadata of no entry, times records of no entry
   version, files unlinked while open (``o/``) left by a crash, and multipart
-  uploads and times records older than a grace period;
+  uploads, times records and (local store) temporary files older than a
+  grace period;
 * two directory entries holding one directory id (left by a crash in the
   middle of a directory rename), or one file or symlink id (a file rename).
 
 ``--repair`` removes only leftovers that hold no data a user can reach:
 orphaned ``o/`` files, unreferenced overflow objects and times records,
-stale multipart uploads; entries under unreachable directory ids are moved into
+stale multipart uploads and temporary files; entries under unreachable directory ids are moved into
 ``/lost+found`` (named ``<8 hex digits of the lost directory id>-<name>``).  It never deletes a
 damaged object (the evidence, and maybe all that is left of a file).
 """
@@ -67,6 +68,12 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     seen_dirs: dict[bytes, str] = {ROOT_ID: "/"}
     seen_others: dict[bytes, str] = {}  # files and symlinks
 
+    def damaged(key: str, exc: Exception, where: str | None = None) -> None:
+        report.damaged.append((where or key, str(exc)))
+        named = vol.times_key_named_by(key)  # (evidence, not a leftover)
+        if named is not None:
+            times_keys.add(named)
+
     try:
         root = vol.root()
     except (IntegrityError, NotFound) as exc:
@@ -77,7 +84,7 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
         d, path = stack.pop()
 
         def bad(key: str, exc: Exception, path=path) -> None:
-            report.damaged.append((f"{path} ({key})", str(exc)))
+            damaged(key, exc, f"{path} ({key})")
 
         for e in vol.listdir(d.id, on_error=bad):
             child = path.rstrip("/") + "/" + e.name.decode(errors="replace")
@@ -135,8 +142,7 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     # meanwhile (see SEMANTICS.md, known gaps).  They hold users' data:
     # --repair moves the topmost ones into /lost+found (and with them what
     # lies below), it does not delete them.
-    listed = {p: vol.listdir(p, on_error=lambda key, exc: report.damaged.append((key, str(exc))))
-              for p in _unknown_ids(store, "d/", dir_ids, report)}
+    listed = {p: vol.listdir(p, on_error=damaged) for p in _unknown_ids(store, "d/", dir_ids, report)}
     inner = {e.id for entries in listed.values() for e in entries if e.is_dir}
     rescue = [e for p, entries in listed.items() if p not in inner for e in entries]
     stack = list(rescue)
@@ -160,6 +166,9 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     for up in store.list_multipart_uploads():
         if now - up.initiated > stale_seconds:
             report.leftovers.append((f"upload {up.upload_id} of {up.key}", "stale multipart upload"))
+    temporaries = {f"temporary file {name}": name for name, mtime in store.temporaries()
+                   if now - mtime > stale_seconds}
+    report.leftovers += [(what, "part of an object being written, left by a crash") for what in temporaries]
 
     if repair:
         uploads = {f"upload {u.upload_id} of {u.key}": u for u in store.list_multipart_uploads()}
@@ -168,6 +177,8 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
         for what, _ in report.leftovers:
             if what in uploads:
                 store.abort_multipart(uploads[what].key, uploads[what].upload_id)
+            elif what in temporaries:
+                store.remove_temporary(temporaries[what])
             elif what in lost:
                 _move_into(vol, lost_and_found, lost[what])
             else:

@@ -43,7 +43,7 @@ from .codec.blocks import FileCipher, Layout
 from .codec.header import HEADER_SIZE, open_header, peek_header, seal_header
 from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
-from .errors import ConfigError, FsError, IntegrityError, NotFound, PreconditionFailed, UsageError
+from .errors import ConfigError, FsError, IntegrityError, NotFound, PreconditionFailed, SealfsError, UsageError
 from .keys.slots import CONFIG_KEY, Credential, Keyring, VolumeConfig, create as create_config
 from .store.base import MAX_METADATA_BYTES, MAX_PARTS, ObjectInfo, Store
 
@@ -70,12 +70,18 @@ TIMES_NONCE_SIZE = 16
 _TIMES_AAD = b"sealfs times "
 #: Times records remembered (they never change: a new one has a new name).
 _TIMES_CACHED = 4096
+#: Reads of an entry replaced again and again while it is read, at most.
+_REREADS = 8
 
 
 class _TimesGone(Exception):
     """The times record an entry's metadata names is not in the store:
     a newer version replaced the entry (and removed the record) between
     reading the entry and reading its record."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
 
 
 def dir_prefix(dir_id: bytes) -> str:
@@ -298,10 +304,11 @@ class Volume:
         """(mtime, ctime) from times record ``nonce`` of entry ``entry_id``."""
         times = self._times.get((entry_id, nonce))
         if times is None:
+            key = times_key(entry_id, nonce)
             try:
-                blob = self.store.get(times_key(entry_id, nonce))
+                blob = self.store.get(key)
             except NotFound:
-                raise _TimesGone from None
+                raise _TimesGone(key) from None
             f = _json_of(self.meta.open_bytes(blob, _TIMES_AAD + entry_id + nonce, what + " times"), "times record")
             times = (int(f["mt"]), int(f["ct"]))
             self._remember_times(entry_id, nonce, times)
@@ -318,6 +325,16 @@ class Volume:
         data = _json_bytes({"ct": e.ctime_ns, "mt": e.mtime_ns})
         self.store.put(times_key(e.id, nonce), self.meta.seal_bytes(data, _TIMES_AAD + e.id + nonce))
         self._remember_times(e.id, nonce, (e.mtime_ns, e.ctime_ns))
+
+    def times_key_named_by(self, key: str) -> str | None:
+        """The times record the metadata of object ``key`` names, if its
+        metadata opens (whether or not the record does): for fsck, which
+        must not take the record of a damaged entry for a leftover."""
+        try:
+            f = self.meta.open(self.store.head(key).metadata["m"], key.encode(), key)
+            return times_key(bytes.fromhex(f["id"]), bytes.fromhex(f["tr"])) if "tr" in f else None
+        except (SealfsError, KeyError, ValueError, TypeError):
+            return None
 
     def _drop_side_objects(self, old: Entry, new: Entry | None) -> None:
         """Remove ``old``'s overflow object and times record once ``new``
@@ -380,19 +397,21 @@ class Volume:
     def _read_entry(self, parent_id: bytes, key: str, fetch: Callable[[str], ObjectInfo],
                     info: ObjectInfo | None = None) -> Entry:
         """The entry of object ``key`` in directory ``parent_id``, from
-        ``info`` if given, else from ``fetch(key)``; fetched again once if
-        its times record went away meanwhile (the entry was replaced).
-        NotFound if the object is gone."""
-        for last in (False, True):
+        ``info`` if given, else from ``fetch(key)``; fetched again while the
+        times record it names went away meanwhile (the entry was replaced:
+        each version names a record of its own).  NotFound if the object is
+        gone; IntegrityError if a version's record is missing for good."""
+        missing: set[str] = set()
+        while True:
             if info is None:
                 info = fetch(key)
             try:
                 return self._entry_of(parent_id, key[len(dir_prefix(parent_id)):], info)
-            except _TimesGone:
-                if last:
+            except _TimesGone as gone:
+                if gone.key in missing or len(missing) >= _REREADS:
                     raise IntegrityError(f"entry {key}: its times record is missing") from None
+                missing.add(gone.key)
                 info = None
-        raise AssertionError("unreachable")
 
     def _name_hint(self, dir_id: bytes, component: str, md: dict[str, str] | None) -> str | None:
         """The name of an entry whose metadata failed, for messages; None
@@ -1203,21 +1222,22 @@ class PartStream(_WhileWritten):
         self._send_rest(size, block, sealed_block)
         parts = [f.result() for f in self._futures]
         vol = self.vol
-        new = replace(e, size=size, overflow=self.started.overflow, times_record=None)
-        timed = _untimed(vol._fields(new)) == self.fields
-        if timed:
-            vol.put_times(new, self.times_record)
+        # The record first: the completed object names it.
+        new = replace(e, size=size, overflow=self.started.overflow, times_record=self.times_record)
+        vol.put_times(new, self.times_record)
         try:
             new.etag = vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match,
                                                     if_none_match=if_none_match)
-        except BaseException:
-            if timed:
-                vol._delete_side_object(times_key(new.id, self.times_record))
+        except PreconditionFailed:  # (refused: nothing names the record.  Other errors
+            # may hide a completion that happened: the record stays, for fsck)
+            vol._delete_side_object(times_key(new.id, self.times_record))
             raise
-        if timed:
-            new.times_record = self.times_record
-        else:
-            new.etag = vol.store.copy(self.key, self.key, vol._prepare_meta(new))
+        if _untimed(vol._fields(new)) != self.fields:
+            # Changed while written (a chmod, say): the metadata needs a copy.
+            final = replace(new)
+            final.etag = vol.store.copy(self.key, self.key, vol._prepare_meta(final))
+            vol._drop_side_objects(new, final)
+            new = final
         vol._drop_side_objects(e, new)
         return new
 

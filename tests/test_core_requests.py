@@ -398,6 +398,53 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
     assert os.listdir(store.inner._tmp) == []
 
 
+def test_a_store_error_while_sending_does_not_fail_the_write(setup, monkeypatch):
+    """The new object cannot grow (its disk is full, say): the write still
+    succeeds, the blocks stay in memory or the spool, and the flush stores
+    the file whole (or reports the error)."""
+    from sealfs.errors import StoreError
+    from sealfs.store.local import _LocalObjectWriter
+
+    fs, store, _ = setup
+    data = os.urandom(40 * 65536 + 100)
+    attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
+    real_append = _LocalObjectWriter.append
+    calls = []
+
+    def fails_after_a_while(self, *chunks):
+        calls.append(1)
+        if len(calls) > 1:
+            raise StoreError("no space left on the store's disk")
+        real_append(self, *chunks)
+
+    monkeypatch.setattr(_LocalObjectWriter, "append", fails_after_a_while)
+    for off in range(0, len(data), 65536):
+        fs.write(fh, off, data[off:off + 65536])
+    content = fs._node(attr.ino).content
+    assert len(calls) == 2 and content._parts is None and os.listdir(store.inner._tmp) == []
+    monkeypatch.undo()
+    fs.release(fh)
+    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    assert read_file(fs, attr.ino) == data
+
+
+def test_fsck_lists_what_a_crash_left_in_the_local_store_s_tmp(setup, tmp_path):
+    from sealfs.fsck import check
+
+    fs, store, _ = setup
+    tmp = store.inner._tmp
+    os.makedirs(tmp, exist_ok=True)
+    for name, age in (("put-old", 3 * 86400), ("put-new", 0)):
+        with open(os.path.join(tmp, name), "wb") as f:
+            f.write(b"ciphertext")
+        t = time.time() - age
+        os.utime(os.path.join(tmp, name), (t, t))
+    report = check(fs.vol)
+    assert report.leftovers == [("temporary file put-old", "part of an object being written, left by a crash")]
+    check(fs.vol, repair=True)
+    assert os.listdir(tmp) == ["put-new"]
+
+
 def test_setattr_nowait_only_while_a_writer_has_an_upload_pending(setup):
     fs, store, _ = setup
     attr, fh = fs.create(ROOT_INO, b"t", 0o600, os.O_WRONLY, CTX)

@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 
 from sealfs import volume as volume_mod
-from sealfs.errors import IntegrityError, PreconditionFailed
+from sealfs.errors import IntegrityError, PreconditionFailed, StoreError, StoreUnavailable
 from sealfs.fs.cache import BlockCache
 from sealfs.fs.content import FileContent
 from sealfs.fsck import check
@@ -177,6 +177,47 @@ def test_a_record_removed_by_a_newer_version_meanwhile_is_read_again(vols, tmp_p
     assert seen.mode & 0o777 == 0o600 and seen.etag == replaced[0].etag and seen.times_record is None
 
 
+def test_a_failed_metadata_copy_leaves_the_file_readable(vols, tmp_path, monkeypatch):
+    """A chmod while the file was written needs a copy after the upload
+    completes; if that copy fails, the completed version still has its
+    times record (written before the completion), so it reads."""
+    vol, other = vols
+    e = vol.create_file(ROOT_ID, b"big", 0o644, 0, 0)
+    content = FileContent(vol, e, BlockCache(64 * BS), str(tmp_path / "spool"), 64 * BS)
+    data = os.urandom(12 * BS)
+    for pos in range(0, len(data), BS):
+        content.write(pos, data[pos : pos + BS])
+
+    def copy_fails(*args, **kwargs):
+        raise StoreUnavailable("the store went away")
+
+    monkeypatch.setattr(vol.store, "copy", copy_fails)
+    with pytest.raises(StoreError):
+        content.upload(replace(e, mode=e.mode & ~0o777 | 0o600, mtime_ns=e.mtime_ns + 5))
+    content.close()
+    seen = other.lookup(ROOT_ID, b"big")
+    assert seen.mtime_ns == e.mtime_ns + 5 and seen.times_record is not None
+    assert other.reader(seen).read(0, len(data)) == data
+
+
+def test_a_completion_whose_answer_was_lost_keeps_its_record(vols, tmp_path, monkeypatch):
+    """Only a refused completion removes the record: an error may hide a
+    completion that happened, whose object names it."""
+    vol, other = vols
+    e = vol.create_file(ROOT_ID, b"big", 0o644, 0, 0)
+    real = vol.store.complete_multipart
+
+    def completes_then_fails(*args, **kwargs):
+        real(*args, **kwargs)
+        raise StoreUnavailable("no answer")
+
+    monkeypatch.setattr(vol.store, "complete_multipart", completes_then_fails)
+    with pytest.raises(StoreError):
+        write_in_parts(vol, tmp_path, e, os.urandom(10 * BS))
+    seen = other.lookup(ROOT_ID, b"big")
+    assert seen.size == 10 * BS and times_objects(vol) == [times_key(seen.id, seen.times_record)]
+
+
 def test_a_lost_completion_leaves_no_record(vols, tmp_path):
     """Another mount changed the file while this one wrote it in parts:
     the completion is refused, and the record written for it is removed."""
@@ -193,6 +234,40 @@ def test_a_lost_completion_leaves_no_record(vols, tmp_path):
     content.close()
     assert times_objects(vol) == []
     assert not vol.store.list_multipart_uploads()
+
+
+def test_a_file_replaced_again_and_again_while_read_is_read_again(vols, tmp_path):
+    """Each replacement removes the record the reader was about to read:
+    the lookup goes on with the newer version until one holds still."""
+    vol, other = vols
+    e = write_in_parts(vol, tmp_path, vol.create_file(ROOT_ID, b"big", 0o644, 0, 0), os.urandom(10 * BS))
+    real_head = other.store.inner.head
+    versions = [e]
+
+    def head_then_replace(key):
+        info = real_head(key)
+        if len(versions) < 4:
+            versions.append(write_in_parts(vol, tmp_path, versions[-1], os.urandom(9 * BS + len(versions))))
+        return info
+
+    other.store.inner.head = head_then_replace
+    seen = other.lookup(ROOT_ID, b"big")
+    assert seen.etag == versions[-1].etag and seen.size == versions[-1].size
+
+
+def test_fsck_keeps_the_record_of_a_damaged_entry(vols, tmp_path):
+    """An entry that fails to load (its record tampered with) is damage,
+    reported; its record is the evidence, not a leftover to delete."""
+    vol, _ = vols
+    e = write_in_parts(vol, tmp_path, vol.create_file(ROOT_ID, b"big", 0o644, 0, 0), os.urandom(10 * BS))
+    key = times_key(e.id, e.times_record)
+    record = vol.store.get(key)
+    vol.store.put(key, record[:-1] + bytes([record[-1] ^ 1]))
+    fresh = Volume.open(vol.store, [KEY])
+    report = check(fresh, stale_seconds=0)
+    assert report.damaged and not report.leftovers
+    check(fresh, repair=True, stale_seconds=0)
+    assert times_objects(vol) == [key]
 
 
 def test_fsck_removes_records_no_version_names_after_a_grace_period(vols, tmp_path):

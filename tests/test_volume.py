@@ -63,6 +63,12 @@ class CountingStore(Store):
     def open_put(self, *args, **kwargs):
         return self._call("open_put", *args, **kwargs)
 
+    def temporaries(self, *args, **kwargs):
+        return self._call("temporaries", *args, **kwargs)
+
+    def remove_temporary(self, *args, **kwargs):
+        return self._call("remove_temporary", *args, **kwargs)
+
     def copy(self, *args, **kwargs):
         return self._call("copy", *args, **kwargs)
 

@@ -307,7 +307,7 @@ class FileContent:
         return not (self._rewritten_in_parts()
                     and max(self.size, end) > self._parts_class().blocks_per_part(self.vol) * bs)
 
-    def _parts_class(self) -> type[PartStream] | type[AppendStream] | None:
+    def _parts_class(self) -> type[PartStream | AppendStream] | None:
         """How this store takes a file while it is written: multipart parts
         (S3), appends to the new object (local), or not at all."""
         store = self.vol.store
@@ -398,15 +398,18 @@ class FileContent:
         while self.size > (start + per_part) * self.block_size and all(
             self._sendable(i) for i in range(start, start + per_part + 1)
         ):
-            if self._parts is None:
-                try:
+            try:
+                if self._parts is None:
                     self._parts = cls(self.vol, self.base.entry, self.base.cipher(), self.base.header_bytes())
-                except PreconditionFailed:
-                    # The version we opened is gone (another mount): keep the
-                    # blocks here; the upload at close reports the conflict.
-                    self._stream_parts = False
-                    return
-            self._parts.send(self.block, self._sealed_block)
+                self._parts.send(self.block, self._sealed_block)
+            except StoreError as exc:
+                # The store cannot take it now (or the version we opened is
+                # gone: another mount): the blocks stay here, and the flush
+                # stores the file whole, or reports the error or conflict.
+                log.info("%s: not sent while written (%s)", self.base.name, exc)
+                self._abort_parts()
+                self._stream_parts = False
+                return
             if not self._parts.keeps_sent:
                 for i in range(start, self._parts.next_block):
                     self.dirty.pop(i, None)

@@ -322,6 +322,15 @@ class Store(abc.ABC):
     def list_multipart_uploads(self, prefix: str = "") -> list[Upload]:
         """Uploads started and neither completed nor aborted."""
 
+    def temporaries(self) -> list[tuple[str, float]]:
+        """Files the store writes beside its objects while it builds one
+        (name, modification time): left only by a crash.  None on S3."""
+        return []
+
+    def remove_temporary(self, name: str) -> None:
+        """Remove one of :meth:`temporaries` (a store must not be writing it)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no temporary files")
+
     def check(self) -> None:
         """Raise :class:`~sealfs.errors.StoreError` (with a message saying
         what is wrong: missing directory or bucket, credentials, network)

@@ -279,6 +279,26 @@ class LocalStore(Store):
     def open_put(self, key: str) -> "_LocalObjectWriter":
         return _LocalObjectWriter(self, key)
 
+    def temporaries(self) -> list[tuple[str, float]]:
+        """The files in ``tmp/`` (objects being written; a crash leaves them)."""
+        out = []
+        with self._os_errors("list", "tmp/"):
+            try:
+                entries = list(os.scandir(self._tmp))
+            except FileNotFoundError:
+                return []
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file(follow_symlinks=False):
+                        out.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+        return sorted(out)
+
+    def remove_temporary(self, name: str) -> None:
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"not a temporary file name: {name!r}")
+        with self._os_errors("remove", f"tmp/{name}"), contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._tmp, name))
+
     def copy(self, src: str, dst: str, metadata: dict[str, str], *, if_match: str | None = None) -> str:
         dst_path = self._object_path(dst)
         md = check_metadata(metadata)

@@ -264,7 +264,7 @@ MOUNT_OPTIONS = ["dirty_size=64K"]
 BIG_ROUNDS = 0.2
 #: What fsck may find after a crash (and --repair removes).
 CRASH_LEFTOVERS = {"stale multipart upload", "file unlinked while open, left by a crash",
-                   "times record of no entry version"}
+                   "times record of no entry version", "part of an object being written, left by a crash"}
 EMPTY = digest(b"")
 ABSENT = None
 READY_TIMEOUT = 30.0
