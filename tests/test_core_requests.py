@@ -279,13 +279,10 @@ def test_a_listing_heads_only_entries_that_may_have_changed(s3_setup):
     assert fs.getattr(inos[b"f03"]).mode & 0o7777 == 0o640
 
 
-def test_spooled_blocks_are_stored_as_they_were_sealed(setup, monkeypatch):
-    """Blocks spilled to the spool are sealed once: the upload stores those
-    very bytes, and nothing in the spool file is plaintext."""
+def count_seals(monkeypatch) -> list[int]:
+    """The indices of the blocks sealed from now on, as they are sealed."""
     from sealfs.codec import blocks
 
-    fs, _, _ = setup
-    fs.opts.dirty_bytes = 4 * 65536
     sealed = []
     real = blocks.FileCipher.seal_block
 
@@ -294,6 +291,15 @@ def test_spooled_blocks_are_stored_as_they_were_sealed(setup, monkeypatch):
         return real(self, index, last, plain, nonce)
 
     monkeypatch.setattr(blocks.FileCipher, "seal_block", counting)
+    return sealed
+
+
+def test_spooled_blocks_are_stored_as_they_were_sealed(setup, monkeypatch):
+    """Blocks spilled to the spool are sealed once: the upload stores those
+    very bytes, and nothing in the spool file is plaintext."""
+    fs, _, _ = setup
+    fs.opts.dirty_bytes = 4 * 65536
+    sealed = count_seals(monkeypatch)
     data = os.urandom(20 * 65536 + 100)
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
     for off in reversed(range(65536, len(data), 65536)):  # (not front to back: nothing streams yet)
@@ -314,18 +320,9 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
     new object as it is written: each block sealed once, neither kept in
     memory nor spooled; readable meanwhile; a write behind what was sent
     moves the sent blocks to the spool and the file comes out right."""
-    from sealfs.codec import blocks
-
     fs, store, _ = setup
     fs.opts.dirty_bytes = 24 * 65536  # (more than one append: 1 MiB)
-    sealed = []
-    real = blocks.FileCipher.seal_block
-
-    def counting(self, index, last, plain, nonce=None):
-        sealed.append(index)
-        return real(self, index, last, plain, nonce)
-
-    monkeypatch.setattr(blocks.FileCipher, "seal_block", counting)
+    sealed = count_seals(monkeypatch)
     data = bytearray(os.urandom(40 * 65536 + 100))
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
     for off in range(0, len(data), 65536):

@@ -66,6 +66,17 @@ def write_in_parts(vol: Volume, tmp_path, e, data: bytes):
         content.close()
 
 
+def written_not_closed(vol: Volume, tmp_path):
+    """A new file "big" of 12 blocks written block by block and not yet
+    flushed: (its entry, its contents, the data)."""
+    e = vol.create_file(ROOT_ID, b"big", 0o644, 0, 0)
+    content = FileContent(vol, e, BlockCache(64 * BS), str(tmp_path / "spool"), 64 * BS)
+    data = os.urandom(12 * BS)
+    for pos in range(0, len(data), BS):
+        content.write(pos, data[pos : pos + BS])
+    return e, content, data
+
+
 def times_objects(vol: Volume) -> list[str]:
     return [o.key for o in vol.store.list_all("t/")]
 
@@ -91,11 +102,7 @@ def test_a_file_written_in_parts_has_its_last_write_time(vols, tmp_path):
 
 def test_a_metadata_change_while_writing_is_a_copy_and_no_record(vols, tmp_path):
     vol, other = vols
-    e = vol.create_file(ROOT_ID, b"big", 0o644, 0, 0)
-    content = FileContent(vol, e, BlockCache(64 * BS), str(tmp_path / "spool"), 64 * BS)
-    data = os.urandom(12 * BS)
-    for pos in range(0, len(data), BS):
-        content.write(pos, data[pos : pos + BS])
+    e, content, data = written_not_closed(vol, tmp_path)
     vol.store.calls.clear()
     new = content.upload(replace(e, mode=e.mode & ~0o777 | 0o600))
     content.close()
@@ -182,11 +189,7 @@ def test_a_failed_metadata_copy_leaves_the_file_readable(vols, tmp_path, monkeyp
     completes; if that copy fails, the completed version still has its
     times record (written before the completion), so it reads."""
     vol, other = vols
-    e = vol.create_file(ROOT_ID, b"big", 0o644, 0, 0)
-    content = FileContent(vol, e, BlockCache(64 * BS), str(tmp_path / "spool"), 64 * BS)
-    data = os.urandom(12 * BS)
-    for pos in range(0, len(data), BS):
-        content.write(pos, data[pos : pos + BS])
+    e, content, data = written_not_closed(vol, tmp_path)
 
     def copy_fails(*args, **kwargs):
         raise StoreUnavailable("the store went away")
