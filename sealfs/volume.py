@@ -272,10 +272,8 @@ class Volume:
                 f.update(_json_of(self.meta.open_bytes(blob, b"sealfs overflow " + e.id, what + " overflow"),
                                   "overflow metadata"))
             e.xattrs = {_unb64(k): _unb64(v) for k, v in f.get("x", {}).items()}
-            if "tr" in f:
-                e.times_record = bytes.fromhex(f["tr"])
-                if len(e.times_record) != TIMES_NONCE_SIZE:
-                    raise ValueError("tr")
+            e.times_record = _times_nonce(f)
+            if e.times_record is not None:
                 e.mtime_ns, e.ctime_ns = self._recorded_times(e.id, e.times_record, what)
         except (KeyError, ValueError, TypeError):
             raise IntegrityError(f"{what}: metadata is malformed") from None
@@ -332,7 +330,8 @@ class Volume:
         must not take the record of a damaged entry for a leftover."""
         try:
             f = self.meta.open(self.store.head(key).metadata["m"], key.encode(), key)
-            return times_key(bytes.fromhex(f["id"]), bytes.fromhex(f["tr"])) if "tr" in f else None
+            nonce = _times_nonce(f)
+            return times_key(bytes.fromhex(f["id"]), nonce) if nonce is not None else None
         except (SealfsError, KeyError, ValueError, TypeError):
             return None
 
@@ -1019,6 +1018,17 @@ class _ContentWriter:
             inflight.release()
 
 
+def _times_nonce(fields: dict) -> bytes | None:
+    """The nonce of the times record entry metadata ``fields`` name (``tr``),
+    or None; ValueError if it is not 16 bytes of hex."""
+    if "tr" not in fields:
+        return None
+    nonce = bytes.fromhex(fields["tr"])
+    if len(nonce) != TIMES_NONCE_SIZE:
+        raise ValueError("tr")
+    return nonce
+
+
 def _untimed(fields: dict) -> dict:
     """Entry metadata fields without the times."""
     return {k: v for k, v in fields.items() if k not in ("mt", "ct")}
@@ -1111,14 +1121,16 @@ class _WhileWritten:
         if n <= self.next_block:
             raise ValueError("the file ended inside what was already sent")
         chunks = [self.header] if self.next_block == 0 else []
+        pending = len(chunks[0]) if chunks else 0
         for i in range(self.next_block, n):
             if i == n - 1:
                 chunks.append(self.cipher.seal_block(i, True, block(i)))
             else:
                 chunks.append(self._sealed(i, block, sealed_block))
-            if sum(map(len, chunks)) >= self.part_blocks * layout.sealed_block_size and i < n - 1:
+            pending += len(chunks[-1])
+            if pending >= self.part_blocks * layout.sealed_block_size and i < n - 1:
                 self._emit(chunks)
-                chunks = []
+                chunks, pending = [], 0
         if chunks:
             self._emit(chunks)
 
@@ -1185,9 +1197,9 @@ class PartStream(_WhileWritten):
     a file being written changes until its last write, so the metadata
     names a times record (``t/<id>.<nonce>``, see :meth:`Volume.put_times`)
     that :meth:`finish` writes just before the completion.  Only if other
-    metadata changed meanwhile (a chmod while writing) is the metadata
-    replaced by a server-side copy instead, which on S3 costs about as much
-    as the upload did.
+    metadata changed meanwhile (a chmod while writing) is the completed
+    object then copied onto itself with its final metadata, which on S3
+    costs about as much as the upload did.
     """
 
     MAX_IN_FLIGHT = 4
@@ -1195,9 +1207,11 @@ class PartStream(_WhileWritten):
     def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
         super().__init__(vol, e, cipher, header)
         self.fields = _untimed(vol._fields(e))
-        self.started = replace(e)
         self.times_record = crypto.random_bytes(TIMES_NONCE_SIZE)
-        self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(self.started, self.times_record))
+        started = replace(e)
+        self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(started, self.times_record))
+        #: Whether the metadata the upload started with moved xattrs to x/.
+        self.overflow = started.overflow
         self._futures: list = []
 
     @staticmethod
@@ -1223,7 +1237,7 @@ class PartStream(_WhileWritten):
         parts = [f.result() for f in self._futures]
         vol = self.vol
         # The record first: the completed object names it.
-        new = replace(e, size=size, overflow=self.started.overflow, times_record=self.times_record)
+        new = replace(e, size=size, overflow=self.overflow, times_record=self.times_record)
         vol.put_times(new, self.times_record)
         try:
             new.etag = vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match,

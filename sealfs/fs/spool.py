@@ -50,11 +50,9 @@ class Spool:
 
     def put(self, index: int, plain: bytes | bytearray) -> None:
         partial = len(plain) != self.block_size
-        sealed = self.cipher.seal_block(index, partial, plain)
-        self._write(index, sealed)
-        self._blocks[index] = (len(sealed), partial)
+        self._write(index, self.cipher.seal_block(index, partial, plain), partial)
 
-    def _write(self, index: int, sealed: bytes) -> None:
+    def _write(self, index: int, sealed: bytes, partial: bool) -> None:
         try:
             written = os.pwrite(self._fd, sealed, index * self.slot)
         except OSError as exc:
@@ -63,12 +61,12 @@ class Spool:
             raise FsError(errno.EIO, f"cannot write the spool: {exc.strerror}") from None
         if written != len(sealed):
             raise FsError(errno.ENOSPC, "short write to the spool (cache directory full?)")
+        self._blocks[index] = (len(sealed), partial)
 
     def put_sealed(self, index: int, sealed: bytes) -> None:
         """Block ``index`` as this spool's cipher sealed it, whole and not
         the last (a block read back from a stream: see FileContent)."""
-        self._write(index, sealed)
-        self._blocks[index] = (len(sealed), False)
+        self._write(index, sealed, False)
 
     def _read(self, index: int) -> bytes:
         length, _ = self._blocks[index]

@@ -576,9 +576,7 @@ class LocalStore(Store):
     def _temp_file(self, purpose: str, key: str) -> Iterator[tuple[int, str]]:
         """A new private file in ``tmp/`` (mode 0600) for the caller to fill
         and rename away; removed if the block raises."""
-        with self._os_errors("write", key):
-            self._makedirs(self._tmp)
-            fd, path = tempfile.mkstemp(prefix=purpose + "-", dir=self._tmp)
+        fd, path = self._new_temp_file(purpose, key)
         try:
             with self._os_errors("write", key):
                 yield fd, path
@@ -588,6 +586,12 @@ class LocalStore(Store):
             raise
         finally:
             os.close(fd)
+
+    def _new_temp_file(self, purpose: str, key: str) -> tuple[int, str]:
+        """A new private file in ``tmp/`` (mode 0600): its descriptor and path."""
+        with self._os_errors("write", key):
+            self._makedirs(self._tmp)
+            return tempfile.mkstemp(prefix=purpose + "-", dir=self._tmp)
 
     def _install(
         self,
@@ -783,9 +787,7 @@ class _LocalObjectWriter(ObjectWriter):
         self.store = store
         self.key = key
         self._path = store._object_path(key)
-        with store._os_errors("write", key):
-            store._makedirs(store._tmp)
-            self._fd, self._tmp = tempfile.mkstemp(prefix="put-", dir=store._tmp)
+        self._fd, self._tmp = store._new_temp_file("put", key)
         self._end = HEADER_SIZE
 
     def append(self, *data: bytes | bytearray | memoryview) -> None:
