@@ -70,7 +70,12 @@ def test_imports_only_go_down(path):
 
 
 def test_codec_and_store_load_no_fuse_or_trio():
-    code = ("import sys, sealfs.codec.blocks, sealfs.codec.names, sealfs.codec.meta, sealfs.volume; "
+    # The local store and the volume on it, used as a library: no FUSE, no
+    # trio, and no boto3 until an s3:// store is opened.
+    code = ("import sys, tempfile, sealfs.codec.blocks, sealfs.codec.names, sealfs.codec.meta, sealfs.volume; "
+            "from sealfs.store import open_store; "
+            "store = open_store('file://' + tempfile.mkdtemp() + '/s', create=True); store.put('probe', b'x'); "
+            "assert store.get('probe') == b'x'; "
             "bad = [m for m in ('pyfuse3', 'trio', 'boto3') if m in sys.modules]; print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"the library layers loaded {out.stdout.strip()}"

@@ -344,7 +344,21 @@ def test_decide_refuses_unknown_operations():
     p = parse_policy('[workloads.w]\nuid = 1\n')
     with pytest.raises(ValueError):
         p.decide(caller(), "execute", "/x")
-    assert set(OPERATIONS) == {"read", "write", "create", "delete", "list", "rename", "setattr", "xattr"}
+
+
+@pytest.mark.parametrize("op", OPERATIONS)
+def test_each_operation_is_granted_alone(op):
+    """A rule that allows one operation allows that one and no other."""
+    p = policy(f"""
+        [workloads.w]
+        uid = 1000
+        [[rule]]
+        paths = ["/d/**"]
+        workloads = ["w"]
+        allow = ["{op}"]
+    """)
+    granted = [o for o in OPERATIONS if p.decide(caller(), o, "/d/f").allowed]
+    assert granted == [op]
 
 
 def test_explain_says_which_selector_and_rule():

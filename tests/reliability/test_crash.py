@@ -35,8 +35,8 @@ round:
    the new one, never neither.  Nothing may be left in the cache directory.
    Two names of one directory or file are resolved as fsck advises (the
    entry of the old name is deleted) and the volume remounted: a mount
-   takes two names of one file for one inode, see the xfail test at the
-   end.
+   takes two names of one file for one inode (see
+   test_interrupted_file_rename_leaves_two_independent_names).
 
 At the end the volume is unmounted cleanly, ``sealfs fsck`` must exit 0,
 and neither the store, nor any file of the test's directory (cache, logs,
