@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .errors import MountError, SealfsError
 from .fs.core import Filesystem, Options
+from .policy.audit import open_private_log
 from .policy.guard import Guard
 from .volume import Volume
 
@@ -160,7 +161,7 @@ def setup_logging(cfg: MountConfig) -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
     if cfg.log_file:
-        handler: logging.Handler = logging.FileHandler(cfg.log_file)
+        handler: logging.Handler = logging.StreamHandler(open_private_log(cfg.log_file))
     elif cfg.foreground:
         handler = logging.StreamHandler(sys.stderr)
     elif os.path.exists("/dev/log"):

@@ -34,6 +34,8 @@ import datetime
 import json
 import logging
 import logging.handlers
+import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -50,6 +52,30 @@ BURST = 5
 WINDOW = 10.0
 #: Keys (workload, path, op) tracked at once.
 MAX_KEYS = 10_000
+
+
+
+#: Mode of the log and audit files sealfs creates: they hold plaintext
+#: paths, identities and the names of damaged files.
+LOG_FILE_MODE = 0o600
+
+
+def open_private_log(path: str):
+    """``path`` opened for appending, as text, line-buffered, created mode
+    0600 whatever the umask.  An existing file that group or others may
+    read or write is tightened to 0600, with a warning in the log: the
+    lines to come are as sensitive as the ones that made it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+            os.fchmod(fd, LOG_FILE_MODE)
+            logging.getLogger("sealfs").warning(
+                "%s was mode %04o: made 0600 (it holds paths and identities)", path, stat.S_IMODE(st.st_mode))
+        return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass
@@ -74,7 +100,7 @@ class AuditLog:
         self.wallclock = wallclock
         self._lock = threading.Lock()
         self._windows: OrderedDict[tuple, _Window] = OrderedDict()
-        self._file = open(path, "a", buffering=1, encoding="utf-8") if path else None  # noqa: SIM115
+        self._file = open_private_log(path) if path else None
         self._syslog: logging.Handler | None = None
         if syslog_address:
             handler = logging.handlers.SysLogHandler(syslog_address,
@@ -191,7 +217,7 @@ class AuditLog:
             return
         with self._lock:
             try:
-                new = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+                new = open_private_log(self.path)
             except OSError as exc:
                 logging.getLogger("sealfs").error("cannot reopen the audit log %s: %s (still writing to the old "
                                                   "file)", self.path, exc)
