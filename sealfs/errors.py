@@ -46,6 +46,14 @@ class IntegrityError(SealfsError):
     exit_code = ExitCode.INTEGRITY
 
 
+class DamagedObject(IntegrityError):
+    """The store holds an object whose stored form is damaged: a local
+    object file whose header or length is not one the store writes, or an
+    S3 answer about one object whose fields do not parse.  It concerns that
+    object alone (an integrity failure, exit 4), not the store: a store
+    that fails or is gone raises :class:`StoreError` (exit 6)."""
+
+
 class ConfigError(SealfsError):
     """The store holds no sealfs volume, or its config is damaged/foreign."""
 

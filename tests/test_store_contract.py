@@ -25,6 +25,8 @@ from botocore.exceptions import ResponseStreamingError
 from botocore.stub import Stubber
 
 from sealfs.errors import (
+    DamagedObject,
+    IntegrityError,
     NotFound,
     PreconditionFailed,
     StoreError,
@@ -624,13 +626,132 @@ def test_local_metadata_with_more_items_than_s3_allows_is_refused(local: LocalSt
     assert local.list_multipart_uploads() == []
 
 
-def test_local_damaged_object_is_a_store_error(local: LocalStore) -> None:
-    local.put("k", b"data")
-    (Path(local.root) / "objects" / "k").write_bytes(b"garbage")
-    for call in (lambda: local.get("k"), lambda: local.head("k"), lambda: local.list()):
-        with pytest.raises(StoreError, match="damaged") as exc:
+def _damage(path: Path, how: str) -> None:
+    raw = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "100 bytes":
+        path.write_bytes(raw[:100])
+    elif how == "header overwritten":
+        path.write_bytes(b"\xff" * 32 + raw[32:])
+    elif how == "no end of header":
+        path.write_bytes(raw[:HEADER_SIZE].replace(b"\n\n", b"\nX") + raw[HEADER_SIZE:])
+    elif how == "garbage":
+        path.write_bytes(b"garbage")
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["empty", "100 bytes", "header overwritten", "no end of header", "garbage"])
+def test_local_damaged_object_is_an_integrity_error_of_that_object(local: LocalStore, how: str) -> None:
+    """A damaged object file is a damaged object (DamagedObject, an
+    IntegrityError: exit 4), not a store failure (exit 6); it is still
+    listed, with its neighbours, and can be replaced or deleted."""
+    local.put("d/a", b"before")
+    local.put("d/k", b"data", {"m": "x"})
+    local.put("d/z", b"after")
+    _damage(Path(local.root) / "objects" / "d~" / "k", how)
+    for call in (lambda: local.get("d/k"), lambda: local.head("d/k"), lambda: local.get_object("d/k"),
+                 lambda: local.get_stream("d/k"), lambda: local.copy("d/k", "d/c", {})):
+        with pytest.raises(DamagedObject, match="damaged") as exc:
             call()
-        assert not isinstance(exc.value, NotFound)
+        assert isinstance(exc.value, IntegrityError) and not isinstance(exc.value, StoreError)
+    assert keys_of(local.list("d/")) == ["d/a", "d/k", "d/z"]
+    assert local.get("d/a") == b"before" and local.get("d/z") == b"after"
+    with pytest.raises(PreconditionFailed):
+        local.put("d/k", b"new", if_none_match=True)  # it exists
+    with pytest.raises(PreconditionFailed):
+        local.put("d/k", b"new", if_match=local.head("d/a").etag)
+    local.put("d/k", b"new")
+    assert local.get("d/k") == b"new"
+    _damage(Path(local.root) / "objects" / "d~" / "k", how)
+    local.delete("d/k")
+    assert keys_of(local.list("d/")) == ["d/a", "d/z"]
+
+
+def test_local_object_files_fuzzed(tmp_path: Path) -> None:
+    """Any bytes in an object file (truncated anywhere in the header, any
+    header byte flipped, random bytes): get, head and list give the bytes,
+    DamagedObject, or (for a flipped etag or metadata byte) other values,
+    never another exception."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    store = LocalStore(tmp_path / "fuzz", create=True)
+    store.put("k", b"payload", {"m": "sealed-metadata", "n": "name"})
+    path = Path(store.root) / "objects" / "k"
+    good = path.read_bytes()
+
+    def probe() -> None:
+        for call in (lambda: store.get("k"), lambda: store.head("k"), lambda: store.get_object("k", 3)):
+            try:
+                call()
+            except DamagedObject:
+                pass
+        assert keys_of(store.list()) == ["k"]
+
+    for cut in list(range(0, 200)) + [HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 3]:
+        path.write_bytes(good[:cut])
+        probe()
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.integers(0, len(good) - 1), st.integers(1, 255), st.binary(max_size=300))
+    def flipped(at: int, bit: int, tail: bytes) -> None:
+        raw = bytearray(good)
+        raw[at] ^= bit
+        path.write_bytes(bytes(raw))
+        probe()
+        path.write_bytes(good[:HEADER_SIZE // 2] + tail)
+        probe()
+
+    flipped()
+
+
+def test_local_store_gone_or_replaced_fails_every_call_and_writes_nothing(tmp_path: Path) -> None:
+    """A store directory deleted, moved away or replaced (another store, an
+    empty directory) under an open store: every call raises StoreUnavailable
+    and nothing is created under the old path; the same directory moved
+    back works again."""
+    root = tmp_path / "store"
+    store = LocalStore(root, create=True)
+    store.put("a/b", b"data")
+    other = LocalStore(tmp_path / "other", create=True)
+    other.put("a/b", b"other")
+    other.close()
+
+    def calls():
+        return [lambda: store.get("a/b"), lambda: store.head("a/b"), lambda: store.list("a/"),
+                lambda: store.get_stream("a/b"), lambda: store.get_object("a/b"), lambda: store.put("a/c", b"x"),
+                lambda: store.put("n", b"x", if_none_match=True), lambda: store.copy("a/b", "a/d", {}),
+                lambda: store.delete("a/b"), lambda: store.create_multipart("m"), lambda: store.temporaries(),
+                lambda: store.list_multipart_uploads(), lambda: store.check(), lambda: store.open_put("w")]
+
+    def all_refused(what: str) -> None:
+        for call in calls():
+            with pytest.raises(StoreUnavailable, match=what):
+                call()
+
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    all_refused("is gone")
+    assert not root.exists()
+    root.mkdir()
+    all_refused("is gone")  # (an empty directory has no objects/)
+    assert list(root.iterdir()) == []
+    root.rmdir()
+    (tmp_path / "other").rename(root)
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    all_refused("replaced")
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
+    assert (root / "objects" / "a~" / "b").read_bytes().endswith(b"other")
+    root.rename(tmp_path / "other")
+    moved.rename(root)  # the same store back
+    assert store.get("a/b") == b"data"
+    store.put("a/c", b"x")
+    # objects/ alone replaced (its contents swapped for another store's)
+    (root / "objects").rename(tmp_path / "objects-away")
+    (root / "objects").mkdir()
+    all_refused("replaced")
+    assert list((root / "objects").iterdir()) == []
 
 
 def test_local_leaves_no_stray_files(local: LocalStore) -> None:

@@ -69,6 +69,7 @@ import ctypes
 import errno
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -77,7 +78,7 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from ..errors import NotFound, PreconditionFailed, StoreError
+from ..errors import DamagedObject, NotFound, PreconditionFailed, StoreError, StoreUnavailable
 from .base import (
     KEY_SEGMENT_CHARS,
     S3_MIN_PART_SIZE,
@@ -93,6 +94,8 @@ from .base import (
     check_parts,
     check_range,
 )
+
+log = logging.getLogger(__name__)
 
 HEADER_SIZE = 4096
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -132,6 +135,9 @@ class LocalStore(Store):
         self._uploads = os.path.join(self.root, "multipart")
         self._lock_path = os.path.join(self.root, "lock")
         self._sync_each_write = True
+        #: (st_dev, st_ino) of the root and of objects/ when the store was
+        #: opened: see :meth:`_check_root`.
+        self._identity: tuple[tuple[int, int], tuple[int, int]] | None = None
         if create:
             with self._os_errors("create the store directory"):
                 for path in (self.root, self._objects, self._tmp, self._uploads):
@@ -144,6 +150,7 @@ class LocalStore(Store):
     def sync(self) -> None:
         if self._sync_each_write:
             return
+        self._check_root()
         with self._os_errors("sync the store to disk"):
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -162,10 +169,32 @@ class LocalStore(Store):
             _fsync_dir(path)
 
     def check(self) -> None:
+        if self._identity is not None:
+            self._check_root()
+            return
         if not os.path.isdir(self.root):
             raise StoreError(f"no sealfs store directory at {self.root}")
         if not os.path.isdir(self._objects):
             raise StoreError(f"{self.root} is not a sealfs store directory (it has no objects/ subdirectory)")
+        with self._os_errors("open the store directory"):
+            self._identity = (_file_id(self.root), _file_id(self._objects))
+
+    def _check_root(self) -> None:
+        """Refuse to go on if the store directory (or its objects/) is no
+        longer the one opened: deleted, renamed away, its disk unmounted,
+        or replaced by another directory (another volume's store, an empty
+        one).  Otherwise a missing directory would read as an empty volume,
+        and writes would build a new store under the old path.  Every call
+        checks first (two stat(2) calls); the same directory put back
+        (renamed back, its disk mounted again) is accepted again."""
+        try:
+            now = (_file_id(self.root), _file_id(self._objects))
+        except OSError as e:
+            raise StoreUnavailable(f"local store {self.root} is gone (deleted, moved away or its disk "
+                                   f"unmounted: {e.strerror or e})") from None
+        if now != self._identity:
+            raise StoreUnavailable(f"local store {self.root} was replaced by another directory since it was "
+                                   "opened (another store or an empty one): refusing to use it")
 
     # -- reading -----------------------------------------------------------
     def get(self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None) -> bytes:
@@ -182,9 +211,11 @@ class LocalStore(Store):
 
     def get_stream(self, key: str, start: int = 0, *, if_match: str | None = None) -> BinaryIO:
         check_range(start, None)
+        path = self._object_path(key)
+        self._check_root()
         with self._os_errors("read", key):
             try:
-                f = open(self._object_path(key), "rb")
+                f = open(path, "rb")
             except FileNotFoundError:
                 raise NotFound(f"no object {key} in {self.url}") from None
         try:
@@ -218,7 +249,10 @@ class LocalStore(Store):
     ) -> ListPage:
         """A page of keys under ``prefix``.  The token is the point to resume
         after: the last key returned, or a common prefix followed by ``~``
-        (sorting after every key under that prefix)."""
+        (sorting after every key under that prefix).  An object file with a
+        damaged header is listed (size from its length, etag empty): the
+        listing is not the place to fail, a read of it fails."""
+        self._check_root()
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, not {max_keys}")
         if delimiter == "":
@@ -281,6 +315,7 @@ class LocalStore(Store):
 
     def temporaries(self) -> list[tuple[str, float]]:
         """The files in ``tmp/`` (objects being written; a crash leaves them)."""
+        self._check_root()
         out = []
         with self._os_errors("list", "tmp/"):
             try:
@@ -296,6 +331,7 @@ class LocalStore(Store):
     def remove_temporary(self, name: str) -> None:
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"not a temporary file name: {name!r}")
+        self._check_root()
         with self._os_errors("remove", f"tmp/{name}"), contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self._tmp, name))
 
@@ -344,6 +380,7 @@ class LocalStore(Store):
         check_key(key)
         md = check_metadata(metadata)
         self._header("", md)  # refuse now metadata that could not be stored at the end
+        self._check_root()
         upload_id = secrets.token_hex(_UPLOAD_ID_LEN // 2)
         info = {"key": key, "metadata": md, "initiated": time.time()}
         with self._os_errors("start a multipart upload", key):
@@ -449,6 +486,7 @@ class LocalStore(Store):
             shutil.rmtree(retired, ignore_errors=True)
 
     def list_multipart_uploads(self, prefix: str = "") -> list[Upload]:
+        self._check_root()
         uploads = []
         with self._os_errors("list multipart uploads"):
             try:
@@ -456,7 +494,11 @@ class LocalStore(Store):
             except FileNotFoundError:
                 return []
             for upload_id in names:
-                info = self._read_info(os.path.join(self._uploads, upload_id), upload_id)
+                try:
+                    info = self._read_info(os.path.join(self._uploads, upload_id), upload_id)
+                except DamagedObject as exc:
+                    log.warning("%s (left alone)", exc)
+                    continue
                 if info is not None and info["key"].startswith(prefix):
                     uploads.append(Upload(info["key"], upload_id, info["initiated"]))
         uploads.sort(key=lambda u: (u.key, u.initiated))
@@ -477,6 +519,7 @@ class LocalStore(Store):
     def _open(self, key: str) -> Iterator[int]:
         """The object file of ``key``, open for reading; NotFound if none."""
         path = self._object_path(key)
+        self._check_root()
         with self._os_errors("read", key):
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -498,16 +541,17 @@ class LocalStore(Store):
 
     def _read_header(self, fd: int, key: str) -> tuple[str, dict[str, str]]:
         """The etag and metadata of the open object file ``fd``."""
-        raw = os.pread(fd, HEADER_SIZE, 0)
+        with self._os_errors("read", key):
+            raw = os.pread(fd, HEADER_SIZE, 0)
         end = raw.find(b"\n\n")
         lines = raw[len(_MAGIC) : end].split(b"\n")
         if len(raw) < HEADER_SIZE or not raw.startswith(_MAGIC) or end < 0 or not lines[0].startswith(_ETAG):
-            raise StoreError(f"object {key} in {self.url} is damaged (bad local header)")
+            raise DamagedObject(f"object {key} in {self.url} is damaged (bad local header)")
         metadata = {}
         for line in lines[1:]:
             name, equals, value = line.decode("ascii", "replace").partition("=")
             if not equals:
-                raise StoreError(f"object {key} in {self.url} is damaged (bad local header)")
+                raise DamagedObject(f"object {key} in {self.url} is damaged (bad local header)")
             metadata[name] = value
         return lines[0][len(_ETAG) :].decode("ascii", "replace"), metadata
 
@@ -527,7 +571,11 @@ class LocalStore(Store):
         with self._os_errors("list", key):
             try:
                 with _opened(path) as fd:
-                    return self._info(fd, key, with_metadata=False)
+                    try:
+                        return self._info(fd, key, with_metadata=False)
+                    except DamagedObject:
+                        st = os.fstat(fd)
+                        return ObjectInfo(key, max(0, st.st_size - HEADER_SIZE), "", mtime=st.st_mtime)
             except FileNotFoundError:
                 return None
 
@@ -536,7 +584,7 @@ class LocalStore(Store):
         while length > 0:
             chunk = os.pread(fd, min(length, _CHUNK), offset)
             if not chunk:
-                raise StoreError(f"object {key} in {self.url} is shorter than its size")
+                raise DamagedObject(f"object {key} in {self.url} is shorter than its size")
             chunks.append(chunk)
             offset += len(chunk)
             length -= len(chunk)
@@ -589,6 +637,7 @@ class LocalStore(Store):
 
     def _new_temp_file(self, purpose: str, key: str) -> tuple[int, str]:
         """A new private file in ``tmp/`` (mode 0600): its descriptor and path."""
+        self._check_root()
         with self._os_errors("write", key):
             self._makedirs(self._tmp)
             return tempfile.mkstemp(prefix=purpose + "-", dir=self._tmp)
@@ -628,11 +677,15 @@ class LocalStore(Store):
         return retired
 
     def _current_etag(self, path: str, key: str) -> str | None:
+        """The etag of the object file ``path``; None if there is none, ""
+        if its header is damaged (it exists, and matches no etag)."""
         try:
             with _opened(path) as fd:
                 return self._read_header(fd, key)[0]
         except FileNotFoundError:
             return None
+        except DamagedObject:
+            return ""
 
     def _install_part(self, tmp: str, upload_dir: str, part_number: int, key: str, upload_id: str) -> None:
         try:
@@ -644,9 +697,9 @@ class LocalStore(Store):
     def _makedirs(self, path: str) -> list[str]:
         """Make ``path`` and its missing parents (mode 0700); return the
         parents that got a new entry, whose fsync makes the new directories
-        durable.  Never makes the store's root: a store removed under our
-        feet is an error, not something to recreate."""
-        if path == self.root or os.path.isdir(path):
+        durable.  Never makes the store's root or objects/: a store removed
+        under our feet is an error, not something to recreate."""
+        if path in (self.root, self._objects) or os.path.isdir(path):
             return []
         parent = os.path.dirname(path)
         created = self._makedirs(parent)
@@ -673,6 +726,7 @@ class LocalStore(Store):
 
     @contextlib.contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        self._check_root()  # (before the lock file is made: never in another directory)
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -741,6 +795,7 @@ class LocalStore(Store):
         if len(upload_id) != _UPLOAD_ID_LEN or not all(c in "0123456789abcdef" for c in upload_id):
             raise missing
         upload_dir = os.path.join(self._uploads, upload_id)
+        self._check_root()
         with self._os_errors("read the multipart upload", key):
             info = self._read_info(upload_dir, upload_id)
         if info is None or info["key"] != key:
@@ -750,11 +805,15 @@ class LocalStore(Store):
     def _read_info(self, upload_dir: str, upload_id: str) -> dict | None:
         try:
             with open(os.path.join(upload_dir, _INFO), encoding="ascii") as f:
-                return json.load(f)
+                info = json.load(f)
+            if (isinstance(info, dict) and isinstance(info.get("key"), str) and isinstance(info.get("metadata"), dict)
+                    and isinstance(info.get("initiated"), (int, float))):
+                return info
         except FileNotFoundError:
             return None
         except ValueError:
-            raise StoreError(f"multipart upload {upload_id} in {self.url} is damaged (bad {_INFO})") from None
+            pass
+        raise DamagedObject(f"multipart upload {upload_id} in {self.url} is damaged (bad {_INFO})")
 
     def _retire(self, upload_dir: str, upload_id: str) -> str | None:
         """Move an upload's directory out of multipart/ (the lock held), so
@@ -842,6 +901,11 @@ def _opened(path: str) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _file_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _fsync_dir(path: str) -> None:
