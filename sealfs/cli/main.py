@@ -192,7 +192,7 @@ def cmd_mount(args) -> int:
     store = _open_store(args.store, opts)
     vol = Volume.open(store, _credentials(opts))
     vol.root()  # fail now, not in the daemon, if the root entry is unreadable
-    os.environ.pop(sources.ENV_PASSPHRASE, None)  # not for the daemon's children
+    sources.scrub_environment()  # not in the daemon's /proc/PID/environ, nor its children's
     return daemonize_and_serve(vol, cfg)
 
 
@@ -455,7 +455,7 @@ def _new_credential(args) -> Credential:
         return KmsKey(args.new_kms_key, args.kms_region, args.kms_endpoint)
     if args.new_passfile:
         return Passphrase(sources.read_passfile(args.new_passfile))
-    env = os.environ.get("SEALFS_NEW_PASSPHRASE")
+    env = os.environ.get(sources.ENV_NEW_PASSPHRASE)
     if env:
         return Passphrase(env.encode())
     return Passphrase(sources.read_passphrase(prompt="New passphrase: ", confirm=True, use_env=False))

@@ -4,6 +4,7 @@ standard output of an ``extpass`` command; key files are read from disk."""
 
 from __future__ import annotations
 
+import ctypes
 import getpass
 import os
 import shlex
@@ -13,6 +14,13 @@ import sys
 from ..errors import UsageError
 
 ENV_PASSPHRASE = "SEALFS_PASSPHRASE"
+ENV_NEW_PASSPHRASE = "SEALFS_NEW_PASSPHRASE"
+#: Environment variables holding secrets, which a mount daemon must not
+#: keep once the volume is open: sealfs's passphrases, and the secret half
+#: of static AWS credentials (boto3 read them when the store's and KMS's
+#: clients were made, and keeps them in memory; AWS_ACCESS_KEY_ID is an
+#: identifier, not a secret, and stays).
+SECRET_ENV = (ENV_PASSPHRASE, ENV_NEW_PASSPHRASE, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 MIN_KEYFILE_BYTES = 32
 
 
@@ -75,6 +83,31 @@ def read_passphrase(
     if not secret:
         raise UsageError("empty passphrase")
     return secret
+
+
+def scrub_environment(names: tuple[str, ...] = SECRET_ENV) -> None:
+    """Remove ``names`` from the environment, and overwrite them with zero
+    bytes in the process's initial environment block too: that block (on
+    the stack, where execve put it) is what /proc/PID/environ and ``ps e``
+    show for the whole life of the process, whatever os.environ says
+    later; a forked daemon inherits the overwritten copy."""
+    for name in names:
+        os.environ.pop(name, None)  # (unsetenv: libc no longer points into the block)
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50 and 51 of proc(5)
+    except (OSError, ValueError, IndexError):
+        return
+    if not 0 < start < end:
+        return
+    block = ctypes.string_at(start, end - start)
+    prefixes = tuple(os.fsencode(name) + b"=" for name in names)
+    offset = 0
+    for entry in block.split(b"\0"):
+        if entry.startswith(prefixes):
+            ctypes.memset(start + offset, 0, len(entry))
+        offset += len(entry) + 1
 
 
 def read_keyfile(path: str) -> bytes:
