@@ -222,17 +222,25 @@ def cmd_ls(args) -> int:
     vol = _volume(args)
     try:
         e = vol.resolve(args.path, follow=True)
-        _ls(vol, e, args.path.rstrip("/") or "/", args, top=True)
+        damaged = _ls(vol, e, args.path.rstrip("/") or "/", args, top=True)
     finally:
         vol.close()
-    return 0
+    return ExitCode.INTEGRITY if damaged else 0
 
 
-def _ls(vol, e, path: str, args, top: bool) -> None:
+def _ls(vol, e, path: str, args, top: bool) -> int:
+    """List ``e``; the number of damaged entries left out (each said on stderr)."""
     if not e.is_dir:
         print(_ls_line(vol, e, path, args))
-        return
-    entries = sorted(vol.listdir(e.id), key=lambda x: x.name)
+        return 0
+    damaged = 0
+
+    def skip(key: str, exc: Exception) -> None:
+        nonlocal damaged
+        damaged += 1
+        print(f"sealfs: skipping damaged entry of {path}: {exc}", file=sys.stderr)
+
+    entries = sorted(vol.listdir(e.id, on_error=skip), key=lambda x: x.name)
     if args.recursive and not top:
         print()
     if args.recursive:
@@ -242,7 +250,8 @@ def _ls(vol, e, path: str, args, top: bool) -> None:
     if args.recursive:
         for child in entries:
             if child.is_dir:
-                _ls(vol, child, path.rstrip("/") + "/" + os.fsdecode(child.name), args, top=False)
+                damaged += _ls(vol, child, path.rstrip("/") + "/" + os.fsdecode(child.name), args, top=False)
+    return damaged
 
 
 def _ls_line(vol, e, name: str, args) -> str:
