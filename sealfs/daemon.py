@@ -8,7 +8,7 @@ with one line when it is not.
 
 Signals: SIGTERM/SIGINT upload dirty data and unmount; SIGHUP reloads the
 policy (when one is configured: an invalid file is refused and the old
-policy stays) and reopens the audit log.  A timer writes pending directory
+policy stays) and reopens the audit log and the ``log=`` file (logrotate).  A timer writes pending directory
 times and closes audit rate-limit windows.
 """
 
@@ -156,12 +156,37 @@ class _OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class _PrivateFileHandler(logging.StreamHandler):
+    """The ``log=`` file: created 0600 (:func:`open_private_log`), reopened
+    on SIGHUP after logrotate moved it."""
+
+    def __init__(self, path: str):
+        super().__init__(open_private_log(path))
+        self.path = path
+
+    def reopen(self) -> None:
+        try:
+            new = open_private_log(self.path)
+        except OSError as exc:
+            log.error("cannot reopen the log %s: %s (still writing to the old file)", self.path, exc)
+            return
+        old = self.setStream(new)
+        if old is not None:
+            old.close()
+
+
+def reopen_log_file() -> None:
+    for h in logging.getLogger().handlers:
+        if isinstance(h, _PrivateFileHandler):
+            h.reopen()
+
+
 def setup_logging(cfg: MountConfig) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     if cfg.log_file:
-        handler: logging.Handler = logging.StreamHandler(open_private_log(cfg.log_file))
+        handler: logging.Handler = _PrivateFileHandler(cfg.log_file)
     elif cfg.foreground:
         handler = logging.StreamHandler(sys.stderr)
     elif os.path.exists("/dev/log"):
@@ -248,6 +273,7 @@ async def _signals(fs: Filesystem, pyfuse3, scope, guard: Guard | None = None) -
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
+                reopen_log_file()
                 if guard is None:
                     log.info("SIGHUP: nothing to reload (no policy= given)")
                 else:

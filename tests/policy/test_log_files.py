@@ -6,6 +6,7 @@ reopened after logrotate is 0600 too."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import time
 
@@ -65,13 +66,20 @@ def test_mount_creates_its_logs_private(make_policy_mount, store_kind, tmp_path,
     assert m.audit_file == loose_audit
     assert mode(m.log) == 0o600, "the daemon's log"
     assert mode(m.audit_file) == 0o600, "the audit log, tightened"
-    # logrotate: move the file away, SIGHUP; the new file is private too
+    # logrotate: move both files away, SIGHUP; the new files are private too
     m.audit_file.rename(tmp_path / "audit0.log.1")
-    m.reload(POLICY)
+    m.log.rename(tmp_path / "daemon0.log.1")
+    os.kill(m.daemon_pid(), signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while not (m.log.exists() and "policy reloaded" in m.log.read_text()):
+        assert time.monotonic() < deadline, "the daemon's log was not reopened after SIGHUP"
+        time.sleep(0.02)
+    assert mode(m.log) == 0o600, "the daemon's log, reopened"
+    assert "SIGHUP" not in (tmp_path / "daemon0.log.1").read_text(), "written to the rotated file"
     with pytest.raises(PermissionError):
         os.listdir(m.path)
     deadline = time.monotonic() + 30
-    while not m.audit_file.exists():
+    while not m.denials():
         assert time.monotonic() < deadline, "the audit log was not reopened after SIGHUP"
         time.sleep(0.02)
     assert mode(m.audit_file) == 0o600
