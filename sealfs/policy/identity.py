@@ -61,6 +61,7 @@ All of this is blocking file I/O: call it from a worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -71,6 +72,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from . import mappings
+from .mappings import Code
 
 #: Seconds an exec-stable part of an identity (exe, script, environ flags,
 #: cgroup) is reused for one (pid, start time, exec fingerprint).
@@ -157,6 +160,16 @@ class Identity:
     problem: str | None = None
     #: The process (thread group) of the calling thread ``pid``.
     tgid: int = 0
+    #: Executable mappings of files not trusted by their owner: (path,
+    #: sha256 or None, whether it is the running executable) (mappings.py).
+    foreign_code: tuple[tuple[str, str | None, bool], ...] = ()
+    #: Anonymous executable memory and memory-only files (memfd, deleted).
+    memory_code: tuple[str, ...] = ()
+    #: Why the executable mappings could not be inspected (None: they were).
+    code_problem: str | None = None
+    #: How an interpreter's command line lets it load code from the caller's
+    #: environment or files (python without -I, python -i).
+    startup: tuple[str, ...] = ()
 
     @property
     def valid(self) -> bool:
@@ -180,6 +193,14 @@ class Identity:
             parts.append(f"traced by pid {self.tracer_pid}")
         if self.preload:
             parts.append("environment sets " + ", ".join(self.preload))
+        if self.startup:
+            parts.append("; ".join(self.startup))
+        if self.foreign_code:
+            parts.append("maps " + ", ".join(p for p, _, _ in self.foreign_code))
+        if self.memory_code:
+            parts.append("runs " + ", ".join(self.memory_code))
+        if self.code_problem:
+            parts.append(self.code_problem)
         if self.problem:
             parts.append(f"INVALID: {self.problem}")
         return ", ".join(parts)
@@ -190,16 +211,38 @@ class _Gone(Exception):
 
 
 class _Handles:
-    """``/proc/PID/stat`` and ``status`` of one process, held open.  Reads
-    (pread at 0 regenerates them) fail with ESRCH once the process is gone.
+    """``/proc/PID/stat``, ``status`` and ``maps`` of one exec of one
+    process, held open, and what was gathered about that exec.  Reads
+    (pread at 0 regenerates them) fail with ESRCH once the process is gone;
+    ``maps`` is bound to the address space that the process had when it was
+    opened, and reads as empty once an ``execve`` replaced it (or the
+    process is gone): that is how an exec is noticed (``maps_fd`` is None
+    when it could not be opened: then nothing is cached).
     ``lock`` is held while reading, so that :meth:`close` (eviction) never
     closes a descriptor in use, whose number could then be reused."""
 
-    def __init__(self, stat_fd: int, status_fd: int):
+    def __init__(self, stat_fd: int, status_fd: int, maps_fd: int | None):
         self.stat_fd = stat_fd
         self.status_fd = status_fd
+        self.maps_fd = maps_fd
         self.lock = threading.Lock()
         self.closed = False
+        #: The exec-stable part gathered for this exec (None: not yet).
+        self.stable: _Stable | None = None
+
+    def same_exec(self) -> bool:
+        """Whether the process still runs the exec these were opened on
+        (call with ``lock`` held)."""
+        return self.maps_fd is not None and os.pread(self.maps_fd, 1, 0) != b""
+
+    def maps(self) -> bytes:
+        """The whole maps text of this exec (empty once it is over)."""
+        out = b""
+        while True:
+            chunk = os.pread(self.maps_fd, 1 << 20, len(out))
+            if not chunk:
+                return out
+            out += chunk
 
     def close(self) -> None:
         with self.lock:
@@ -207,6 +250,8 @@ class _Handles:
                 self.closed = True
                 os.close(self.stat_fd)
                 os.close(self.status_fd)
+                if self.maps_fd is not None:
+                    os.close(self.maps_fd)
 
 
 class HashCache:
@@ -272,14 +317,20 @@ class _Stable:
     script_sha256: str | None
     cgroup: str | None
     preload: tuple[str, ...]
+    startup: tuple[str, ...]
+    code: Code
+    #: The virtual size when ``code`` was read: a new mapping changes it.
+    vsize: int
     made: float
     last: Identity | None = None
+    #: (st_dev, st_ino) of the running executable.
+    exe_key: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
 class _Stat:
     start_time: int
-    fingerprint: tuple[int, ...]
+    vsize: int
 
 
 @dataclass(frozen=True)
@@ -306,7 +357,6 @@ class Identifier:
         self.stable_ttl = stable_ttl
         self.hashes = hashes if hashes is not None else HashCache()
         self.clock = clock
-        self._stable: OrderedDict[tuple, _Stable] = OrderedDict()
         self._handles: OrderedDict[int, _Handles] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -320,13 +370,15 @@ class Identifier:
         if pid <= 0:
             return Identity(pid, uid, gid, problem="request from the kernel (pid 0), not from a process")
         try:
-            before, status = self._live(pid)
-            stable = self._cached_stable(pid, before)
+            before, status, h = self._live(pid)
+            stable = h.stable
+            if stable is None or h.maps_fd is None or self.clock() - stable.made >= self.stable_ttl:
+                stable = self._gather(pid, before, h, code_only=False)
+            elif before.vsize != stable.vsize:  # something was mapped or unmapped (dlopen): look again
+                stable = self._gather(pid, before, h, code_only=True)
             if stable is None:
-                stable = self._gather(pid, before)
-                if stable is None:
-                    return Identity(pid, uid, gid, start_time=before.start_time,
-                                    problem="the pid was reused while the process was being identified")
+                return Identity(pid, uid, gid, start_time=before.start_time,
+                                problem="the pid was reused, or the process exec'd, while it was being identified")
             tracer = self._tracer(pid, status)
         except _Gone:
             return Identity(pid, uid, gid, problem="the process exited before it could be identified")
@@ -345,21 +397,28 @@ class Identifier:
                                exe_deleted=stable.exe_deleted, exe_replaced=stable.exe_replaced,
                                script=stable.script, script_sha256=stable.script_sha256, cgroup=stable.cgroup,
                                start_time=before.start_time, tracer_pid=tracer, preload=stable.preload,
-                               tgid=status.tgid or pid)
+                               tgid=status.tgid or pid, foreign_code=stable.code.foreign,
+                               memory_code=stable.code.memory_only, code_problem=stable.code.problem,
+                               startup=stable.startup)
         return stable.last
 
-    def _live(self, pid: int) -> tuple[_Stat, _Status]:
-        """``stat`` and ``status`` of ``pid`` now, through descriptors held
-        open per process (:class:`_Handles`): they stay bound to the process
-        they were opened for, so once it is gone they fail, even if its pid
-        was reused; then they are opened afresh, once."""
+    def _live(self, pid: int) -> tuple[_Stat, _Status, _Handles]:
+        """``stat`` and ``status`` of ``pid`` now, and its handles, through
+        descriptors held open per exec of a process (:class:`_Handles`):
+        they stay bound to the process (and ``maps`` to the exec) they were
+        opened for, so once it is gone or has exec'd they fail or read
+        empty, even if its pid was reused; then they are opened afresh,
+        once."""
         for fresh in (False, True):
             h = self._handles_of(pid, fresh)
             with h.lock:
                 if h.closed:  # evicted meanwhile
                     continue
                 try:
-                    return _parse_stat(os.pread(h.stat_fd, 65536, 0)), _parse_status(os.pread(h.status_fd, 65536, 0))
+                    st = _parse_stat(os.pread(h.stat_fd, 65536, 0))
+                    status = _parse_status(os.pread(h.status_fd, 65536, 0))
+                    if h.maps_fd is None or h.same_exec():
+                        return st, status, h
                 except (ProcessLookupError, _Gone):
                     pass
             self._drop_handles(pid, h)
@@ -384,7 +443,15 @@ class Identifier:
             if isinstance(exc, (FileNotFoundError, ProcessLookupError)):
                 raise _Gone() from None
             raise
-        h = _Handles(stat_fd, status_fd)
+        try:
+            maps_fd: int | None = os.open(f"{base}/maps", os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            os.close(stat_fd)
+            os.close(status_fd)
+            raise _Gone() from None
+        except OSError:  # (not ours to read: nothing is cached for it)
+            maps_fd = None
+        h = _Handles(stat_fd, status_fd, maps_fd)
         evicted = []
         with self._lock:
             old = self._handles.pop(pid, None)
@@ -484,19 +551,14 @@ class Identifier:
 
     # -- exec-stable part -----------------------------------------------------------------
 
-    def _cached_stable(self, pid: int, st: _Stat) -> _Stable | None:
-        key = (pid, st.start_time, st.fingerprint)
-        with self._lock:
-            cached = self._stable.get(key)
-            if cached is not None and self.clock() - cached.made < self.stable_ttl:
-                self._stable.move_to_end(key)
-                return cached
-        return None
-
-    def _gather(self, pid: int, before: _Stat) -> _Stable | None:
-        """Gather the exec-stable part through one ``/proc/PID`` directory
-        handle, checking that it is the process ``before`` was read from,
-        before and after; None if it is not (the pid was reused)."""
+    def _gather(self, pid: int, before: _Stat, h: _Handles, *, code_only: bool) -> _Stable | None:
+        """Gather the exec-stable part (``code_only``: only the executable
+        mappings again) through one ``/proc/PID`` directory handle, checking
+        before and after that it is the process ``before`` was read from and
+        that it has not exec'd since ``h`` was opened; None if it is not or
+        has (the pid was reused, or an execve came in between).  What an
+        earlier look at the same exec saw (loader variables, foreign code)
+        is kept: code that hid itself since was there all the same."""
         try:
             base = os.open(f"{self.proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, ProcessLookupError):
@@ -504,27 +566,44 @@ class Identifier:
         try:
             if self._read_stat(base).start_time != before.start_time:
                 return None
+            old = h.stable
             now = self.clock()
-            stable = self._gather_stable(pid, base, now)
+            if code_only and old is not None:
+                stable = dataclasses.replace(old, last=None)
+            else:
+                stable = self._gather_stable(base, now)
+            stable.vsize = before.vsize
+            with h.lock:
+                maps = b"" if h.closed or h.maps_fd is None else h.maps()
+            if maps:
+                stable.code = mappings.inspect(base, maps, stable.exe_key, self.hashes.of_fd)
+            elif h.maps_fd is not None:
+                return None  # exec'd (or exited) since h was opened
+            else:
+                stable.code = Code(problem="cannot read its memory map (/proc/PID/maps)")
+            if old is not None:
+                stable.preload = tuple(sorted(set(old.preload) | set(stable.preload)))
+                stable.startup = tuple(dict.fromkeys(old.startup + stable.startup))
+                stable.code = stable.code.merged(old.code)
+            with h.lock:
+                if h.closed or (h.maps_fd is not None and not h.same_exec()):
+                    return None
             if self._read_stat(base).start_time != before.start_time:
                 return None
         finally:
             os.close(base)
-        key = (pid, before.start_time, before.fingerprint)
-        with self._lock:
-            self._stable[key] = stable
-            self._stable.move_to_end(key)
-            while len(self._stable) > STABLE_CACHE_ENTRIES:
-                self._stable.popitem(last=False)
+        h.stable = stable
         return stable
 
     def forget(self) -> None:
         """Drop the exec-stable cache (hashes stay: they are keyed by content)."""
         with self._lock:
-            self._stable.clear()
+            handles = list(self._handles.values())
+        for h in handles:
+            h.stable = None
 
-    def _gather_stable(self, pid: int, base: int, now: float) -> _Stable:
-        exe, deleted, replaced, exe_hash = self._exe(base)
+    def _gather_stable(self, base: int, now: float) -> _Stable:
+        exe, deleted, replaced, exe_hash, exe_key = self._exe(base)
         family = interpreter_family(exe)
         try:
             cmdline = self._read(base, "cmdline")
@@ -540,38 +619,50 @@ class Identifier:
             preload = injection_variables(environ, family)
         except PermissionError:
             preload = ()
-        return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, now)
+        startup = python_startup(cmdline) if family == "python" else ()
+        return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, startup,
+                       Code(), 0, now, exe_key=exe_key)
 
-    def _exe(self, base: int) -> tuple[str | None, bool, bool, str | None]:
+    def _exe(self, base: int) -> tuple[str | None, bool, bool, str | None, tuple[int, int] | None]:
+        """(path, deleted, replaced, sha256, (st_dev, st_ino)) of the running
+        executable.  The file is the one ``exe`` resolves to (the kernel
+        resolves it to the inode, in any mount namespace); the path is
+        only what the process's namespace calls it, so ``replaced`` is set
+        unless the daemon, in its own namespace, finds that very file at
+        that path: a bind mount or another root cannot lend a path."""
         try:
             link = os.readlink("exe", dir_fd=base)
         except (FileNotFoundError, ProcessLookupError):
             # a kernel thread or a zombie has no exe; a vanished process neither
             self._read_stat(base)  # raises _Gone for the latter
-            return None, False, False, None
+            return None, False, False, None, None
         except OSError:
-            return None, False, False, None
+            return None, False, False, None, None
         deleted = link.endswith(_DELETED)
         path = link[: -len(_DELETED)] if deleted else link
         digest = None
-        replaced = False
         try:
             fd = os.open("exe", os.O_RDONLY | os.O_CLOEXEC, dir_fd=base)
         except (FileNotFoundError, ProcessLookupError):
             raise _Gone() from None
         except OSError:
-            return path, deleted, False, None
+            fd = None
         try:
-            running = os.fstat(fd)
-            digest = self.hashes.of_fd(fd)
-        finally:
-            os.close(fd)
-        try:
-            now = os.stat("root" + path, dir_fd=base)  # the path as the process sees it (containers)
-            replaced = (now.st_dev, now.st_ino) != (running.st_dev, running.st_ino)
+            running = os.fstat(fd) if fd is not None else os.stat("exe", dir_fd=base)
+            if fd is not None:
+                digest = self.hashes.of_fd(fd)
         except OSError:
-            replaced = True  # the path names nothing (or nothing we may see) any more
-        return path, deleted, replaced, digest
+            return path, deleted, True, None, None  # cannot tell which file runs: it matches no exe
+        finally:
+            if fd is not None:
+                os.close(fd)
+        key = (running.st_dev, running.st_ino)
+        try:
+            here = os.stat(path)  # the daemon's own view of the path, never the caller's
+            replaced = deleted or (here.st_dev, here.st_ino) != key
+        except (OSError, ValueError):
+            replaced = True  # the path names nothing (or nothing we may see) here
+        return path, deleted, replaced, digest, key
 
     def _script(self, base: int, arg: bytes) -> tuple[str | None, str | None]:
         """Open the script as the process would (relative to its cwd, or
@@ -624,9 +715,7 @@ def _parse_stat(raw: bytes) -> _Stat:
     if len(fields) < 50:
         raise _Gone()
     # fields[0] is field 3 (state): field N is fields[N - 3]
-    start = int(fields[22 - 3])
-    fingerprint = tuple(int(f) for f in fields[28 - 3: 29 - 3] + fields[48 - 3: 52 - 3])
-    return _Stat(start, fingerprint)
+    return _Stat(int(fields[22 - 3]), int(fields[23 - 3]))
 
 
 def _parse_status(text: bytes) -> _Status:
@@ -708,6 +797,50 @@ def script_argument(family: str, cmdline: bytes) -> bytes | None:
                     break
         i += 1
     return None
+
+
+def python_startup(cmdline: bytes) -> tuple[str, ...]:
+    """What a Python command line lets the caller add to the program:
+    without ``-I`` (or both ``-E`` and ``-s``) Python imports code named by
+    the environment (PYTHONPATH, PYTHONSTARTUP, …) and the user
+    site-packages of ``$HOME`` (``.pth`` files, ``usercustomize``), which
+    the environment check cannot see once that code erased its traces;
+    ``-i`` reads more code from stdin after the script."""
+    argv = cmdline.split(b"\0")
+    if argv and argv[-1] == b"":
+        argv.pop()
+    flags: set[str] = set()
+    takes_value = _SCRIPT_OPTIONS["python"][1]
+    args = [a.decode("utf-8", "surrogateescape") for a in argv[1:]]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--" or arg == "-" or not arg.startswith("-"):
+            break
+        if arg in takes_value:
+            i += 2
+            continue
+        if arg.startswith("--"):
+            i += 1
+            continue
+        for j, letter in enumerate(arg[1:]):
+            if "-" + letter in takes_value:  # -Wignore, -Xdev: the rest is its value
+                if j == len(arg) - 2:
+                    i += 1  # and the value is the next argument
+                break
+            flags.add(letter)
+            if letter in "cm":  # the rest of the line is the code or the module's
+                break
+        if flags & {"c", "m"}:
+            break
+        i += 1
+    found = []
+    if "i" in flags:
+        found.append("python -i reads code from stdin after the program")
+    if "I" not in flags and not {"E", "s"} <= flags:
+        found.append("python runs without -I (or -E and -s), so it loads code that its environment and the "
+                     "user site-packages of $HOME name")
+    return tuple(found)
 
 
 def injection_variables(environ: bytes, family: str | None) -> tuple[str, ...]:
