@@ -6,12 +6,15 @@ from ``/proc/PID``:
 
 ==================  ===================================================
 groups              ``status`` Groups: (supplementary) plus the gid
-exe, exe_sha256     ``readlink exe``; the hash is of the open ``exe``
-                    link, so it is the binary that is *running*, even if
-                    the path now names another file or nothing
+exe, exe_sha256     ``readlink exe`` (the path, as the process's mount
+                    namespace names it); the file is the one ``exe``
+                    resolves to (by device and inode), and the hash is
+                    of that open file: the binary that is *running*
 exe_deleted         the kernel marks the link `` (deleted)``
-exe_replaced        the path now names a different file (dev/inode), or
-                    none
+exe_replaced        the path, as the *daemon* sees it in its own mount
+                    namespace, names another file (dev/inode) or none:
+                    deleted, replaced since start, or lent by a bind
+                    mount in another namespace
 script, its sha256  when the exe is an interpreter (python, node, sh,
                     perl, ruby, …): the first non-option argument of
                     ``cmdline``, opened relative to the process's
@@ -25,36 +28,53 @@ preload             names of loader variables in ``environ`` that inject
                     code: LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, and the
                     interpreter's own (PYTHONPATH, NODE_OPTIONS, …) when
                     the exe is an interpreter
+foreign_code,       the executable mappings of ``maps`` that are not
+memory_code,        root's (see :mod:`.mappings`), by ``map_files``
+code_problem
+startup             for Python: ``cmdline`` without ``-I`` (or ``-E -s``),
+                    or with ``-i``
 ==================  ===================================================
 
 **Pid reuse.**  /proc entries are read through descriptors opened for that
-process (its ``stat`` and ``status``, held open; one ``/proc/PID``
-directory while gathering the rest): they stay bound to it, and fail once
-it is gone, even if its pid is reused.  The start time is also compared
-before and after gathering.  If it changed, or the process is gone, or its fsuid/fsgid are
-not those of the request, the identity is *invalid*
-(:attr:`Identity.problem` says why) and every decision on it is a denial.
-A request with pid 0 (the kernel's own) is invalid too.
+process (its ``stat``, ``status`` and ``maps``, held open; one
+``/proc/PID`` directory while gathering the rest): they stay bound to it,
+and fail once it is gone, even if its pid is reused.  The start time is
+also compared before and after gathering.  If it changed, or the process
+is gone, or its fsuid/fsgid are not those of the request, the identity is
+*invalid* (:attr:`Identity.problem` says why) and every decision on it is
+a denial.  A request with pid 0 (the kernel's own) is invalid too.
+
+**Exec.**  The held ``maps`` descriptor is bound to the address space the
+process had when it was opened: after an ``execve`` (any: also with
+address randomisation off, also of the same file) it reads as empty.  So
+a one-byte read of it at each request tells whether the process still
+runs the program that was identified; if not, everything is gathered
+again.  (Neither the start time nor the stack and argument addresses of
+``stat`` tell execs apart: ``setarch -R`` makes the latter equal.)
 
 **Cost.**  Hashing a binary is the expensive part: hashes are cached by
 (device, inode, size, mtime, ctime) of the open file, so a changed binary is
 hashed again and an unchanged one never (:class:`HashCache`, bounded).  What
-only an ``execve`` can change (exe, cmdline, environ; and the cgroup, which
-rarely moves) is cached per (pid, start time, exec fingerprint) for
-:data:`STABLE_TTL` seconds.  The exec fingerprint is the stack, argument and
-environment addresses of ``stat`` (fields 28, 48–51): with address space
-randomisation an ``execve`` changes them even when pid and start time stay.
-What can change at any moment — credentials, groups, tracers — is read on
-every call.  A warm call is two ``pread`` calls: ``stat`` and ``status``
-stay open for the last :data:`HANDLE_CACHE_ENTRIES` processes.
+only an ``execve`` can change (exe, cmdline, environ, the mappings; and
+the cgroup, which rarely moves) is kept per exec of a process for
+:data:`STABLE_TTL` seconds; the mappings are read again when the virtual
+size (field 23 of ``stat``) changes, which any new mapping does.  What
+was seen once during one exec (loader variables, foreign code, Python
+flags) stays seen until the next exec.  What can change at any moment —
+credentials, groups, tracers — is read on every call.  A warm call is
+three ``pread`` calls: ``stat``, ``status`` and one byte of ``maps`` stay
+open for the last :data:`HANDLE_CACHE_ENTRIES` processes.
 
-**What this cannot see.**  A process can rewrite its own command line, so
-``script`` only says what an interpreter was *asked* to run: pair script
-selectors with a user that untrusted code does not run as.  ``environ`` is
-the environment at ``execve`` (which is when the loader reads it).  Without
-root (CAP_SYS_PTRACE) the daemon cannot read ``exe``, ``environ`` or the
-fingerprint of other users' processes: those fields stay ``None``/empty and
-selectors on them do not match.
+**What this cannot see.**  ``cmdline`` and ``environ`` are the process's
+own memory, not the arguments and environment of its ``execve``: code
+running in the process may rewrite them.  So ``script`` and the Python
+flags only say what an interpreter *shows*, and the loader variables are
+a first look; the executable mappings are what the kernel has mapped and
+cannot be rewritten from inside (but code may still write into its own
+memory, or another process of its uid may).  Without root
+(CAP_SYS_PTRACE, CAP_SYS_ADMIN) the daemon cannot read ``exe``,
+``environ`` or ``map_files`` of other users' processes: those fields stay
+``None``/empty (``code_problem`` set) and selectors on them do not match.
 
 All of this is blocking file I/O: call it from a worker thread.
 """
@@ -76,13 +96,12 @@ from . import mappings
 from .mappings import Code
 
 #: Seconds an exec-stable part of an identity (exe, script, environ flags,
-#: cgroup) is reused for one (pid, start time, exec fingerprint).
+#: mappings, cgroup) is reused for one exec of a process.
 STABLE_TTL = 2.0
 #: Binaries/scripts whose hash is remembered (by stat key).
 HASH_CACHE_ENTRIES = 512
-#: Processes whose exec-stable part is remembered.
-STABLE_CACHE_ENTRIES = 4096
-#: Processes (threads) whose stat and status stay open (two descriptors each).
+#: Processes (threads) whose stat, status and maps stay open (three
+#: descriptors each), with their exec-stable part.
 HANDLE_CACHE_ENTRIES = 128
 #: Above this many threads, only the calling thread and the thread-group
 #: leader are checked for a tracer.

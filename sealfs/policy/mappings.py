@@ -37,7 +37,7 @@ from dataclasses import dataclass
 KERNEL_AREAS = frozenset({"[vdso]", "[vsyscall]", "[vectors]", "[sigpage]", "[uprobes]"})
 
 # start-end perms offset dev inode [path]; only executable ones ('x' third)
-_EXEC_LINE = re.compile(rb"^([0-9a-f]+-[0-9a-f]+) ..x. [0-9a-f]+ [0-9a-f]+:[0-9a-f]+ ([0-9]+) *([^\n]*)$", re.M)
+_EXEC_LINE = re.compile(rb"^([0-9a-f]+-[0-9a-f]+) ..x. [0-9a-f]+ [0-9a-f]+:[0-9a-f]+ ([0-9]+) *([^\n]*)$", re.MULTILINE)
 _DELETED = " (deleted)"
 #: Foreign files larger than this are not hashed (so never pinned): hashing
 #: is work the caller chooses the size of.
@@ -100,7 +100,7 @@ def inspect(base: int, maps: bytes, exe_key: tuple[int, int] | None, hash_fd) ->
         if st.st_nlink == 0 or not stat.S_ISREG(st.st_mode):
             memory_only.append(f"memory-only file {path}")
             continue
-        name = path[: -len(_DELETED)] if path.endswith(_DELETED) else path
+        name = path.removesuffix(_DELETED)
         digest = _hash(base, link, hash_fd) if st.st_size <= HASH_LIMIT else None
         foreign.append((name, digest, key == exe_key))
     return Code(tuple(foreign), tuple(memory_only))

@@ -30,7 +30,14 @@ import pytest
 from sealfs.policy.identity import Identifier, Identity, python_startup
 from sealfs.policy.rules import parse_policy
 
-from .policyhelp import CLEAN_ENV, SYSTEM_PYTHON, User, assert_ok, assert_refused, run_as
+from .policyhelp import (
+    CLEAN_ENV,
+    SYSTEM_PYTHON,
+    User,
+    assert_ok,
+    assert_refused,
+    run_as,
+)
 
 WAIT = 20.0
 SLEEP = os.path.realpath(shutil.which("sleep"))
@@ -93,7 +100,8 @@ int main(void) {
     return 0;
 }
 """
-# Loads a library later, when told to (dlopen after the first look).
+# Loads a library later, when told to (dlopen after the first look), and
+# unloads it at the next line.
 DLOPEN_C = r"""
 #include <dlfcn.h>
 #include <stdio.h>
@@ -102,8 +110,12 @@ int main(int argc, char **argv) {
     char c;
     puts("ready"); fflush(stdout);
     if (read(0, &c, 1) != 1) return 1;
-    if (!dlopen(argv[1], RTLD_NOW)) { puts(dlerror()); return 1; }
+    void *h = dlopen(argv[1], RTLD_NOW);
+    if (!h) { puts(dlerror()); return 1; }
     puts("loaded"); fflush(stdout);
+    if (read(0, &c, 1) != 1) return 1;
+    dlclose(h);  /* unmapped again */
+    puts("closed"); fflush(stdout);
     while (read(0, &c, 1) > 0) {}
     return 0;
 }
@@ -279,7 +291,36 @@ def test_a_library_loaded_after_the_first_look_is_seen_at_the_next_request(lab):
         p.stdin.flush()
         assert p.stdout.readline() == b"loaded\n"
         why = verdict(text, identify(p, lab.attacker, ident))
-    assert why and "libplain.so" in why
+        assert why and "libplain.so" in why
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"closed\n"
+        assert lab.mine("libplain.so").encode() not in Path(f"/proc/{p.pid}/maps").read_bytes()
+        why = verdict(text, identify(p, lab.attacker, ident))
+    assert why and "libplain.so" in why, "code that ran in this exec keeps it refused"
+
+
+def test_a_root_owned_library_on_a_nosuid_file_system_is_not_roots(lab):
+    """A user's FUSE mount may claim any owner for its files, and is always
+    mounted nosuid: ownership by root means nothing there."""
+    where = lab.bin.parent / "nosuid"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "nosuid,mode=0755", "tmpfs", str(where)], check=True)
+    try:
+        lib = where / "libroot.so"
+        shutil.copy(lab.mine("libplain.so"), lib)
+        lib.chmod(0o755)
+        assert (lib.stat().st_uid, lib.stat().st_mode & 0o022) == (0, 0)
+        with attack(lab.attacker, [lab.prog("waiter")], env={"LD_PRELOAD": str(lib)}) as p:
+            i = identify(p, lab.attacker)
+        assert [path for path, _, _ in i.foreign_code] == [str(lib)]
+        # control: the same file on the root file system is root's
+        shutil.copy(lib, lab.bin / "libroot.so")
+        with attack(lab.attacker, [lab.prog("waiter")], env={"LD_PRELOAD": str(lab.bin / "libroot.so")}) as p:
+            assert identify(p, lab.attacker).foreign_code == ()
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        where.rmdir()
 
 
 @pytest.mark.parametrize("how", ["LD_AUDIT", "ld.so --preload", "copied ld.so", "ld.so --audit"])
