@@ -633,12 +633,17 @@ class Identifier:
             arg = script_argument(family, cmdline)
             if arg is not None:
                 script, script_hash = self._script(base, arg)
+        startup = ()
+        variables_of = family
+        if family == "python":
+            startup = python_startup(cmdline)
+            if python_flags(cmdline) & {"I", "E"}:
+                variables_of = None  # Python ignores its PYTHON* variables then
         try:
             environ = self._read(base, "environ", limit=1 << 22)
-            preload = injection_variables(environ, family)
+            preload = injection_variables(environ, variables_of)
         except PermissionError:
             preload = ()
-        startup = python_startup(cmdline) if family == "python" else ()
         return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, startup,
                        Code(), 0, now, exe_key=exe_key)
 
@@ -818,13 +823,9 @@ def script_argument(family: str, cmdline: bytes) -> bytes | None:
     return None
 
 
-def python_startup(cmdline: bytes) -> tuple[str, ...]:
-    """What a Python command line lets the caller add to the program:
-    without ``-I`` (or both ``-E`` and ``-s``) Python imports code named by
-    the environment (PYTHONPATH, PYTHONSTARTUP, …) and the user
-    site-packages of ``$HOME`` (``.pth`` files, ``usercustomize``), which
-    the environment check cannot see once that code erased its traces;
-    ``-i`` reads more code from stdin after the script."""
+def python_flags(cmdline: bytes) -> set[str]:
+    """The one-letter options of a Python command line (``{"I", "B"}``
+    for ``python3 -IB app.py``), up to the script, ``-c`` or ``-m``."""
     argv = cmdline.split(b"\0")
     if argv and argv[-1] == b"":
         argv.pop()
@@ -853,6 +854,17 @@ def python_startup(cmdline: bytes) -> tuple[str, ...]:
         if flags & {"c", "m"}:
             break
         i += 1
+    return flags
+
+
+def python_startup(cmdline: bytes) -> tuple[str, ...]:
+    """What a Python command line lets the caller add to the program:
+    without ``-I`` (or both ``-E`` and ``-s``) Python imports code named by
+    the environment (PYTHONPATH, PYTHONSTARTUP, …) and the user
+    site-packages of ``$HOME`` (``.pth`` files, ``usercustomize``), which
+    the environment check cannot see once that code erased its traces;
+    ``-i`` reads more code from stdin after the script."""
+    flags = python_flags(cmdline)
     found = []
     if "i" in flags:
         found.append("python -i reads code from stdin after the program")
