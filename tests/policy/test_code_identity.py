@@ -61,6 +61,23 @@ __attribute__((constructor)) static void hide(void) {
         if (!strncmp(*e, "LD_PRELOAD=", 11)) memset(*e, 'x', strlen(*e));
 }
 """
+# Erases LD_LIBRARY_PATH= from its own environment when told to.
+ERASER_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+extern char **environ;
+int main(void) {
+    char c;
+    puts("ready"); fflush(stdout);
+    if (read(0, &c, 1) != 1) return 1;
+    for (char **e = environ; *e; e++)
+        if (!strncmp(*e, "LD_LIBRARY_PATH=", 16)) memset(*e, 'x', strlen(*e));
+    puts("erased"); fflush(stdout);
+    while (read(0, &c, 1) > 0) {}
+    return 0;
+}
+"""
 # An rtld-audit module (LD_AUDIT): loaded by ld.so before the program.
 AUDIT_C = r"""
 #define _GNU_SOURCE
@@ -166,7 +183,7 @@ def lab(users) -> Iterator[Lab]:
         bindir.mkdir(mode=0o755)
         own.mkdir(mode=0o755)
         for name, src in (("waiter", WAITER_C), ("anon", ANON_C), ("dlopener", DLOPEN_C), ("execer", EXECER_C),
-                          ("execee", WAITER_C)):
+                          ("execee", WAITER_C), ("eraser", ERASER_C)):
             _cc(bindir / name, src, "-ldl")
         _cc(own / "libhider.so", HIDER_C, "-shared", "-fPIC")
         _cc(own / "libaudit.so", AUDIT_C, "-shared", "-fPIC")
@@ -252,6 +269,21 @@ def test_a_preload_that_erases_itself_from_the_environment_is_refused(lab):
     assert i.preload == (), "the environment check sees nothing: the refusal must come from the mappings"
     why = verdict(text, i)
     assert why and "libhider.so" in why and "neither root's" in why
+
+
+def test_a_loader_variable_seen_once_stays_seen_for_that_exec(lab):
+    """The environment is looked at again (here at every request); a
+    variable erased after the first look still counts."""
+    ident = Identifier(stable_ttl=0)
+    text = policy(lab, exe=f'"{lab.prog("eraser")}"', no_preload="true")
+    with attack(lab.attacker, [lab.prog("eraser")], env={"LD_LIBRARY_PATH": "/nonexistent"}) as p:
+        assert "LD_LIBRARY_PATH" in verdict(text, identify(p, lab.attacker, ident))
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"erased\n"
+        assert b"LD_LIBRARY_PATH" not in Path(f"/proc/{p.pid}/environ").read_bytes()
+        assert verdict(text, identify(p, lab.attacker)) is None, "control: a first look now sees nothing"
+        assert "LD_LIBRARY_PATH" in verdict(text, identify(p, lab.attacker, ident))
 
 
 def test_a_library_pinned_by_hash_is_allowed_and_only_with_that_hash(lab):
