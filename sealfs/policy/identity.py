@@ -696,7 +696,10 @@ class Identifier:
         as root, so nothing but a regular file is ever opened for reading:
         opening a device can have side effects (a watchdog, a tape).  The
         file is first opened with O_PATH, checked, then re-opened through
-        that descriptor, so it cannot be swapped in between."""
+        that descriptor, so it cannot be swapped in between.  As for the
+        executable, the path is given only when the daemon finds that very
+        file at it in its own mount namespace (else the path is None, the
+        hash stays)."""
         if not arg:
             return None, None
         where = b"root" + arg if arg.startswith(b"/") else b"cwd/" + arg
@@ -705,11 +708,18 @@ class Identifier:
         except OSError:
             return None, None
         try:
-            if not stat.S_ISREG(os.fstat(pfd).st_mode):
+            st = os.fstat(pfd)
+            if not stat.S_ISREG(st.st_mode):
                 return None, None
-            path = os.readlink(f"/proc/self/fd/{pfd}")
+            path: str | None = os.readlink(f"/proc/self/fd/{pfd}")
             if path.endswith(_DELETED):
                 return None, None
+            try:
+                here = os.stat(path)
+                if (here.st_dev, here.st_ino) != (st.st_dev, st.st_ino):
+                    path = None
+            except (OSError, ValueError):
+                path = None
             fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             return None, None

@@ -448,6 +448,24 @@ def test_a_bind_mount_in_a_user_namespace_cannot_lend_the_allowed_path(lab):
         assert verdict(text, identify(p, lab.attacker)) is None
 
 
+def test_a_bind_mount_cannot_lend_the_allowed_script_path_either(lab):
+    script = lab.bin / "service.py"
+    script.write_text(SERVICE_PY)
+    script.chmod(0o644)
+    evil = lab.own / "evil.py"
+    evil.write_text("print('ready', flush=True)\nimport sys\nsys.stdin.read()  # the attacker's\n")
+    os.chown(evil, lab.attacker.uid, lab.attacker.gid)
+    text = policy(lab, exe=f'"{PYTHON}"', script=f'"{script}"')
+    with attack(lab.attacker, [PYTHON, "-I", str(script)]) as p:
+        assert verdict(text, identify(p, lab.attacker)) is None, "control: the script itself"
+    fake = ["unshare", "-Urm", "sh", "-c", f'mount --bind "{evil}" "{script}" && exec "{PYTHON}" -I "{script}"']
+    with attack(lab.attacker, fake) as p:
+        i = identify(p, lab.attacker)
+    assert i.script_sha256 == hashlib.sha256(evil.read_bytes()).hexdigest()
+    assert i.script is None
+    assert "script (none)" in verdict(text, i)
+
+
 # -- item 5: the exec-identity cache -------------------------------------------------------------
 
 
