@@ -237,21 +237,38 @@ class _Handles:
     opened, and reads as empty once an ``execve`` replaced it (or the
     process is gone): that is how an exec is noticed (``maps_fd`` is None
     when it could not be opened: then nothing is cached).
-    ``lock`` is held while reading, so that :meth:`close` (eviction) never
-    closes a descriptor in use, whose number could then be reused."""
+    A request holds them (:meth:`acquire`, :meth:`release`) from its first
+    read to its last, so that :meth:`close` (eviction) never closes a
+    descriptor in use, whose number could then be reused: the last user
+    closes them."""
 
     def __init__(self, stat_fd: int, status_fd: int, maps_fd: int | None):
         self.stat_fd = stat_fd
         self.status_fd = status_fd
         self.maps_fd = maps_fd
         self.lock = threading.Lock()
+        self.users = 0
+        self.evicted = False
         self.closed = False
         #: The exec-stable part gathered for this exec (None: not yet).
         self.stable: _Stable | None = None
 
+    def acquire(self) -> bool:
+        """Hold the descriptors open for one request (False: evicted)."""
+        with self.lock:
+            if self.evicted:
+                return False
+            self.users += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.evicted and not self.users:
+                self._close()
+
     def same_exec(self) -> bool:
-        """Whether the process still runs the exec these were opened on
-        (call with ``lock`` held)."""
+        """Whether the process still runs the exec these were opened on."""
         return self.maps_fd is not None and os.pread(self.maps_fd, 1, 0) != b""
 
     def maps(self) -> bytes:
@@ -264,13 +281,19 @@ class _Handles:
             out += chunk
 
     def close(self) -> None:
+        """Close now, or when the last request holding them is done."""
         with self.lock:
-            if not self.closed:
-                self.closed = True
-                os.close(self.stat_fd)
-                os.close(self.status_fd)
-                if self.maps_fd is not None:
-                    os.close(self.maps_fd)
+            self.evicted = True
+            if not self.users:
+                self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.stat_fd)
+            os.close(self.status_fd)
+            if self.maps_fd is not None:
+                os.close(self.maps_fd)
 
 
 class HashCache:
@@ -390,11 +413,14 @@ class Identifier:
             return Identity(pid, uid, gid, problem="request from the kernel (pid 0), not from a process")
         try:
             before, status, h = self._live(pid)
-            stable = h.stable
-            if stable is None or h.maps_fd is None or self.clock() - stable.made >= self.stable_ttl:
-                stable = self._gather(pid, before, h, code_only=False)
-            elif before.vsize != stable.vsize:  # something was mapped or unmapped (dlopen): look again
-                stable = self._gather(pid, before, h, code_only=True)
+            try:
+                stable = h.stable
+                if stable is None or h.maps_fd is None or self.clock() - stable.made >= self.stable_ttl:
+                    stable = self._gather(pid, before, h, code_only=False)
+                elif before.vsize != stable.vsize:  # something was mapped or unmapped (dlopen): look again
+                    stable = self._gather(pid, before, h, code_only=True)
+            finally:
+                h.release()
             if stable is None:
                 return Identity(pid, uid, gid, start_time=before.start_time,
                                 problem="the pid was reused, or the process exec'd, while it was being identified")
@@ -430,16 +456,19 @@ class Identifier:
         once."""
         for fresh in (False, True):
             h = self._handles_of(pid, fresh)
-            with h.lock:
-                if h.closed:  # evicted meanwhile
-                    continue
-                try:
-                    st = _parse_stat(os.pread(h.stat_fd, 65536, 0))
-                    status = _parse_status(os.pread(h.status_fd, 65536, 0))
-                    if h.maps_fd is None or h.same_exec():
-                        return st, status, h
-                except (ProcessLookupError, _Gone):
-                    pass
+            if not h.acquire():  # evicted meanwhile
+                continue
+            try:
+                st = _parse_stat(os.pread(h.stat_fd, 65536, 0))
+                status = _parse_status(os.pread(h.status_fd, 65536, 0))
+                if h.maps_fd is None or h.same_exec():
+                    return st, status, h  # (the caller releases h)
+            except (ProcessLookupError, _Gone):
+                pass
+            except BaseException:
+                h.release()
+                raise
+            h.release()
             self._drop_handles(pid, h)
         raise _Gone()
 
@@ -592,8 +621,7 @@ class Identifier:
             else:
                 stable = self._gather_stable(base, now)
             stable.vsize = before.vsize
-            with h.lock:
-                maps = b"" if h.closed or h.maps_fd is None else h.maps()
+            maps = b"" if h.maps_fd is None else h.maps()
             if maps:
                 stable.code = mappings.inspect(base, maps, stable.exe_key, self.hashes.of_fd)
             elif h.maps_fd is not None:
@@ -604,9 +632,8 @@ class Identifier:
                 stable.preload = tuple(sorted(set(old.preload) | set(stable.preload)))
                 stable.startup = tuple(dict.fromkeys(old.startup + stable.startup))
                 stable.code = stable.code.merged(old.code)
-            with h.lock:
-                if h.closed or (h.maps_fd is not None and not h.same_exec()):
-                    return None
+            if h.maps_fd is not None and not h.same_exec():
+                return None
             if self._read_stat(base).start_time != before.start_time:
                 return None
         finally:

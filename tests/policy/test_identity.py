@@ -309,3 +309,32 @@ def test_held_descriptors_are_bounded_and_closed(monkeypatch):
         ident.close()
         assert not ident._handles
         assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_eviction_while_other_threads_identify_never_fails_them(monkeypatch):
+    """Handles evicted by one request while another still reads them stay
+    open until it is done: every identity is valid, none is taken for an
+    exec, and no descriptor is left behind."""
+    from sealfs.policy import identity as mod
+
+    monkeypatch.setattr(mod, "HANDLE_CACHE_ENTRIES", 2)
+    ident = Identifier(stable_ttl=0)
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(running([SLEEP, "60"])) for _ in range(5)]
+        fds_before = len(os.listdir("/proc/self/fd"))
+        bad = []
+
+        def work(k: int) -> None:
+            for n in range(40):
+                i = ident.identify(procs[(k + n) % len(procs)].pid, os.getuid(), os.getgid())
+                if not i.valid or i.exe != os.path.realpath(SLEEP):
+                    bad.append(i.describe())
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not bad, bad[:3]
+        ident.close()
+        assert len(os.listdir("/proc/self/fd")) == fds_before
