@@ -671,6 +671,8 @@ class Identifier:
             preload = injection_variables(environ, variables_of)
         except PermissionError:
             preload = ()
+        if family == "python" and "PYTHONINSPECT" in preload and PYTHON_INTERACTIVE not in startup:
+            startup += (PYTHON_INTERACTIVE,)
         return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, startup,
                        Code(), 0, now, exe_key=exe_key)
 
@@ -860,6 +862,11 @@ def script_argument(family: str, cmdline: bytes) -> bytes | None:
     return None
 
 
+#: What :func:`python_startup` says of ``python -i`` (and PYTHONINSPECT):
+#: it is not the script alone that runs (script selectors refuse it).
+PYTHON_INTERACTIVE = "python -i (or PYTHONINSPECT) reads code from stdin after the program"
+
+
 def python_flags(cmdline: bytes) -> set[str]:
     """The one-letter options of a Python command line (``{"I", "B"}``
     for ``python3 -IB app.py``), up to the script, ``-c`` or ``-m``."""
@@ -904,7 +911,7 @@ def python_startup(cmdline: bytes) -> tuple[str, ...]:
     flags = python_flags(cmdline)
     found = []
     if "i" in flags:
-        found.append("python -i reads code from stdin after the program")
+        found.append(PYTHON_INTERACTIVE)
     if "I" not in flags and not {"E", "s"} <= flags:
         found.append("python runs without -I (or -E and -s), so it loads code that its environment and the "
                      "user site-packages of $HOME name")

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
-from .identity import Identity
+from .identity import PYTHON_INTERACTIVE, Identity, interpreter_family
 
 #: Every operation a rule can name, and what it covers.
 OPERATIONS = {
@@ -211,6 +211,8 @@ class Workload:
             return f"script {ident.script or '(none)'} is not {_one_of(self.scripts)}"
         if self.script_hashes is not None and ident.script_sha256 not in self.script_hashes:
             return f"script sha256 {ident.script_sha256 or '(none)'} is not {_one_of(self.script_hashes)}"
+        if (self.scripts is not None or self.script_hashes is not None) and PYTHON_INTERACTIVE in ident.startup:
+            return f"{PYTHON_INTERACTIVE}, so the script is not all it runs"
         if self.cgroups is not None and (ident.cgroup is None
                                          or not any(glob_matches(c, ident.cgroup) for c in self.cgroups)):
             return f"cgroup {ident.cgroup or '(unreadable)'} matches none of its cgroup globs"
@@ -656,6 +658,9 @@ class _Builder:
         if kw.get("jit") and not (kw.get("no_preload") or "libraries" in kw):
             raise self.error(f"jit in workload {name!r} says what code it may run, which only no_preload or "
                              "libraries checks: add one of them", *where, "jit")
+        if kw.get("no_preload") and any(interpreter_family(e) == "python" for e in kw.get("exes", ())):
+            self.warn(f"workload {name!r} runs Python with no_preload: it is admitted only when started with -I "
+                      "(or -E -s) and without -i; put -I in the #! line", *where, "no_preload")
         if not any(k in kw for k in ("uids", "gids", "exes", "exe_hashes", "scripts", "script_hashes", "cgroups")):
             raise self.error(f"workload {name!r} selects only on {'/'.join(_CONDITIONS)}, so it would match almost "
                              "every process; add a selector that says who it is (user, exe, …)", *where)

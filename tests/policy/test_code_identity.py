@@ -553,7 +553,7 @@ def test_python_that_may_load_the_callers_code_is_refused(lab, how):
         i = identify(p, lab.attacker)
     assert i.script == str(script)
     why = verdict(text, i)
-    assert why and "python" in why.lower() and "no_preload" in why
+    assert why and "python" in why.lower() and ("no_preload" in why or "stdin" in why)
     if how in ("HOME with usercustomize", "PYTHONPATH"):
         assert mark.exists(), "control: the attacker's code ran"
 
@@ -572,6 +572,32 @@ def test_isolated_python_is_allowed_and_ignores_the_callers_files(lab):
         assert verdict(text, identify(p, lab.attacker)) is None
     with attack(lab.attacker, [PYTHON, "-E", "-s", str(script)]) as p:
         assert verdict(text, identify(p, lab.attacker)) is None
+
+
+@pytest.mark.parametrize("how", ["-i", "PYTHONINSPECT", "control"])
+def test_a_script_workload_refuses_python_that_reads_more_code_from_stdin(lab, how):
+    """Without no_preload too: with -i (or PYTHONINSPECT), what runs is the
+    script and then whatever comes on stdin."""
+    script = lab.bin / "service.py"
+    script.write_text(SERVICE_PY)
+    script.chmod(0o644)
+    text = policy(lab, script=f'"{script}"', script_sha256=f'"{hashlib.sha256(script.read_bytes()).hexdigest()}"')
+    argv = [PYTHON, "-i", str(script)] if how == "-i" else [PYTHON, str(script)]
+    env = {"PYTHONINSPECT": "1"} if how == "PYTHONINSPECT" else {}
+    with attack(lab.attacker, argv, env=env) as p:
+        i = identify(p, lab.attacker)
+    assert i.script == str(script)
+    why = verdict(text, i)
+    if how == "control":
+        assert why is None
+    else:
+        assert why and "reads code from stdin" in why
+
+
+def test_policy_check_warns_that_python_with_no_preload_needs_minus_I(lab):
+    p = parse_policy(policy(lab, exe=f'"{PYTHON}"', no_preload="true"))
+    assert any("-I" in w for w in p.warnings)
+    assert not any("-I" in w for w in parse_policy(policy(lab, exe=f'"{SLEEP}"', no_preload="true")).warnings)
 
 
 @pytest.mark.parametrize("argv, risks", [
