@@ -623,7 +623,10 @@ class Identifier:
             stable.vsize = before.vsize
             maps = b"" if h.maps_fd is None else h.maps()
             if maps:
-                stable.code = mappings.inspect(base, maps, stable.exe_key, self.hashes.of_fd)
+                try:
+                    stable.code = mappings.inspect(base, maps, stable.exe_key, self.hashes.of_fd)
+                except ProcessLookupError:
+                    raise _Gone() from None
             elif h.maps_fd is not None:
                 return None  # exec'd (or exited) since h was opened
             else:

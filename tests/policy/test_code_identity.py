@@ -432,6 +432,37 @@ def test_a_daemon_that_cannot_read_map_files_trusts_no_code(lab):
     assert verdict(policy(lab, exe=f'"{lab.prog("waiter")}"'), ident) is None, "workloads without no_preload do not ask"
 
 
+@pytest.mark.parametrize("what", ["exits", "execs"])
+def test_a_process_that_exits_or_execs_while_it_is_looked_at_is_refused(lab, monkeypatch, what):
+    """The process really exits (SIGKILL) or execs another program between
+    the first read of its maps and the end of the look: the identity is
+    invalid, never the new program's facts under the old one's name."""
+    from sealfs.policy import mappings
+
+    real = mappings.inspect
+    proc = {}
+
+    def meanwhile(*args, **kwargs):
+        p = proc["p"]
+        if what == "exits":
+            p.kill()
+            deadline = time.monotonic() + WAIT
+            while Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        else:
+            p.stdin.write(b"\n")
+            p.stdin.flush()
+            assert p.stdout.readline() == b"ready\n"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mappings, "inspect", meanwhile)
+    with attack(lab.attacker, [lab.prog("execer"), lab.prog("execee")]) as p:
+        proc["p"] = p
+        i = identify(p, lab.attacker)
+    assert not i.valid and ("exec'd" in i.problem or "exited" in i.problem), i
+
+
 # -- item 4: a user namespace and a bind mount -------------------------------------------------
 
 
