@@ -50,7 +50,12 @@ address randomisation off, also of the same file) it reads as empty.  So
 a one-byte read of it at each request tells whether the process still
 runs the program that was identified; if not, everything is gathered
 again.  (Neither the start time nor the stack and argument addresses of
-``stat`` tell execs apart: ``setarch -R`` makes the latter equal.)
+``stat`` tell execs apart: ``setarch -R`` makes the latter equal.)  One
+case escapes it: a vfork child shares its parent's address space until
+it execs, and the parent keeps that alive; so the layout of ``stat``
+(code, data, stack, arguments: fields 26-28, 45-51) must also stay what
+it was when the handles were opened, which an exec changes unless
+address randomisation is off and the layouts are equal.
 
 **Cost.**  Hashing a binary is the expensive part: hashes are cached by
 (device, inode, size, mtime, ctime) of the open file, so a changed binary is
@@ -252,6 +257,8 @@ class _Handles:
         self.closed = False
         #: The exec-stable part gathered for this exec (None: not yet).
         self.stable: _Stable | None = None
+        #: The layout (:class:`_Stat`) seen first through these handles.
+        self.layout: tuple[int, ...] | None = None
 
     def acquire(self) -> bool:
         """Hold the descriptors open for one request (False: evicted)."""
@@ -373,6 +380,9 @@ class _Stable:
 class _Stat:
     start_time: int
     vsize: int
+    #: Where the kernel laid out code, data, stack, arguments and
+    #: environment at the exec (fields 26-28 and 45-51 of ``stat``).
+    layout: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -461,7 +471,11 @@ class Identifier:
             try:
                 st = _parse_stat(os.pread(h.stat_fd, 65536, 0))
                 status = _parse_status(os.pread(h.status_fd, 65536, 0))
-                if h.maps_fd is None or h.same_exec():
+                if h.layout is None:
+                    h.layout = st.layout
+                # a held maps that still reads is this exec's, unless the address space was shared (vfork) when
+                # it was opened: then a new layout tells the exec (with address randomisation on)
+                if h.layout == st.layout and (h.maps_fd is None or h.same_exec()):
                     return st, status, h  # (the caller releases h)
             except (ProcessLookupError, _Gone):
                 pass
@@ -781,7 +795,8 @@ def _parse_stat(raw: bytes) -> _Stat:
     if len(fields) < 50:
         raise _Gone()
     # fields[0] is field 3 (state): field N is fields[N - 3]
-    return _Stat(int(fields[22 - 3]), int(fields[23 - 3]))
+    layout = tuple(int(f) for f in fields[26 - 3: 29 - 3] + fields[45 - 3: 52 - 3])
+    return _Stat(int(fields[22 - 3]), int(fields[23 - 3]), layout)
 
 
 def _parse_status(text: bytes) -> _Status:

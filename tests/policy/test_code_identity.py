@@ -78,6 +78,27 @@ int main(void) {
     return 0;
 }
 """
+# A vfork child (sharing its parent's address space) that says its pid,
+# waits for a line, then execs argv[1].
+VFORKER_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char c, line[32];
+    pid_t pid = vfork();
+    if (pid == 0) {
+        snprintf(line, sizeof line, "%d\n", (int)getpid());
+        write(1, line, strlen(line));
+        if (read(0, &c, 1) != 1) _exit(1);
+        execv(argv[1], argv + 1);
+        _exit(1);
+    }
+    waitpid(pid, NULL, 0);
+    return 0;
+}
+"""
 # An rtld-audit module (LD_AUDIT): loaded by ld.so before the program.
 AUDIT_C = r"""
 #define _GNU_SOURCE
@@ -183,7 +204,7 @@ def lab(users) -> Iterator[Lab]:
         bindir.mkdir(mode=0o755)
         own.mkdir(mode=0o755)
         for name, src in (("waiter", WAITER_C), ("anon", ANON_C), ("dlopener", DLOPEN_C), ("execer", EXECER_C),
-                          ("execee", WAITER_C), ("eraser", ERASER_C)):
+                          ("execee", WAITER_C), ("eraser", ERASER_C), ("vforker", VFORKER_C)):
             _cc(bindir / name, src, "-ldl")
         _cc(own / "libhider.so", HIDER_C, "-shared", "-fPIC")
         _cc(own / "libaudit.so", AUDIT_C, "-shared", "-fPIC")
@@ -514,6 +535,25 @@ def test_an_exec_without_address_randomisation_gets_a_new_identity(lab):
         i = identify(p, lab.attacker, ident)
     assert i.exe == lab.prog("execee")
     assert verdict(text, i) is not None
+
+
+def test_a_vfork_child_that_execs_gets_a_new_identity(lab):
+    """A vfork child shares its parent's address space until it execs, so a
+    maps descriptor opened on it then still reads afterwards (the parent
+    keeps it alive): the new layout of the child tells the exec."""
+    ident = Identifier(stable_ttl=3600)
+    with attack(lab.attacker, [lab.prog("vforker"), lab.prog("execee")], ready=False,
+                exe=lab.prog("vforker")) as p:
+        child = int(p.stdout.readline())
+        first = ident.identify(child, lab.attacker.uid, lab.attacker.gid)
+        assert first.exe == lab.prog("vforker")
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"ready\n"
+        assert os.readlink(f"/proc/{child}/exe") == lab.prog("execee")
+        assert Path(f"/proc/{p.pid}/exe").exists(), "the parent (and the shared address space) lives on"
+        second = ident.identify(child, lab.attacker.uid, lab.attacker.gid)
+    assert second.exe == lab.prog("execee")
 
 
 def test_exec_of_the_same_program_is_looked_at_again(lab):
