@@ -44,6 +44,7 @@ import hashlib
 import os
 import pwd
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,7 +234,7 @@ class Workload:
         if ident.code_problem:
             return f"{ident.code_problem}, and the workload requires {need}"
         if ident.memory_code and not self.jit:
-            return f"it runs {ident.memory_code[0]} and the workload is no jit (jit = true)"
+            return f"it runs {ident.memory_code[0]} and the workload does not say jit = true"
         pinned = (self.libraries or frozenset()) | (self.exe_hashes or frozenset())
         for path, digest, is_exe in ident.foreign_code:
             if is_exe and (self.exes is not None or self.exe_hashes is not None):
@@ -684,8 +685,15 @@ class _Builder:
                                  "digits (sha256sum prints it)", *where, "libraries")
             hashes.add(digest.lower())
             try:
-                with open(path, "rb") as f:
-                    actual = hashlib.file_digest(f, "sha256").hexdigest()
+                # only a regular file is ever opened for reading: opening a device can have side effects
+                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                try:
+                    if not stat.S_ISREG(os.fstat(pfd).st_mode):
+                        raise OSError(0, "not a regular file")
+                    with open(f"/proc/self/fd/{pfd}", "rb") as f:
+                        actual = hashlib.file_digest(f, "sha256").hexdigest()
+                finally:
+                    os.close(pfd)
             except OSError as exc:
                 self.warn(f"library {path} of workload {name!r} cannot be read ({exc.strerror}): its pin matches "
                           "only a file with that hash", *where, "libraries")

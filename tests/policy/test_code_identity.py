@@ -325,6 +325,8 @@ def test_a_policy_naming_a_library_that_does_not_exist_warns_and_refuses(lab):
     text = policy(lab, no_preload="true", libraries=f'{{"/nonexistent/libx.so" = "{"a" * 64}"}}')
     p = parse_policy(text)
     assert any("/nonexistent/libx.so" in w and "cannot be read" in w for w in p.warnings)
+    device = parse_policy(policy(lab, no_preload="true", libraries=f'{{"/dev/zero" = "{"a" * 64}"}}'))
+    assert any("/dev/zero" in w and "not a regular file" in w for w in device.warnings)
     with attack(lab.attacker, [lab.prog("dlopener"), lab.mine("libplain.so")]) as proc:
         proc.stdin.write(b"\n")
         proc.stdin.flush()
@@ -417,7 +419,7 @@ def test_anonymous_executable_memory_needs_jit(lab):
     with attack(lab.attacker, [lab.prog("anon")]) as p:
         i = identify(p, lab.attacker)
     assert i.memory_code and "anonymous executable memory" in i.memory_code[0]
-    assert "is no jit" in verdict(policy(lab, exe=f'"{lab.prog("anon")}"', no_preload="true"), i)
+    assert "does not say jit = true" in verdict(policy(lab, exe=f'"{lab.prog("anon")}"', no_preload="true"), i)
     assert verdict(policy(lab, exe=f'"{lab.prog("anon")}"', no_preload="true", jit="true"), i) is None
 
 
