@@ -374,6 +374,8 @@ class _Stable:
     last: Identity | None = None
     #: (st_dev, st_ino) of the running executable.
     exe_key: tuple[int, int] | None = None
+    #: The executable lines of maps that ``code`` was made from.
+    code_lines: list | None = None
 
 
 @dataclass(frozen=True)
@@ -637,10 +639,15 @@ class Identifier:
             stable.vsize = before.vsize
             maps = b"" if h.maps_fd is None else h.maps()
             if maps:
-                try:
-                    stable.code = mappings.inspect(base, maps, stable.exe_key, self.hashes.of_fd)
-                except ProcessLookupError:
-                    raise _Gone() from None
+                lines = mappings.executable_lines(maps)
+                # a new virtual size with the same executable mappings (the heap grew): nothing new to look at;
+                # the full look (every STABLE_TTL) looks at every file again, a pinned one may have changed
+                if old is None or not code_only or lines != old.code_lines:
+                    try:
+                        stable.code = mappings.inspect(base, lines, stable.exe_key, self.hashes.of_fd)
+                    except ProcessLookupError:
+                        raise _Gone() from None
+                stable.code_lines = lines
             elif h.maps_fd is not None:
                 return None  # exec'd (or exited) since h was opened
             else:

@@ -70,15 +70,15 @@ def executable_lines(maps: bytes) -> list[tuple[bytes, int, str]]:
             for m in _EXEC_LINE.finditer(maps)]
 
 
-def inspect(base: int, maps: bytes, exe_key: tuple[int, int] | None, hash_fd) -> Code:
-    """Sort the executable mappings of ``maps`` (the text of the maps
-    file of the process whose /proc directory is the descriptor ``base``).
+def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, int] | None, hash_fd) -> Code:
+    """Sort the executable mappings ``lines`` (:func:`executable_lines` of
+    the maps of the process whose /proc directory is the descriptor ``base``).
     ``exe_key`` is the (st_dev, st_ino) of its running executable;
     ``hash_fd(fd)`` hashes an open file (a :class:`HashCache`)."""
     foreign: list[tuple[str, str | None, bool]] = []
     memory_only: list[str] = []
     seen: set[tuple[int, int]] = set()
-    for area, inode, path in executable_lines(maps):
+    for area, inode, path in lines:
         if inode == 0:
             if path not in KERNEL_AREAS:
                 memory_only.append(f"anonymous executable memory {path or area.decode()}".rstrip())
