@@ -1030,6 +1030,9 @@ def fmt(v: float | None) -> str:
 
 
 def main() -> int:
+    if not sys.flags.isolated:
+        # W8's policy names this process with no_preload, which admits Python only with -I
+        os.execv(sys.executable, [sys.executable, "-I", os.path.abspath(__file__), *sys.argv[1:]])
     ap = argparse.ArgumentParser(prog="scripts/bench", description="sealfs against its peers; prints one table")
     ap.add_argument("--quick", action="store_true", help="small sizes and 1 run (a few minutes)")
     ap.add_argument("--runs", type=int, help="runs per figure, medians reported (default 3; 1 with --quick)")

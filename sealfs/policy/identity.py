@@ -6,12 +6,15 @@ from ``/proc/PID``:
 
 ==================  ===================================================
 groups              ``status`` Groups: (supplementary) plus the gid
-exe, exe_sha256     ``readlink exe``; the hash is of the open ``exe``
-                    link, so it is the binary that is *running*, even if
-                    the path now names another file or nothing
+exe, exe_sha256     ``readlink exe`` (the path, as the process's mount
+                    namespace names it); the file is the one ``exe``
+                    resolves to (by device and inode), and the hash is
+                    of that open file: the binary that is *running*
 exe_deleted         the kernel marks the link `` (deleted)``
-exe_replaced        the path now names a different file (dev/inode), or
-                    none
+exe_replaced        the path, as the *daemon* sees it in its own mount
+                    namespace, names another file (dev/inode) or none:
+                    deleted, replaced since start, or lent by a bind
+                    mount in another namespace
 script, its sha256  when the exe is an interpreter (python, node, sh,
                     perl, ruby, …): the first non-option argument of
                     ``cmdline``, opened relative to the process's
@@ -25,42 +28,65 @@ preload             names of loader variables in ``environ`` that inject
                     code: LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, and the
                     interpreter's own (PYTHONPATH, NODE_OPTIONS, …) when
                     the exe is an interpreter
+foreign_code,       the executable mappings of ``maps`` that are not
+memory_code,        root's (see :mod:`.mappings`), by ``map_files``
+code_problem
+startup             for Python: ``cmdline`` without ``-I`` (or ``-E -s``),
+                    or with ``-i``
 ==================  ===================================================
 
 **Pid reuse.**  /proc entries are read through descriptors opened for that
-process (its ``stat`` and ``status``, held open; one ``/proc/PID``
-directory while gathering the rest): they stay bound to it, and fail once
-it is gone, even if its pid is reused.  The start time is also compared
-before and after gathering.  If it changed, or the process is gone, or its fsuid/fsgid are
-not those of the request, the identity is *invalid*
-(:attr:`Identity.problem` says why) and every decision on it is a denial.
-A request with pid 0 (the kernel's own) is invalid too.
+process (its ``stat``, ``status`` and ``maps``, held open; one
+``/proc/PID`` directory while gathering the rest): they stay bound to it,
+and fail once it is gone, even if its pid is reused.  The start time is
+also compared before and after gathering.  If it changed, or the process
+is gone, or its fsuid/fsgid are not those of the request, the identity is
+*invalid* (:attr:`Identity.problem` says why) and every decision on it is
+a denial.  A request with pid 0 (the kernel's own) is invalid too.
+
+**Exec.**  The held ``maps`` descriptor is bound to the address space the
+process had when it was opened: after an ``execve`` (any: also with
+address randomisation off, also of the same file) it reads as empty.  So
+a one-byte read of it at each request tells whether the process still
+runs the program that was identified; if not, everything is gathered
+again.  (Neither the start time nor the stack and argument addresses of
+``stat`` tell execs apart: ``setarch -R`` makes the latter equal.)  One
+case escapes it: a vfork child shares its parent's address space until
+it execs, and the parent keeps that alive; so the layout of ``stat``
+(code, data, stack, arguments: fields 26-28, 45-51) must also stay what
+it was when the handles were opened, which an exec changes unless
+address randomisation is off and the layouts are equal.
 
 **Cost.**  Hashing a binary is the expensive part: hashes are cached by
 (device, inode, size, mtime, ctime) of the open file, so a changed binary is
 hashed again and an unchanged one never (:class:`HashCache`, bounded).  What
-only an ``execve`` can change (exe, cmdline, environ; and the cgroup, which
-rarely moves) is cached per (pid, start time, exec fingerprint) for
-:data:`STABLE_TTL` seconds.  The exec fingerprint is the stack, argument and
-environment addresses of ``stat`` (fields 28, 48–51): with address space
-randomisation an ``execve`` changes them even when pid and start time stay.
-What can change at any moment — credentials, groups, tracers — is read on
-every call.  A warm call is two ``pread`` calls: ``stat`` and ``status``
-stay open for the last :data:`HANDLE_CACHE_ENTRIES` processes.
+only an ``execve`` can change (exe, cmdline, environ, the mappings; and
+the cgroup, which rarely moves) is kept per exec of a process for
+:data:`STABLE_TTL` seconds; the mappings are read again when the virtual
+size (field 23 of ``stat``) changes, which any new mapping does.  What
+was seen once during one exec (loader variables, foreign code, Python
+flags) stays seen until the next exec.  What can change at any moment —
+credentials, groups, tracers — is read on every call.  A warm call is
+three ``pread`` calls: ``stat``, ``status`` and one byte of ``maps`` stay
+open for the last :data:`HANDLE_CACHE_ENTRIES` processes.
 
-**What this cannot see.**  A process can rewrite its own command line, so
-``script`` only says what an interpreter was *asked* to run: pair script
-selectors with a user that untrusted code does not run as.  ``environ`` is
-the environment at ``execve`` (which is when the loader reads it).  Without
-root (CAP_SYS_PTRACE) the daemon cannot read ``exe``, ``environ`` or the
-fingerprint of other users' processes: those fields stay ``None``/empty and
-selectors on them do not match.
+**What this cannot see.**  ``cmdline`` and ``environ`` are the process's
+own memory, not the arguments and environment of its ``execve``: code
+running in the process may rewrite them.  So ``script`` and the Python
+flags only say what an interpreter *shows*, and the loader variables are
+a first look; the executable mappings are what the kernel has mapped and
+cannot be rewritten from inside (but code may still write into its own
+memory, or another process of its uid may).  Without root
+(CAP_SYS_PTRACE, CAP_SYS_ADMIN) the daemon cannot read ``exe``,
+``environ`` or ``map_files`` of other users' processes: those fields stay
+``None``/empty (``code_problem`` set) and selectors on them do not match.
 
 All of this is blocking file I/O: call it from a worker thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -71,15 +97,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from . import mappings
+from .mappings import Code
 
 #: Seconds an exec-stable part of an identity (exe, script, environ flags,
-#: cgroup) is reused for one (pid, start time, exec fingerprint).
+#: mappings, cgroup) is reused for one exec of a process.
 STABLE_TTL = 2.0
 #: Binaries/scripts whose hash is remembered (by stat key).
 HASH_CACHE_ENTRIES = 512
-#: Processes whose exec-stable part is remembered.
-STABLE_CACHE_ENTRIES = 4096
-#: Processes (threads) whose stat and status stay open (two descriptors each).
+#: Processes (threads) whose stat, status and maps stay open (three
+#: descriptors each), with their exec-stable part.
 HANDLE_CACHE_ENTRIES = 128
 #: Above this many threads, only the calling thread and the thread-group
 #: leader are checked for a tracer.
@@ -157,6 +184,16 @@ class Identity:
     problem: str | None = None
     #: The process (thread group) of the calling thread ``pid``.
     tgid: int = 0
+    #: Executable mappings of files not trusted by their owner: (path,
+    #: sha256 or None, whether it is the running executable) (mappings.py).
+    foreign_code: tuple[tuple[str, str | None, bool], ...] = ()
+    #: Anonymous executable memory and memory-only files (memfd, deleted).
+    memory_code: tuple[str, ...] = ()
+    #: Why the executable mappings could not be inspected (None: they were).
+    code_problem: str | None = None
+    #: How an interpreter's command line lets it load code from the caller's
+    #: environment or files (python without -I, python -i).
+    startup: tuple[str, ...] = ()
 
     @property
     def valid(self) -> bool:
@@ -180,6 +217,14 @@ class Identity:
             parts.append(f"traced by pid {self.tracer_pid}")
         if self.preload:
             parts.append("environment sets " + ", ".join(self.preload))
+        if self.startup:
+            parts.append("; ".join(self.startup))
+        if self.foreign_code:
+            parts.append("maps " + ", ".join(p for p, _, _ in self.foreign_code))
+        if self.memory_code:
+            parts.append("runs " + ", ".join(self.memory_code))
+        if self.code_problem:
+            parts.append(self.code_problem)
         if self.problem:
             parts.append(f"INVALID: {self.problem}")
         return ", ".join(parts)
@@ -190,23 +235,72 @@ class _Gone(Exception):
 
 
 class _Handles:
-    """``/proc/PID/stat`` and ``status`` of one process, held open.  Reads
-    (pread at 0 regenerates them) fail with ESRCH once the process is gone.
-    ``lock`` is held while reading, so that :meth:`close` (eviction) never
-    closes a descriptor in use, whose number could then be reused."""
+    """``/proc/PID/stat``, ``status`` and ``maps`` of one exec of one
+    process, held open, and what was gathered about that exec.  Reads
+    (pread at 0 regenerates them) fail with ESRCH once the process is gone;
+    ``maps`` is bound to the address space that the process had when it was
+    opened, and reads as empty once an ``execve`` replaced it (or the
+    process is gone): that is how an exec is noticed (``maps_fd`` is None
+    when it could not be opened: then nothing is cached).
+    A request holds them (:meth:`acquire`, :meth:`release`) from its first
+    read to its last, so that :meth:`close` (eviction) never closes a
+    descriptor in use, whose number could then be reused: the last user
+    closes them."""
 
-    def __init__(self, stat_fd: int, status_fd: int):
+    def __init__(self, stat_fd: int, status_fd: int, maps_fd: int | None):
         self.stat_fd = stat_fd
         self.status_fd = status_fd
+        self.maps_fd = maps_fd
         self.lock = threading.Lock()
+        self.users = 0
+        self.evicted = False
         self.closed = False
+        #: The exec-stable part gathered for this exec (None: not yet).
+        self.stable: _Stable | None = None
+        #: The layout (:class:`_Stat`) seen first through these handles.
+        self.layout: tuple[int, ...] | None = None
+
+    def acquire(self) -> bool:
+        """Hold the descriptors open for one request (False: evicted)."""
+        with self.lock:
+            if self.evicted:
+                return False
+            self.users += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.evicted and not self.users:
+                self._close()
+
+    def same_exec(self) -> bool:
+        """Whether the process still runs the exec these were opened on."""
+        return self.maps_fd is not None and os.pread(self.maps_fd, 1, 0) != b""
+
+    def maps(self) -> bytes:
+        """The whole maps text of this exec (empty once it is over)."""
+        out = b""
+        while True:
+            chunk = os.pread(self.maps_fd, 1 << 20, len(out))
+            if not chunk:
+                return out
+            out += chunk
 
     def close(self) -> None:
+        """Close now, or when the last request holding them is done."""
         with self.lock:
-            if not self.closed:
-                self.closed = True
-                os.close(self.stat_fd)
-                os.close(self.status_fd)
+            self.evicted = True
+            if not self.users:
+                self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.stat_fd)
+            os.close(self.status_fd)
+            if self.maps_fd is not None:
+                os.close(self.maps_fd)
 
 
 class HashCache:
@@ -272,14 +366,25 @@ class _Stable:
     script_sha256: str | None
     cgroup: str | None
     preload: tuple[str, ...]
+    startup: tuple[str, ...]
+    code: Code
+    #: The virtual size when ``code`` was read: a new mapping changes it.
+    vsize: int
     made: float
     last: Identity | None = None
+    #: (st_dev, st_ino) of the running executable.
+    exe_key: tuple[int, int] | None = None
+    #: The executable lines of maps that ``code`` was made from.
+    code_lines: list | None = None
 
 
 @dataclass(frozen=True)
 class _Stat:
     start_time: int
-    fingerprint: tuple[int, ...]
+    vsize: int
+    #: Where the kernel laid out code, data, stack, arguments and
+    #: environment at the exec (fields 26-28 and 45-51 of ``stat``).
+    layout: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -306,7 +411,6 @@ class Identifier:
         self.stable_ttl = stable_ttl
         self.hashes = hashes if hashes is not None else HashCache()
         self.clock = clock
-        self._stable: OrderedDict[tuple, _Stable] = OrderedDict()
         self._handles: OrderedDict[int, _Handles] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -320,13 +424,18 @@ class Identifier:
         if pid <= 0:
             return Identity(pid, uid, gid, problem="request from the kernel (pid 0), not from a process")
         try:
-            before, status = self._live(pid)
-            stable = self._cached_stable(pid, before)
+            before, status, h = self._live(pid)
+            try:
+                stable = h.stable
+                if stable is None or h.maps_fd is None or self.clock() - stable.made >= self.stable_ttl:
+                    stable = self._gather(pid, before, h, code_only=False)
+                elif before.vsize != stable.vsize:  # something was mapped or unmapped (dlopen): look again
+                    stable = self._gather(pid, before, h, code_only=True)
+            finally:
+                h.release()
             if stable is None:
-                stable = self._gather(pid, before)
-                if stable is None:
-                    return Identity(pid, uid, gid, start_time=before.start_time,
-                                    problem="the pid was reused while the process was being identified")
+                return Identity(pid, uid, gid, start_time=before.start_time,
+                                problem="the pid was reused, or the process exec'd, while it was being identified")
             tracer = self._tracer(pid, status)
         except _Gone:
             return Identity(pid, uid, gid, problem="the process exited before it could be identified")
@@ -345,23 +454,37 @@ class Identifier:
                                exe_deleted=stable.exe_deleted, exe_replaced=stable.exe_replaced,
                                script=stable.script, script_sha256=stable.script_sha256, cgroup=stable.cgroup,
                                start_time=before.start_time, tracer_pid=tracer, preload=stable.preload,
-                               tgid=status.tgid or pid)
+                               tgid=status.tgid or pid, foreign_code=stable.code.foreign,
+                               memory_code=stable.code.memory_only, code_problem=stable.code.problem,
+                               startup=stable.startup)
         return stable.last
 
-    def _live(self, pid: int) -> tuple[_Stat, _Status]:
-        """``stat`` and ``status`` of ``pid`` now, through descriptors held
-        open per process (:class:`_Handles`): they stay bound to the process
-        they were opened for, so once it is gone they fail, even if its pid
-        was reused; then they are opened afresh, once."""
+    def _live(self, pid: int) -> tuple[_Stat, _Status, _Handles]:
+        """``stat`` and ``status`` of ``pid`` now, and its handles, through
+        descriptors held open per exec of a process (:class:`_Handles`):
+        they stay bound to the process (and ``maps`` to the exec) they were
+        opened for, so once it is gone or has exec'd they fail or read
+        empty, even if its pid was reused; then they are opened afresh,
+        once."""
         for fresh in (False, True):
             h = self._handles_of(pid, fresh)
-            with h.lock:
-                if h.closed:  # evicted meanwhile
-                    continue
-                try:
-                    return _parse_stat(os.pread(h.stat_fd, 65536, 0)), _parse_status(os.pread(h.status_fd, 65536, 0))
-                except (ProcessLookupError, _Gone):
-                    pass
+            if not h.acquire():  # evicted meanwhile
+                continue
+            try:
+                st = _parse_stat(os.pread(h.stat_fd, 65536, 0))
+                status = _parse_status(os.pread(h.status_fd, 65536, 0))
+                if h.layout is None:
+                    h.layout = st.layout
+                # a held maps that still reads is this exec's, unless the address space was shared (vfork) when
+                # it was opened: then a new layout tells the exec (with address randomisation on)
+                if h.layout == st.layout and (h.maps_fd is None or h.same_exec()):
+                    return st, status, h  # (the caller releases h)
+            except (ProcessLookupError, _Gone):
+                pass
+            except BaseException:
+                h.release()
+                raise
+            h.release()
             self._drop_handles(pid, h)
         raise _Gone()
 
@@ -384,7 +507,15 @@ class Identifier:
             if isinstance(exc, (FileNotFoundError, ProcessLookupError)):
                 raise _Gone() from None
             raise
-        h = _Handles(stat_fd, status_fd)
+        try:
+            maps_fd: int | None = os.open(f"{base}/maps", os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            os.close(stat_fd)
+            os.close(status_fd)
+            raise _Gone() from None
+        except OSError:  # (not ours to read: nothing is cached for it)
+            maps_fd = None
+        h = _Handles(stat_fd, status_fd, maps_fd)
         evicted = []
         with self._lock:
             old = self._handles.pop(pid, None)
@@ -484,19 +615,14 @@ class Identifier:
 
     # -- exec-stable part -----------------------------------------------------------------
 
-    def _cached_stable(self, pid: int, st: _Stat) -> _Stable | None:
-        key = (pid, st.start_time, st.fingerprint)
-        with self._lock:
-            cached = self._stable.get(key)
-            if cached is not None and self.clock() - cached.made < self.stable_ttl:
-                self._stable.move_to_end(key)
-                return cached
-        return None
-
-    def _gather(self, pid: int, before: _Stat) -> _Stable | None:
-        """Gather the exec-stable part through one ``/proc/PID`` directory
-        handle, checking that it is the process ``before`` was read from,
-        before and after; None if it is not (the pid was reused)."""
+    def _gather(self, pid: int, before: _Stat, h: _Handles, *, code_only: bool) -> _Stable | None:
+        """Gather the exec-stable part (``code_only``: only the executable
+        mappings again) through one ``/proc/PID`` directory handle, checking
+        before and after that it is the process ``before`` was read from and
+        that it has not exec'd since ``h`` was opened; None if it is not or
+        has (the pid was reused, or an execve came in between).  What an
+        earlier look at the same exec saw (loader variables, foreign code)
+        is kept: code that hid itself since was there all the same."""
         try:
             base = os.open(f"{self.proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, ProcessLookupError):
@@ -504,27 +630,50 @@ class Identifier:
         try:
             if self._read_stat(base).start_time != before.start_time:
                 return None
+            old = h.stable
             now = self.clock()
-            stable = self._gather_stable(pid, base, now)
+            if code_only and old is not None:
+                stable = dataclasses.replace(old, last=None)
+            else:
+                stable = self._gather_stable(base, now)
+            stable.vsize = before.vsize
+            maps = b"" if h.maps_fd is None else h.maps()
+            if maps:
+                lines = mappings.executable_lines(maps)
+                # a new virtual size with the same executable mappings (the heap grew): nothing new to look at;
+                # the full look (every STABLE_TTL) looks at every file again, a pinned one may have changed
+                if old is None or not code_only or lines != old.code_lines:
+                    try:
+                        stable.code = mappings.inspect(base, lines, stable.exe_key, self.hashes.of_fd)
+                    except ProcessLookupError:
+                        raise _Gone() from None
+                stable.code_lines = lines
+            elif h.maps_fd is not None:
+                return None  # exec'd (or exited) since h was opened
+            else:
+                stable.code = Code(problem="cannot read its memory map (/proc/PID/maps)")
+            if old is not None:
+                stable.preload = tuple(sorted(set(old.preload) | set(stable.preload)))
+                stable.startup = tuple(dict.fromkeys(old.startup + stable.startup))
+                stable.code = stable.code.merged(old.code)
+            if h.maps_fd is not None and not h.same_exec():
+                return None
             if self._read_stat(base).start_time != before.start_time:
                 return None
         finally:
             os.close(base)
-        key = (pid, before.start_time, before.fingerprint)
-        with self._lock:
-            self._stable[key] = stable
-            self._stable.move_to_end(key)
-            while len(self._stable) > STABLE_CACHE_ENTRIES:
-                self._stable.popitem(last=False)
+        h.stable = stable
         return stable
 
     def forget(self) -> None:
         """Drop the exec-stable cache (hashes stay: they are keyed by content)."""
         with self._lock:
-            self._stable.clear()
+            handles = list(self._handles.values())
+        for h in handles:
+            h.stable = None
 
-    def _gather_stable(self, pid: int, base: int, now: float) -> _Stable:
-        exe, deleted, replaced, exe_hash = self._exe(base)
+    def _gather_stable(self, base: int, now: float) -> _Stable:
+        exe, deleted, replaced, exe_hash, exe_key = self._exe(base)
         family = interpreter_family(exe)
         try:
             cmdline = self._read(base, "cmdline")
@@ -535,43 +684,62 @@ class Identifier:
             arg = script_argument(family, cmdline)
             if arg is not None:
                 script, script_hash = self._script(base, arg)
+        startup = ()
+        variables_of = family
+        if family == "python":
+            startup = python_startup(cmdline)
+            if python_flags(cmdline) & {"I", "E"}:
+                variables_of = None  # Python ignores its PYTHON* variables then
         try:
             environ = self._read(base, "environ", limit=1 << 22)
-            preload = injection_variables(environ, family)
+            preload = injection_variables(environ, variables_of)
         except PermissionError:
             preload = ()
-        return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, now)
+        if family == "python" and "PYTHONINSPECT" in preload and PYTHON_INTERACTIVE not in startup:
+            startup += (PYTHON_INTERACTIVE,)
+        return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, startup,
+                       Code(), 0, now, exe_key=exe_key)
 
-    def _exe(self, base: int) -> tuple[str | None, bool, bool, str | None]:
+    def _exe(self, base: int) -> tuple[str | None, bool, bool, str | None, tuple[int, int] | None]:
+        """(path, deleted, replaced, sha256, (st_dev, st_ino)) of the running
+        executable.  The file is the one ``exe`` resolves to (the kernel
+        resolves it to the inode, in any mount namespace); the path is
+        only what the process's namespace calls it, so ``replaced`` is set
+        unless the daemon, in its own namespace, finds that very file at
+        that path: a bind mount or another root cannot lend a path."""
         try:
             link = os.readlink("exe", dir_fd=base)
         except (FileNotFoundError, ProcessLookupError):
             # a kernel thread or a zombie has no exe; a vanished process neither
             self._read_stat(base)  # raises _Gone for the latter
-            return None, False, False, None
+            return None, False, False, None, None
         except OSError:
-            return None, False, False, None
+            return None, False, False, None, None
         deleted = link.endswith(_DELETED)
         path = link[: -len(_DELETED)] if deleted else link
         digest = None
-        replaced = False
         try:
             fd = os.open("exe", os.O_RDONLY | os.O_CLOEXEC, dir_fd=base)
         except (FileNotFoundError, ProcessLookupError):
             raise _Gone() from None
         except OSError:
-            return path, deleted, False, None
+            fd = None
         try:
-            running = os.fstat(fd)
-            digest = self.hashes.of_fd(fd)
-        finally:
-            os.close(fd)
-        try:
-            now = os.stat("root" + path, dir_fd=base)  # the path as the process sees it (containers)
-            replaced = (now.st_dev, now.st_ino) != (running.st_dev, running.st_ino)
+            running = os.fstat(fd) if fd is not None else os.stat("exe", dir_fd=base)
+            if fd is not None:
+                digest = self.hashes.of_fd(fd)
         except OSError:
-            replaced = True  # the path names nothing (or nothing we may see) any more
-        return path, deleted, replaced, digest
+            return path, deleted, True, None, None  # cannot tell which file runs: it matches no exe
+        finally:
+            if fd is not None:
+                os.close(fd)
+        key = (running.st_dev, running.st_ino)
+        try:
+            here = os.stat(path)  # the daemon's own view of the path, never the caller's
+            replaced = deleted or (here.st_dev, here.st_ino) != key
+        except (OSError, ValueError):
+            replaced = True  # the path names nothing (or nothing we may see) here
+        return path, deleted, replaced, digest, key
 
     def _script(self, base: int, arg: bytes) -> tuple[str | None, str | None]:
         """Open the script as the process would (relative to its cwd, or
@@ -581,7 +749,10 @@ class Identifier:
         as root, so nothing but a regular file is ever opened for reading:
         opening a device can have side effects (a watchdog, a tape).  The
         file is first opened with O_PATH, checked, then re-opened through
-        that descriptor, so it cannot be swapped in between."""
+        that descriptor, so it cannot be swapped in between.  As for the
+        executable, the path is given only when the daemon finds that very
+        file at it in its own mount namespace (else the path is None, the
+        hash stays)."""
         if not arg:
             return None, None
         where = b"root" + arg if arg.startswith(b"/") else b"cwd/" + arg
@@ -590,11 +761,18 @@ class Identifier:
         except OSError:
             return None, None
         try:
-            if not stat.S_ISREG(os.fstat(pfd).st_mode):
+            st = os.fstat(pfd)
+            if not stat.S_ISREG(st.st_mode):
                 return None, None
-            path = os.readlink(f"/proc/self/fd/{pfd}")
+            path: str | None = os.readlink(f"/proc/self/fd/{pfd}")
             if path.endswith(_DELETED):
                 return None, None
+            try:
+                here = os.stat(path)
+                if (here.st_dev, here.st_ino) != (st.st_dev, st.st_ino):
+                    path = None
+            except (OSError, ValueError):
+                path = None
             fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             return None, None
@@ -624,9 +802,8 @@ def _parse_stat(raw: bytes) -> _Stat:
     if len(fields) < 50:
         raise _Gone()
     # fields[0] is field 3 (state): field N is fields[N - 3]
-    start = int(fields[22 - 3])
-    fingerprint = tuple(int(f) for f in fields[28 - 3: 29 - 3] + fields[48 - 3: 52 - 3])
-    return _Stat(start, fingerprint)
+    layout = tuple(int(f) for f in fields[26 - 3: 29 - 3] + fields[45 - 3: 52 - 3])
+    return _Stat(int(fields[22 - 3]), int(fields[23 - 3]), layout)
 
 
 def _parse_status(text: bytes) -> _Status:
@@ -708,6 +885,62 @@ def script_argument(family: str, cmdline: bytes) -> bytes | None:
                     break
         i += 1
     return None
+
+
+#: What :func:`python_startup` says of ``python -i`` (and PYTHONINSPECT):
+#: it is not the script alone that runs (script selectors refuse it).
+PYTHON_INTERACTIVE = "python -i (or PYTHONINSPECT) reads code from stdin after the program"
+
+
+def python_flags(cmdline: bytes) -> set[str]:
+    """The one-letter options of a Python command line (``{"I", "B"}``
+    for ``python3 -IB app.py``), up to the script, ``-c`` or ``-m``."""
+    argv = cmdline.split(b"\0")
+    if argv and argv[-1] == b"":
+        argv.pop()
+    flags: set[str] = set()
+    takes_value = _SCRIPT_OPTIONS["python"][1]
+    args = [a.decode("utf-8", "surrogateescape") for a in argv[1:]]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--" or arg == "-" or not arg.startswith("-"):
+            break
+        if arg in takes_value:
+            i += 2
+            continue
+        if arg.startswith("--"):
+            i += 1
+            continue
+        for j, letter in enumerate(arg[1:]):
+            if "-" + letter in takes_value:  # -Wignore, -Xdev: the rest is its value
+                if j == len(arg) - 2:
+                    i += 1  # and the value is the next argument
+                break
+            flags.add(letter)
+            if letter in "cm":  # the rest of the line is the code or the module's
+                break
+        if flags & {"c", "m"}:
+            break
+        i += 1
+    return flags
+
+
+def python_startup(cmdline: bytes) -> tuple[str, ...]:
+    """What a Python command line lets the caller add to the program:
+    without ``-I`` (or both ``-E`` and ``-s``) Python imports code named by
+    the environment (PYTHONPATH, PYTHONSTARTUP, …) and the user
+    site-packages of ``$HOME`` (``.pth`` files, ``usercustomize``), which
+    the environment check cannot see once that code erased its traces;
+    ``-i`` reads more code from stdin after the script."""
+    flags = python_flags(cmdline)
+    found = []
+    if "i" in flags:
+        found.append(PYTHON_INTERACTIVE)
+    if "I" not in flags and not {"E", "s"} <= flags:
+        found.append("python runs without -I (or -E and -s), so it loads code that its environment and the "
+                     "user site-packages of $HOME name")
+    return tuple(found)
 
 
 def injection_variables(environ: bytes, family: str | None) -> tuple[str, ...]:

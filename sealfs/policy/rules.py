@@ -40,15 +40,17 @@ hash) the line of the offending key is found in the source text.
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
-from .identity import Identity
+from .identity import PYTHON_INTERACTIVE, Identity, interpreter_family
 
 #: Every operation a rule can name, and what it covers.
 OPERATIONS = {
@@ -63,7 +65,9 @@ OPERATIONS = {
 }
 AUDIT_LEVELS = ("deny", "all")
 SELECTORS = ("uid", "user", "gid", "group", "exe", "exe_sha256", "script", "script_sha256", "cgroup", "untraced",
-             "no_preload")
+             "no_preload", "libraries", "jit")
+#: Selectors that say what a process may carry, not who it is.
+_CONDITIONS = ("untraced", "no_preload", "libraries", "jit")
 RULE_KEYS = ("paths", "workloads", "allow", "deny", "hide")
 TOP_KEYS = ("audit", "workloads", "rule")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -171,6 +175,10 @@ class Workload:
     cgroups: tuple[re.Pattern, ...] | None = None
     untraced: bool = False
     no_preload: bool = False
+    #: sha256 of the files (other than root's) it may map executable.
+    libraries: frozenset[str] | None = None
+    #: Anonymous executable memory and memory-only files are allowed.
+    jit: bool = False
 
     def mismatch(self, ident: Identity) -> str | None:
         """None when ``ident`` is in this workload, else the first selector
@@ -204,6 +212,8 @@ class Workload:
             return f"script {ident.script or '(none)'} is not {_one_of(self.scripts)}"
         if self.script_hashes is not None and ident.script_sha256 not in self.script_hashes:
             return f"script sha256 {ident.script_sha256 or '(none)'} is not {_one_of(self.script_hashes)}"
+        if (self.scripts is not None or self.script_hashes is not None) and PYTHON_INTERACTIVE in ident.startup:
+            return f"{PYTHON_INTERACTIVE}, so the script is not all it runs"
         if self.cgroups is not None and (ident.cgroup is None
                                          or not any(glob_matches(c, ident.cgroup) for c in self.cgroups)):
             return f"cgroup {ident.cgroup or '(unreadable)'} matches none of its cgroup globs"
@@ -211,6 +221,30 @@ class Workload:
             return f"it is traced (by pid {ident.tracer_pid}) and the workload requires untraced"
         if self.no_preload and ident.preload:
             return f"its environment sets {', '.join(ident.preload)} and the workload requires no_preload"
+        if self.no_preload or self.libraries is not None:
+            return self._code_mismatch(ident)
+        return None
+
+    def _code_mismatch(self, ident: Identity) -> str | None:
+        """Whether the process runs only code the workload allows (its
+        executable mappings, see sealfs/policy/mappings.py), and, for
+        no_preload, an interpreter started so that it loads nothing of the
+        caller's."""
+        need = "no_preload" if self.no_preload else "libraries"
+        if ident.code_problem:
+            return f"{ident.code_problem}, and the workload requires {need}"
+        if ident.memory_code and not self.jit:
+            return f"it runs {ident.memory_code[0]} and the workload does not say jit = true"
+        pinned = (self.libraries or frozenset()) | (self.exe_hashes or frozenset())
+        for path, digest, is_exe in ident.foreign_code:
+            if is_exe and (self.exes is not None or self.exe_hashes is not None):
+                continue  # the executable itself, already matched by exe/exe_sha256
+            if digest is None or digest not in pinned:
+                return (f"it runs code from {path} (sha256 {digest or 'unreadable'}), which is neither root's "
+                        "(owned by root, writable by no one else, on a file system without nosuid) nor pinned in "
+                        "libraries")
+        if self.no_preload and ident.startup:
+            return f"{ident.startup[0]}, and the workload requires no_preload"
         return None
 
 
@@ -310,7 +344,8 @@ class Policy:
             return Decision(True, op, path, names, allowed_by.number, allowed_by.line, False,
                             f"{allowed_by.describe()} allows {op} to {_joined(allowed_by.workloads & mine)}")
         return Decision(False, op, path, names, None, None, False,
-                        f"no rule allows {op} on this path to {_joined(names)} (default deny)")
+                        f"no rule allows {op} on this path to {_joined(names)}{self._near_misses(ident)} "
+                        "(default deny)")
 
     def _near_misses(self, ident: Identity) -> str:
         """For a caller in no workload: the workloads whose user/group it has
@@ -614,15 +649,61 @@ class _Builder:
                 except ValueError as exc:
                     raise self.error(f"workload {name!r}: {exc}", *where, "cgroup") from None
             kw["cgroups"] = tuple(globs)
-        for key in ("untraced", "no_preload"):
+        for key in ("untraced", "no_preload", "jit"):
             if key in body:
                 if not isinstance(body[key], bool):
                     raise self.error(f"{key} in workload {name!r} must be true or false", *where, key)
                 kw[key] = body[key]
+        if "libraries" in body:
+            kw["libraries"] = self.libraries(name, body["libraries"], where)
+        if kw.get("jit") and not (kw.get("no_preload") or "libraries" in kw):
+            raise self.error(f"jit in workload {name!r} says what code it may run, which only no_preload or "
+                             "libraries checks: add one of them", *where, "jit")
+        if kw.get("no_preload") and any(interpreter_family(e) == "python" for e in kw.get("exes", ())):
+            self.warn(f"workload {name!r} runs Python with no_preload: it is admitted only when started with -I "
+                      "(or -E -s) and without -i; put -I in the #! line", *where, "no_preload")
         if not any(k in kw for k in ("uids", "gids", "exes", "exe_hashes", "scripts", "script_hashes", "cgroups")):
-            raise self.error(f"workload {name!r} selects only on untraced/no_preload, so it would match almost "
+            raise self.error(f"workload {name!r} selects only on {'/'.join(_CONDITIONS)}, so it would match almost "
                              "every process; add a selector that says who it is (user, exe, …)", *where)
         return Workload(name, self.lines.of(*where), **kw)
+
+    def libraries(self, name: str, value: Any, where: tuple) -> frozenset[str]:
+        """``libraries = {"/path/lib.so" = "SHA256", …}``: the hashes.  The
+        paths say what the hash is of: one that does not exist now, or
+        whose file has another hash, is a warning (processes that map that
+        file are refused, which the audit log names)."""
+        if not isinstance(value, dict):
+            raise self.error(f"libraries in workload {name!r} must be a table of PATH = \"SHA256\", such as "
+                             "{\"/opt/app/lib/libapp.so\" = \"9f2c…\"}", *where, "libraries")
+        hashes = set()
+        for path, digest in value.items():
+            if not path.startswith("/") or os.path.normpath(path) != path:
+                raise self.error(f"library {path!r} in workload {name!r}: give an absolute, normalised path",
+                                 *where, "libraries")
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                raise self.error(f"library {path!r} in workload {name!r}: {digest!r} is not a sha256: 64 hex "
+                                 "digits (sha256sum prints it)", *where, "libraries")
+            hashes.add(digest.lower())
+            try:
+                # only a regular file is ever opened for reading: opening a device can have side effects
+                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                try:
+                    if not stat.S_ISREG(os.fstat(pfd).st_mode):
+                        raise OSError(0, "not a regular file")
+                    with open(f"/proc/self/fd/{pfd}", "rb") as f:
+                        actual = hashlib.file_digest(f, "sha256").hexdigest()
+                finally:
+                    os.close(pfd)
+            except OSError as exc:
+                self.warn(f"library {path} of workload {name!r} cannot be read ({exc.strerror}): its pin matches "
+                          "only a file with that hash", *where, "libraries")
+                continue
+            if actual != digest.lower():
+                self.warn(f"library {path} of workload {name!r} has sha256 {actual}, not the pinned one: a process "
+                          "that maps it is refused", *where, "libraries")
+        if not hashes:
+            raise self.error(f"libraries in workload {name!r} is empty: leave it out instead", *where, "libraries")
+        return frozenset(hashes)
 
     def strings(self, value: Any, *where) -> list[str]:
         values = value if isinstance(value, list) else [value]

@@ -239,7 +239,7 @@ def test_pid_reused_while_identifying(monkeypatch, ident):
     def flaky(self, base):
         st = real(self, base)
         calls.append(st)
-        return st if len(calls) == 1 else type(st)(st.start_time + 1, st.fingerprint)
+        return st if len(calls) == 1 else type(st)(st.start_time + 1, st.vsize)
 
     monkeypatch.setattr(Identifier, "_read_stat", flaky)
     i = ident.identify(os.getpid(), os.getuid(), os.getgid())
@@ -291,7 +291,7 @@ def test_script_argument(family, argv, script):
 
 
 def test_held_descriptors_are_bounded_and_closed(monkeypatch):
-    """stat/status stay open for the last few callers only; evicted ones
+    """stat/status/maps stay open for the last few callers only; evicted ones
     and close() release their descriptors."""
     from sealfs.policy import identity as mod
 
@@ -305,7 +305,36 @@ def test_held_descriptors_are_bounded_and_closed(monkeypatch):
         for p in procs:  # again, evicting each other: still right
             assert ident.identify(p.pid, os.getuid(), os.getgid()).exe == os.path.realpath(SLEEP)
         assert len(ident._handles) == 2
-        assert len(os.listdir("/proc/self/fd")) == fds_before + 2 * 2, "two processes, stat + status each"
+        assert len(os.listdir("/proc/self/fd")) == fds_before + 2 * 3, "two processes, stat + status + maps each"
         ident.close()
         assert not ident._handles
+        assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_eviction_while_other_threads_identify_never_fails_them(monkeypatch):
+    """Handles evicted by one request while another still reads them stay
+    open until it is done: every identity is valid, none is taken for an
+    exec, and no descriptor is left behind."""
+    from sealfs.policy import identity as mod
+
+    monkeypatch.setattr(mod, "HANDLE_CACHE_ENTRIES", 2)
+    ident = Identifier(stable_ttl=0)
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(running([SLEEP, "60"])) for _ in range(5)]
+        fds_before = len(os.listdir("/proc/self/fd"))
+        bad = []
+
+        def work(k: int) -> None:
+            for n in range(40):
+                i = ident.identify(procs[(k + n) % len(procs)].pid, os.getuid(), os.getgid())
+                if not i.valid or i.exe != os.path.realpath(SLEEP):
+                    bad.append(i.describe())
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not bad, bad[:3]
+        ident.close()
         assert len(os.listdir("/proc/self/fd")) == fds_before
