@@ -32,7 +32,7 @@ import pytest
 
 from sealfs.policy import host
 
-from .policyhelp import CLEAN_ENV, assert_ok, sealfs, sha256_of
+from .policyhelp import CLEAN_ENV, sealfs, sha256_of, wait_exec
 
 LOCAL = pytest.mark.parametrize("store_kind", ["local"])
 
@@ -53,6 +53,7 @@ char buf[4096];    /* what it read last: never printed */
 
 int main(int argc, char **argv) {
     char line[64];
+    int hold = argc > 3 && !strcmp(argv[3], "hold");   /* keep the file open after reading it */
     if (argc > 2 && !strcmp(argv[2], "prctl") && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) return 99;
     strncpy(path, argv[1], sizeof path - 1);
     printf("%p %p\n", (void *)path, (void *)buf);
@@ -65,7 +66,7 @@ int main(int argc, char **argv) {
             ssize_t n;
             memset(buf, 0, sizeof buf);
             n = read(fd, buf, sizeof buf - 1);
-            close(fd);
+            if (hold) printf("fd %d ", fd); else close(fd);
             printf("read %zd\n", n);
         }
         fflush(stdout);
@@ -82,11 +83,13 @@ ATTACK_C = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ptrace.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 /* attack METHOD PID write ADDR TEXT | attack METHOD PID read ADDR LEN | attack seize PID
+   | attack getfd PID FD (take a descriptor of the process with pidfd_getfd and read the file through it)
    Exit status: 0, or the errno of the call that failed. */
 
 static int fail(const char *what) {
@@ -142,6 +145,17 @@ int main(int argc, char **argv) {
         printf("seized\n");
         fflush(stdout);
         if (!fgets(line, sizeof line, stdin)) return 0;  /* exiting detaches */
+        return 0;
+    }
+    if (argc == 4 && !strcmp(argv[1], "getfd")) {
+        char data[4096] = {0};
+        int pidfd = (int)syscall(SYS_pidfd_open, atoi(argv[2]), 0);
+        if (pidfd < 0) return fail("pidfd_open");
+        int fd = (int)syscall(SYS_pidfd_getfd, pidfd, atoi(argv[3]), 0);
+        if (fd < 0) return fail("pidfd_getfd");
+        ssize_t n = pread(fd, data, sizeof data - 1, 0);
+        if (n < 0) return fail("pread");
+        fwrite(data, 1, (size_t)n, stdout);
         return 0;
     }
     if (argc != 6) return 100;
@@ -223,9 +237,11 @@ allow = ["read", "list"]
 class Victim:
     """The victim program running as ``user`` (through setpriv)."""
 
-    def __init__(self, user, exe: Path, path: Path, *, prctl: bool = False):
-        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", str(exe), str(path)]
-        self.proc = subprocess.Popen(argv + (["prctl"] if prctl else []), stdin=subprocess.PIPE,
+    def __init__(self, user, exe: Path, path: Path, *, prctl: bool = False, hold: bool = False,
+                 wrapper: tuple[str, ...] = ()):
+        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", *wrapper, str(exe),
+                str(path), "prctl" if prctl else "-", "hold" if hold else "-"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
         first = self.proc.stdout.readline().split()
         assert len(first) == 2, f"the victim did not start: {first}"
@@ -414,3 +430,63 @@ def test_policy_check_warns_about_open_memory(lab, users, tmp_path):
     f.write_text(_policy(lab, users, nondumpable=True))
     proc = sealfs("policy", "check", str(f))
     assert "Yama" not in proc.stderr.decode(), "a nondumpable workload is not exposed"
+
+
+@LOCAL
+@pytest.mark.parametrize("how", ["dumpable", "setgid"])
+def test_taking_an_open_descriptor(make_policy_mount, lab, users, how):
+    """pidfd_getfd: a process of the same uid takes the allowed process's
+    open descriptor and reads the file through it, which asks no open.
+    Refused by the kernel for a non-dumpable process."""
+    m = _mount(make_policy_mount, lab, users, nondumpable=how == "setgid")
+    pay = users["payments"]
+    v = Victim(pay, lab.victim if how == "dumpable" else lab.protected, m.path / "secret" / "f.txt", hold=True)
+    try:
+        answer = v.request()
+        assert answer.endswith(f"read {len(SECRET)}"), answer
+        fd = answer.split()[1]
+        got = _attack(pay, lab, "getfd", str(v.pid), fd)
+        if how == "dumpable":
+            assert got.returncode == 0 and got.stdout == SECRET, got.stderr
+        else:
+            assert got.returncode == errno.EPERM and SECRET not in got.stdout, (got.returncode, got.stderr)
+    finally:
+        v.close()
+
+
+@LOCAL
+def test_prctl_inside_a_user_namespace_does_not_count(make_policy_mount, lab, users):
+    """A process in a user namespace that its uid made is traceable by that
+    uid even after prctl(PR_SET_DUMPABLE, 0) (the uid holds CAP_SYS_PTRACE
+    in the namespace); its /proc files show the namespace's root, not root,
+    so nondumpable does not match it."""
+    m = _mount(make_policy_mount, lab, users, nondumpable=True)
+    pay = users["payments"]
+    v = Victim(pay, lab.victim, m.path / "public" / "f.txt", prctl=True, wrapper=("unshare", "--user", "--map-root-user"))
+    try:
+        assert os.stat(f"/proc/{v.pid}/stat").st_uid == pay.uid, "the namespace's root is the user itself"
+        assert v.request() == f"errno {errno.EACCES}", "nondumpable does not match it"
+        wrote = _attack(pay, lab, "mem", str(v.pid), "write", v.path_addr, "/elsewhere")
+        assert wrote.returncode == 0, wrote.stderr
+        back = _attack(pay, lab, "mem", str(v.pid), "read", v.path_addr, "64")
+        assert back.stdout == "/elsewhere", "the same uid writes its memory, as it would a dumpable process's"
+    finally:
+        v.close()
+    lines = m.denials(path="/public/f.txt", uid=pay.uid)
+    assert lines and "it is dumpable" in lines[-1]["reason"], m.audit()[-3:]
+
+
+def test_a_root_process_is_never_seen_as_nondumpable():
+    """Its /proc files are root's either way: dumpable is unknown (None),
+    and nondumpable does not match it."""
+    from sealfs.policy.identity import Identifier
+
+    sleep = os.path.realpath("/usr/bin/sleep")
+    proc = subprocess.Popen([sleep, "60"], env=CLEAN_ENV)
+    try:
+        wait_exec(proc.pid, sleep)
+        i = Identifier(stable_ttl=0).identify(proc.pid, 0, 0)
+        assert i.valid and i.exe == sleep and i.dumpable is None
+    finally:
+        proc.kill()
+        proc.wait()
