@@ -28,6 +28,7 @@ which may change later (a sysctl, a chmod).
 from __future__ import annotations
 
 import os
+import pwd
 from dataclasses import dataclass
 
 from ..keys.sources import file_exposure
@@ -141,6 +142,13 @@ def _processes_of(proc: str, uids) -> dict[int, list[tuple[int, str]]]:
     return out
 
 
+def _primary_gid(uid: int) -> int | None:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return None
+
+
 def report(policy=None, secrets: tuple[tuple[str, str], ...] = (), proc: str = "/proc") -> list[Finding]:
     """Every host setting ``policy`` (and the key or pass files
     ``secrets``: (what, path) pairs) relies on, and what it is now."""
@@ -179,8 +187,10 @@ def report(policy=None, secrets: tuple[tuple[str, str], ...] = (), proc: str = "
     if not findings:
         out.append(Finding("ok", f"policy file {policy.file}: writable by trusted users only, and so are the "
                                  "directories above it"))
+    said_below = set(policy_warnings(policy, proc))  # (the same findings, told below one by one)
     for w in policy.warnings:
-        out.append(Finding("warning", f"policy: {w}"))
+        if w not in said_below:
+            out.append(Finding("warning", f"policy: {w}"))
     uids = sorted({u for w in policy.workloads.values() for u in (w.uids or ()) if u >= 0})
     running = _processes_of(proc, uids)
     for name, w in policy.workloads.items():
@@ -231,9 +241,13 @@ def _workload_report(name: str, w, open_memory: str | None, running) -> list[Fin
             if not exposure:
                 out.append(Finding("ok", f"workload {name}: {key} {p} is writable by trusted users only"))
             if key == "exe" and w.nondumpable:
-                if st.st_mode & 0o6000:
+                if st.st_mode & 0o4000 or (st.st_mode & 0o2000 and (w.uids is None or st.st_gid not in
+                                                                   {_primary_gid(u) for u in w.uids})):
                     out.append(Finding("ok", f"workload {name}: exe {p} is set{'u' if st.st_mode & 0o4000 else 'g'}id: "
                                              "not dumpable from its exec"))
+                elif st.st_mode & 0o2000:
+                    out.append(Finding("warning", f"workload {name}: exe {p} is setgid to its users' own group, "
+                                                  "which changes nothing: it stays dumpable"))
                 else:
                     out.append(Finding("info", f"workload {name}: exe {p} is neither setuid nor setgid: it matches "
                                                "nondumpable only once it calls prctl(PR_SET_DUMPABLE, 0), and "

@@ -7,6 +7,7 @@ and chmod, as a careless admin would."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -163,3 +164,40 @@ def test_doctor(tmp_path, users, shop):
         exe.chmod(0o755)
     assert f"warning: workload pay: exe {exe} is writable by its group and others (mode 0777)" in out, out
     assert "(no sha256 pinned)" in out
+
+
+def test_doctor_on_setgid_programs(tmp_path, users, shop):
+    """A program setgid to another group is non-dumpable from its exec (ok);
+    setgid to its user's own group it stays dumpable (a warning), which a
+    run of it shows."""
+    pay = users["payments"]
+    exe = shop.dir / "payments-setgid"
+    shutil.copyfile(shop.exe("payments"), exe)
+    f = tmp_path / "p.toml"
+    f.write_text(SAFE + f'\n[workloads.pay]\nexe = "{exe}"\nuser = "{pay.name}"\nnondumpable = true\n\n'
+                        '[[rule]]\npaths = ["/p/**"]\nworkloads = ["pay"]\nallow = ["read"]\n')
+    fifo = shop.dir / "payments-fifo"
+    os.mkfifo(fifo)
+    fifo.chmod(0o666)
+    try:
+        for group, dumpable in ((users["customer"].gid, False), (pay.gid, True)):
+            os.chown(exe, 0, group)
+            exe.chmod(0o2755)
+            out = _doctor("--policy", str(f)).stdout.decode()
+            if dumpable:
+                assert f"warning: workload pay: exe {exe} is setgid to its users' own group" in out, out
+            else:
+                assert f"ok: workload pay: exe {exe} is setgid: not dumpable from its exec" in out, out
+            # what the kernel does with it: the program waits, opening a fifo nobody writes
+            proc = subprocess.Popen(["setpriv", f"--reuid={pay.uid}", f"--regid={pay.gid}", "--clear-groups",
+                                     str(exe), "read", str(fifo)], env=CLEAN_ENV)
+            try:
+                wait_exec(proc.pid, str(exe))
+                owner = os.stat(f"/proc/{proc.pid}/stat").st_uid
+            finally:
+                proc.kill()
+                proc.wait()
+            assert (owner == pay.uid) == dumpable, (group, owner)
+    finally:
+        exe.unlink()
+        fifo.unlink()
