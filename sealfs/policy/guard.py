@@ -46,6 +46,12 @@ class Guard:
         self.policy_file = policy_file or policy.file
         self.audit = audit or AuditLog()
         self.identifier = identifier or Identifier()
+        self._need_facts(policy)
+
+    def _need_facts(self, policy: Policy) -> None:
+        """Read only what the policy can use: whether a process is dumpable
+        costs a ``stat`` per request."""
+        self.identifier.check_dumpable = any(w.nondumpable for w in policy.workloads.values())
 
     # -- checks (worker threads) ---------------------------------------------------------
 
@@ -108,7 +114,10 @@ class Guard:
             return False
         for warning in new.warnings:
             log.warning("policy: %s", warning)
+        if any(w.nondumpable for w in new.workloads.values()):
+            self._need_facts(new)  # before the policy that needs it
         self.policy = new
+        self._need_facts(new)
         log.info("policy reloaded from %s: %d workloads, %d rules, audit = %s", self.policy_file,
                  len(new.workloads), len(new.rules), new.audit)
         return True

@@ -347,6 +347,10 @@ class Identifier:
         self._traced: OrderedDict[tuple, int] = OrderedDict()
         #: how many keys of _traced each tgid has (a cheap first test).
         self._traced_tgids: dict[int, int] = {}
+        #: Whether to find out :attr:`Identity.dumpable` (a ``stat`` per
+        #: request); a :class:`~sealfs.policy.guard.Guard` turns it off
+        #: while no workload of its policy requires nondumpable.
+        self.check_dumpable = True
 
     # -- the one entry point -----------------------------------------------------------
 
@@ -542,8 +546,9 @@ class Identifier:
         the owner it was opened with), so this is a fresh ``stat``; it is of
         the process the held descriptors are bound to when it is the same
         inode (a reused pid would have new inodes).  None for a process
-        whose euid is 0: its files are root's either way."""
-        if status.euid == 0:
+        whose euid is 0: its files are root's either way; and when
+        :attr:`check_dumpable` is off."""
+        if status.euid == 0 or not self.check_dumpable:
             return None
         st = os.stat(f"{self.proc}/{pid}/stat")
         with self._lock:

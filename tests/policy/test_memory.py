@@ -490,3 +490,26 @@ def test_a_root_process_is_never_seen_as_nondumpable():
     finally:
         proc.kill()
         proc.wait()
+
+
+@LOCAL
+def test_nondumpable_after_a_reload(make_policy_mount, lab, users):
+    """The daemon reads whether a process is dumpable only while a workload
+    requires it: a reload that adds nondumpable turns it on, one that drops
+    it turns it off."""
+    m = _mount(make_policy_mount, lab, users, nondumpable=False)
+    pay = users["payments"]
+    public = m.path / "public" / "f.txt"
+    m.reload(_policy(lab, users, nondumpable=True))
+    for exe, answer in ((lab.protected, f"read {len(PUBLIC)}"), (lab.victim, f"errno {errno.EACCES}")):
+        v = Victim(pay, exe, public)
+        try:
+            assert v.request() == answer, exe
+        finally:
+            v.close()
+    m.reload(_policy(lab, users, nondumpable=False))
+    v = Victim(pay, lab.victim, public)
+    try:
+        assert v.request() == f"read {len(PUBLIC)}"
+    finally:
+        v.close()
