@@ -513,3 +513,87 @@ def test_nondumpable_after_a_reload(make_policy_mount, lab, users):
         assert v.request() == f"read {len(PUBLIC)}"
     finally:
         v.close()
+
+
+THREADS_PY = """
+import sys, threading
+ready = threading.Event()
+def worker():
+    print(threading.get_native_id(), flush=True)
+    ready.wait()
+t = threading.Thread(target=worker)
+t.start()
+sys.stdin.readline()
+ready.set()
+"""
+
+
+class _Seized:
+    """A tracer (``attack seize``, as root) on thread ``tid`` until closed."""
+
+    def __init__(self, lab: Lab, tid: int):
+        self.proc = subprocess.Popen([str(lab.attack), "seize", str(tid)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=CLEAN_ENV)
+        assert self.proc.stdout.readline() == "seized\n"
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=60) == 0
+
+
+def test_a_tracer_seen_on_one_thread_counts_for_every_thread(lab):
+    """The memory of tracers is per process (thread group) and exec: a
+    tracer seen on the worker thread, gone since, still marks the main
+    thread and the worker."""
+    from sealfs.policy.identity import Identifier
+
+    py = os.path.realpath("/usr/bin/python3")
+    proc = subprocess.Popen([py, "-c", THREADS_PY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=CLEAN_ENV)
+    try:
+        worker = int(proc.stdout.readline())
+        ident = Identifier(stable_ttl=0)
+        assert not ident.identify(proc.pid, 0, 0).traced_since_exec
+        tracer = _Seized(lab, worker)
+        try:
+            now = ident.identify(proc.pid, 0, 0)
+            assert now.traced and now.traced_since_exec == tracer.proc.pid
+        finally:
+            tracer.close()
+        for tid in (proc.pid, worker):
+            later = ident.identify(tid, 0, 0)
+            assert later.valid and not later.traced and later.traced_since_exec == tracer.proc.pid, tid
+        assert not Identifier(stable_ttl=0).identify(proc.pid, 0, 0).traced_since_exec, "another mount never saw it"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_memory_of_tracers_is_bounded_and_keeps_live_processes(lab, monkeypatch):
+    """Past TRACED_ENTRIES, processes that are gone are forgotten first."""
+    from sealfs.policy import identity
+
+    monkeypatch.setattr(identity, "TRACED_ENTRIES", 2)
+    ident = identity.Identifier(stable_ttl=0)
+    sleep = os.path.realpath("/usr/bin/sleep")
+    procs = []
+    try:
+        for _ in range(3):
+            p = subprocess.Popen([sleep, "60"], env=CLEAN_ENV)
+            procs.append(p)
+            wait_exec(p.pid, sleep)
+            t = _Seized(lab, p.pid)
+            try:
+                assert ident.identify(p.pid, 0, 0).traced_since_exec == t.proc.pid
+            finally:
+                t.close()
+            if len(procs) == 2:  # the second is gone when the third comes: it goes, not the oldest
+                procs[1].kill()
+                procs[1].wait()
+        assert len(ident._traced) == 2
+        for p in (procs[0], procs[2]):
+            assert ident.identify(p.pid, 0, 0).traced_since_exec, "a live process stays remembered"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
