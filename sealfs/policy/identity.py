@@ -550,7 +550,10 @@ class Identifier:
         :attr:`check_dumpable` is off."""
         if status.euid == 0 or not self.check_dumpable:
             return None
-        st = os.stat(f"{self.proc}/{pid}/stat")
+        try:
+            st = os.stat(f"{self.proc}/{pid}/stat")
+        except (FileNotFoundError, ProcessLookupError):
+            raise _Gone() from None
         with self._lock:
             h = self._handles.get(pid)
         if h is None:

@@ -101,6 +101,10 @@ def test_warnings_at_mount_and_at_reload(make_policy_mount):
     m.reload(SAFE)
     assert m.log.read_text().count("the policy file:") == before + 1, "the reload warns"
     assert f"{m.policy_file} is writable by others (mode 0646)" in m.log.read_text()
+    m.policy_file.chmod(0o644)
+    m.reload(SAFE + '\n[workloads.sh]\nexe = "/usr/bin/dash"\nuid = 0\n\n[[rule]]\npaths = ["/x"]\n'
+                    'workloads = ["sh"]\nallow = ["read"]\n')
+    assert "workload sh tells processes of one uid apart, but this kernel has no Yama" in m.log.read_text()
 
 
 def test_key_and_pass_files_others_may_read(tmp_path):

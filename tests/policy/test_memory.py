@@ -356,6 +356,7 @@ def test_a_nondumpable_workload_is_closed_to_its_own_uid(make_policy_mount, lab,
         assert v.request() == f"read {len(PUBLIC)}", "the non-dumpable workload is allowed"
         owner = os.stat(f"/proc/{v.pid}/stat").st_uid
         assert owner == 0, "the kernel shows a non-dumpable process's files as root's"
+        assert os.stat(f"/proc/{v.pid}").st_uid == pay.uid, "(but not its directory: that is why a file is read)"
         got = _steal(pay, lab, method, v, m.path / "secret" / "f.txt")
         assert got.returncode in (errno.EPERM, errno.EACCES), (got.returncode, got.stdout, got.stderr)
         assert SECRET not in got.stdout
