@@ -343,8 +343,9 @@ class Identifier:
         self._stable: OrderedDict[tuple, _Stable] = OrderedDict()
         self._handles: OrderedDict[int, _Handles] = OrderedDict()
         self._lock = threading.Lock()
-        #: exec key of a thread group leader -> the first tracer seen on it.
-        self._traced: OrderedDict[tuple, int] = OrderedDict()
+        #: exec key of a process -> (the first tracer seen on it, its tgid,
+        #: its start time).
+        self._traced: OrderedDict[tuple, tuple[int, int, int]] = OrderedDict()
         #: how many keys of _traced each tgid has (a cheap first test).
         self._traced_tgids: dict[int, int] = {}
         #: Whether to find out :attr:`Identity.dumpable` (a ``stat`` per
@@ -570,25 +571,28 @@ class Identifier:
         """The first tracer seen on the process of thread ``pid`` since its
         exec (``tracer`` now, remembered; or one remembered), 0 if none.
 
-        The memory is keyed by the exec key of the thread group leader, so
-        that a tracer seen on one thread counts for every thread, and an
-        exec (a new key) starts afresh.  A thread group's leader pid stays
-        taken as long as any thread of the group lives, so its key cannot
-        be another process's meanwhile."""
+        The memory is keyed by the exec key of the process (its tgid, the
+        start time of its leader, and the exec fingerprint, which is the
+        same for every thread: it is of their shared memory), so that a
+        tracer seen on one thread counts for every thread, and an exec (a
+        new key) starts afresh.  A thread group's leader pid stays taken as
+        long as any thread of the group lives, so its key cannot be another
+        process's meanwhile."""
         tgid = status.tgid or pid
         with self._lock:
             known = tgid in self._traced_tgids
         if not tracer and not known:
             return 0
-        key = self._exec_key(tgid, st if tgid == pid else self._leader_stat(tgid))
+        start = st.start_time if tgid == pid else self._leader_stat(tgid).start_time
+        key = self._exec_key(tgid, _Stat(start, st.fingerprint))
         with self._lock:
             first = self._traced.get(key)
             if first is not None:
                 self._traced.move_to_end(key)
-                return first
+                return first[0]
             if not tracer:
                 return 0
-            self._traced[key] = tracer
+            self._traced[key] = (tracer, tgid, start)
             self._traced_tgids[tgid] = self._traced_tgids.get(tgid, 0) + 1
             full = len(self._traced) > TRACED_ENTRIES
         if full:
@@ -599,14 +603,14 @@ class Identifier:
         return _parse_stat(self._read(None, f"{self.proc}/{tgid}/stat"))
 
     def _prune_traced(self) -> None:
-        """Drop remembered tracers of processes that are gone (their exec
-        key no longer matches), then the oldest, down to the bound."""
+        """Drop remembered tracers of processes that are gone (no process
+        with that tgid and start time), then the oldest, down to the bound."""
         with self._lock:
-            keys = list(self._traced)
+            entries = list(self._traced.items())
         gone = []
-        for key in keys:
+        for key, (_, tgid, start) in entries:
             try:
-                alive = self._exec_key(key[0], self._leader_stat(key[0])) == key
+                alive = self._leader_stat(tgid).start_time == start
             except (_Gone, OSError, ValueError):
                 alive = False
             if not alive:
@@ -619,9 +623,10 @@ class Identifier:
 
     def _forget_traced(self, key: tuple) -> None:
         """(With the lock held.)"""
-        if self._traced.pop(key, None) is None:
+        entry = self._traced.pop(key, None)
+        if entry is None:
             return
-        tgid = key[0]
+        tgid = entry[1]
         left = self._traced_tgids.get(tgid, 1) - 1
         if left > 0:
             self._traced_tgids[tgid] = left

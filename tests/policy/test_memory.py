@@ -25,6 +25,7 @@ import grp
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -598,3 +599,60 @@ def test_the_memory_of_tracers_is_bounded_and_keeps_live_processes(lab, monkeypa
         for p in procs:
             p.kill()
             p.wait()
+
+
+LEADER_EXITS_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static void *worker(void *arg) {
+    char line[8];
+    (void)arg;
+    printf("%ld\n", (long)syscall(SYS_gettid));
+    fflush(stdout);
+    fgets(line, sizeof line, stdin);   /* the leader exits after this line */
+    fgets(line, sizeof line, stdin);   /* and the worker waits on */
+    return NULL;
+}
+
+int main(void) {
+    pthread_t t;
+    char line[8];
+    pthread_create(&t, NULL, worker, NULL);
+    fgets(line, sizeof line, stdin);
+    pthread_exit(NULL);
+}
+"""
+
+
+def test_a_tracer_seen_on_the_leader_counts_after_it_exited(lab, tmp_path):
+    """The main thread was seen traced, then ended (pthread_exit) while a
+    worker goes on: the worker is still marked.  (A zombie leader's stat
+    shows no memory addresses: the key takes them from the live thread.)"""
+    from sealfs.policy.identity import Identifier
+
+    exe = tmp_path / "leader"
+    (tmp_path / "leader.c").write_text(LEADER_EXITS_C)
+    subprocess.run(["gcc", "-pthread", "-o", str(exe), str(tmp_path / "leader.c")], check=True, capture_output=True)
+    proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=CLEAN_ENV)
+    try:
+        worker = int(proc.stdout.readline())
+        ident = Identifier(stable_ttl=0)
+        tracer = _Seized(lab, proc.pid)
+        try:
+            assert ident.identify(proc.pid, 0, 0).traced_since_exec == tracer.proc.pid
+        finally:
+            tracer.close()
+        proc.stdin.write("x\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while "State:\tZ" not in Path(f"/proc/{proc.pid}/status").read_text():
+            assert time.monotonic() < deadline, "the leader did not exit"
+            time.sleep(0.01)
+        later = ident.identify(worker, 0, 0)
+        assert later.valid and later.traced_since_exec == tracer.proc.pid, later
+    finally:
+        proc.kill()
+        proc.wait()
