@@ -464,7 +464,8 @@ def test_prctl_inside_a_user_namespace_does_not_count(make_policy_mount, lab, us
     so nondumpable does not match it."""
     m = _mount(make_policy_mount, lab, users, nondumpable=True)
     pay = users["payments"]
-    v = Victim(pay, lab.victim, m.path / "public" / "f.txt", prctl=True, wrapper=("unshare", "--user", "--map-root-user"))
+    v = Victim(pay, lab.victim, m.path / "public" / "f.txt", prctl=True,
+               wrapper=("unshare", "--user", "--map-root-user"))
     try:
         assert os.stat(f"/proc/{v.pid}/stat").st_uid == pay.uid, "the namespace's root is the user itself"
         assert v.request() == f"errno {errno.EACCES}", "nondumpable does not match it"
