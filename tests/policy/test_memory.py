@@ -91,6 +91,7 @@ ATTACK_C = r"""
 
 /* attack METHOD PID write ADDR TEXT | attack METHOD PID read ADDR LEN | attack seize PID
    | attack getfd PID FD (take a descriptor of the process with pidfd_getfd and read the file through it)
+   | attack spawn EXE ARG... (run EXE as a traced child, PTRACE_TRACEME, and let go of it at its exec)
    Exit status: 0, or the errno of the call that failed. */
 
 static int fail(const char *what) {
@@ -146,6 +147,20 @@ int main(int argc, char **argv) {
         printf("seized\n");
         fflush(stdout);
         if (!fgets(line, sizeof line, stdin)) return 0;  /* exiting detaches */
+        return 0;
+    }
+    if (argc > 2 && !strcmp(argv[1], "spawn")) {
+        int status;
+        pid_t child = fork();
+        if (child < 0) return fail("fork");
+        if (child == 0) {
+            if (ptrace(PTRACE_TRACEME, 0, 0, 0) != 0) _exit(fail("PTRACE_TRACEME"));
+            execv(argv[2], &argv[2]);
+            _exit(fail("execv"));
+        }
+        if (waitpid(child, &status, 0) < 0 || !WIFSTOPPED(status)) return fail("waitpid (exec stop)");
+        if (ptrace(PTRACE_DETACH, child, 0, 0) != 0) return fail("PTRACE_DETACH");
+        waitpid(child, &status, 0);
         return 0;
     }
     if (argc == 4 && !strcmp(argv[1], "getfd")) {
@@ -256,6 +271,7 @@ class Victim:
         return self.proc.stdout.readline().strip()
 
     def close(self) -> None:
+        self.proc.stdin.close()  # (a victim that is not our child, see spawn, ends at EOF)
         self.proc.kill()
         self.proc.wait()
 
@@ -657,3 +673,21 @@ def test_a_tracer_seen_on_the_leader_counts_after_it_exited(lab, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@LOCAL
+def test_a_setgid_program_started_under_a_tracer_stays_dumpable(make_policy_mount, lab, users):
+    """The same uid starts the setgid program as its own traced child
+    (PTRACE_TRACEME) and lets go of it at the exec, before any request:
+    the kernel does not apply set-group-ID under a tracer, so the program
+    stays dumpable, and nondumpable refuses it (untraced cannot: no tracer
+    is left to see)."""
+    m = _mount(make_policy_mount, lab, users, nondumpable=True)
+    pay = users["payments"]
+    v = Victim(pay, lab.protected, m.path / "public" / "f.txt", wrapper=(str(lab.attack), "spawn"))
+    try:
+        assert v.request() == f"errno {errno.EACCES}"
+    finally:
+        v.close()
+    lines = m.denials(path="/public/f.txt", uid=pay.uid)
+    assert lines and "it is dumpable" in lines[-1]["reason"], m.audit()[-3:]
