@@ -26,7 +26,8 @@ from ..keys import sources
 from ..keys.slots import ARGON2_DEFAULTS, ARGON2_LIMITS, DEFAULT_BLOCK_SIZE, Credential, KeyFile, KmsKey, Passphrase
 from . import options as optparse
 
-COMMANDS = ("init", "mount", "umount", "ls", "cat", "get", "put", "rm", "mkdir", "key", "rekey", "fsck", "policy")
+COMMANDS = ("init", "mount", "umount", "ls", "cat", "get", "put", "rm", "mkdir", "key", "rekey", "fsck", "policy",
+            "doctor")
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -499,6 +500,25 @@ def cmd_policy(args) -> int:
     return 0 if policy.decide(ident, args.op, path).allowed else 1
 
 
+def cmd_doctor(args) -> int:
+    """Which host settings the mount options' policy and key files rely
+    on, and what they are now: 0 when nothing is a warning, 1 otherwise."""
+    from ..policy.host import report
+    from ..policy.rules import load_policy
+
+    opts = optparse.parse(args.o)
+    policy_file = args.policy or opts.get("policy")
+    policy = load_policy(optparse.absolute(policy_file, "policy")) if policy_file else None
+    secrets = tuple((what, optparse.absolute(opts[key], key)) for key, what in
+                    (("keyfile", "key file"), ("passfile", "pass file")) if key in opts)
+    findings = report(policy, secrets)
+    for f in findings:
+        print(f"{f.level}: {f.text}")
+    warnings = sum(f.level == "warning" for f in findings)
+    print(f"{warnings} warning{'' if warnings == 1 else 's'}")
+    return 1 if warnings else 0
+
+
 def cmd_fsck(args) -> int:
     from ..fsck import check
 
@@ -688,6 +708,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--op", default="read", choices=POLICY_OPERATIONS, help="the operation (default read)")
     k.add_argument("path", help="the path inside the volume, such as /payments/2024.csv")
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("doctor", help="which host settings a policy and key files rely on, and what they are now "
+                                      "(exit 0 all well, 1 warnings)")
+    p.add_argument("--policy", metavar="FILE", help="the policy file (else policy= of -o)")
+    p.add_argument("-o", metavar="OPTIONS", action="append",
+                   help="the mount's options, as in fstab: policy=, keyfile=, passfile= are checked")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -29,6 +29,7 @@ def _strip_newline(data: bytes) -> bytes:
 
 
 def read_passfile(path: str) -> bytes:
+    _warn_exposed(path, "pass file")
     try:
         with open(path, "rb") as f:
             data = f.read(65537)
@@ -110,7 +111,69 @@ def scrub_environment(names: tuple[str, ...] = SECRET_ENV) -> None:
         offset += len(entry) + 1
 
 
+def file_exposure(path: str, *, secret: bool) -> list[str]:
+    """Who besides root (and the user running sealfs) could change the
+    file at ``path``, or, when ``secret``, read it: one phrase per finding,
+    empty when there is none.
+
+    Checked: the file (its owner and mode), and every directory above it,
+    along the path as written and the path its symbolic links resolve to
+    (whoever may write a directory may replace what is in it).  A
+    directory that others may write but that is sticky and owned by a
+    trusted user (``/tmp``) is fine: there only a file's owner may rename
+    or remove it.  A file that does not exist (or cannot be seen) gives no
+    finding: reading it gives the error."""
+    trusted = {0, os.geteuid()}
+    found: list[str] = []
+    try:
+        st = os.stat(path)
+    except OSError:
+        return found
+    if st.st_uid not in trusted:
+        found.append(f"{path} is owned by uid {st.st_uid}, who may change it")
+    if st.st_mode & 0o022:
+        found.append(f"{path} is writable by {_who(st.st_mode & 0o022)} (mode {st.st_mode & 0o7777:04o})")
+    if secret and st.st_mode & 0o044:
+        found.append(f"{path} is readable by {_who(st.st_mode & 0o044)} (mode {st.st_mode & 0o7777:04o}); "
+                     f"chmod 600 {path}")
+    seen = set()
+    for chain in (os.path.abspath(path), os.path.realpath(path)):
+        d = os.path.dirname(chain)
+        while d not in seen:
+            seen.add(d)
+            try:
+                dst = os.stat(d)
+            except OSError:
+                break
+            if dst.st_uid not in trusted:
+                found.append(f"its directory {d} is owned by uid {dst.st_uid}, who may replace the file")
+            elif dst.st_mode & 0o022 and not dst.st_mode & 0o1000:
+                found.append(f"its directory {d} is writable by {_who(dst.st_mode & 0o022)} (mode "
+                             f"{dst.st_mode & 0o7777:04o}), who may replace the file")
+            if d == "/":
+                break
+            d = os.path.dirname(d)
+    return found
+
+
+def _who(bits: int) -> str:
+    return " and ".join(w for w, mask in (("its group", 0o070), ("others", 0o007)) if bits & mask)
+
+
+def secret_file_warnings(path: str, what: str) -> list[str]:
+    """Warnings for a key or pass file that others may read or change
+    (like ssh, which refuses such a private key; sealfs warns and goes on,
+    see SECURITY.md)."""
+    return [f"{what} {path}: {finding}" for finding in file_exposure(path, secret=True)]
+
+
+def _warn_exposed(path: str, what: str) -> None:
+    for warning in secret_file_warnings(path, what):
+        print(f"sealfs: warning: {warning}", file=sys.stderr)
+
+
 def read_keyfile(path: str) -> bytes:
+    _warn_exposed(path, "key file")
     try:
         with open(path, "rb") as f:
             data = f.read(1 << 20)

@@ -1,9 +1,12 @@
 """Access policy: who is calling, what the policy says, what gets recorded.
 
     identity.py   the caller of a FUSE request, from /proc (exe and its
-                  sha256, script, cgroup, tracer, LD_PRELOAD, start time)
+                  sha256, script, cgroup, tracer, LD_PRELOAD, start time,
+                  dumpable, traced since exec)
     rules.py      the TOML policy file: workloads, rules, decisions, errors
                   with file:line (sealfs-policy(5))
+    host.py       what a policy relies on outside it (Yama, the policy
+                  file's permissions, …): its warnings, ``sealfs doctor``
     audit.py      one JSON line per decision that matters, rate-limited
     guard.py      the three together, as the FUSE adapter uses them
 

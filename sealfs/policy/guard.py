@@ -46,6 +46,8 @@ class Guard:
         self.policy_file = policy_file or policy.file
         self.audit = audit or AuditLog()
         self.identifier = identifier or Identifier()
+        # read only what the policy can use: whether a process is dumpable costs a stat per request
+        self.identifier.check_dumpable = _needs_dumpable(policy)
 
     # -- checks (worker threads) ---------------------------------------------------------
 
@@ -108,7 +110,11 @@ class Guard:
             return False
         for warning in new.warnings:
             log.warning("policy: %s", warning)
+        needs = _needs_dumpable(new)
+        if needs:
+            self.identifier.check_dumpable = True  # before the policy that needs it is in force
         self.policy = new
+        self.identifier.check_dumpable = needs
         log.info("policy reloaded from %s: %d workloads, %d rules, audit = %s", self.policy_file,
                  len(new.workloads), len(new.rules), new.audit)
         return True
@@ -119,6 +125,10 @@ class Guard:
     def close(self) -> None:
         self.audit.close()
         self.identifier.close()
+
+
+def _needs_dumpable(policy: Policy) -> bool:
+    return any(w.nondumpable for w in policy.workloads.values())
 
 
 def open_guard(policy_file: str, audit_log: str | None) -> Guard:

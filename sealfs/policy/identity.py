@@ -33,6 +33,12 @@ memory_code,        root's (see :mod:`.mappings`), by ``map_files``
 code_problem
 startup             for Python: ``cmdline`` without ``-I`` (or ``-E -s``),
                     or with ``-i``
+dumpable            the owner of ``/proc/PID/stat`` as a fresh lookup
+                    shows it: the kernel shows a non-dumpable process's
+                    files as root's (see :meth:`Identifier._dumpable`)
+traced_since_exec   a tracer this Identifier saw on the process earlier
+                    in the life of its current program (kept in
+                    :attr:`Identifier._traced`)
 ==================  ===================================================
 
 **Pid reuse.**  /proc entries are read through descriptors opened for that
@@ -66,9 +72,22 @@ the cgroup, which rarely moves) is kept per exec of a process for
 size (field 23 of ``stat``) changes, which any new mapping does.  What
 was seen once during one exec (loader variables, foreign code, Python
 flags) stays seen until the next exec.  What can change at any moment —
-credentials, groups, tracers — is read on every call.  A warm call is
-three ``pread`` calls: ``stat``, ``status`` and one byte of ``maps`` stay
-open for the last :data:`HANDLE_CACHE_ENTRIES` processes.
+credentials, groups, tracers, dumpable — is read on every call.  A warm
+call is three ``pread`` calls (``stat``, ``status`` and one byte of
+``maps`` stay open for the last :data:`HANDLE_CACHE_ENTRIES` processes),
+and one ``stat`` while a workload requires ``nondumpable``.
+
+**Memory.**  Another process of the same uid may write into a dumpable
+process's memory (``/proc/PID/mem``, ``process_vm_writev``, ptrace) unless
+Yama forbids it, so whatever a workload selector proves at one request,
+the code that runs next may be another's.  Two facts help, both read on
+every request: ``dumpable`` (False: the kernel refuses ptrace and
+``/proc/PID/mem`` to every process without CAP_SYS_PTRACE, whatever its
+uid), and ``traced_since_exec``: a tracer seen at any earlier request of
+the same process and program is remembered, so that ``untraced`` refuses
+the process until it execs again.  A debugger that attaches and detaches
+between two requests is never seen: only a non-dumpable process is safe
+from it.
 
 **What this cannot see.**  ``cmdline`` and ``environ`` are the process's
 own memory, not the arguments and environment of its ``execve``: code
@@ -111,6 +130,9 @@ HANDLE_CACHE_ENTRIES = 128
 #: Above this many threads, only the calling thread and the thread-group
 #: leader are checked for a tracer.
 MAX_THREADS_SCANNED = 256
+#: Processes (exec keys) remembered as having been traced.  When full,
+#: entries of processes that are gone are dropped first, then the oldest.
+TRACED_ENTRIES = 65536
 
 _HASH_CHUNK = 1 << 20
 _DELETED = " (deleted)"
@@ -194,6 +216,13 @@ class Identity:
     #: How an interpreter's command line lets it load code from the caller's
     #: environment or files (python without -I, python -i).
     startup: tuple[str, ...] = ()
+    #: False: the process is not dumpable, so the kernel refuses ptrace and
+    #: /proc/PID/mem to every process without CAP_SYS_PTRACE.  None: cannot
+    #: be told (the process runs as root: its /proc files are root's anyway).
+    dumpable: bool | None = None
+    #: The first tracer seen on this process since it exec'ed its current
+    #: program (by an earlier request or this one; 0 if none was ever seen).
+    traced_since_exec: int = 0
 
     @property
     def valid(self) -> bool:
@@ -215,6 +244,10 @@ class Identity:
             parts.append(f"cgroup {self.cgroup}")
         if self.traced:
             parts.append(f"traced by pid {self.tracer_pid}")
+        elif self.traced_since_exec:
+            parts.append(f"was traced by pid {self.traced_since_exec} since its exec")
+        if self.dumpable is False:
+            parts.append("not dumpable")
         if self.preload:
             parts.append("environment sets " + ", ".join(self.preload))
         if self.startup:
@@ -389,6 +422,7 @@ class _Stat:
 
 @dataclass(frozen=True)
 class _Status:
+    euid: int
     fsuid: int
     fsgid: int
     groups: frozenset[int]
@@ -413,6 +447,15 @@ class Identifier:
         self.clock = clock
         self._handles: OrderedDict[int, _Handles] = OrderedDict()
         self._lock = threading.Lock()
+        #: exec key of a process -> (the first tracer seen on it, its tgid,
+        #: its start time).
+        self._traced: OrderedDict[tuple, tuple[int, int, int]] = OrderedDict()
+        #: how many keys of _traced each tgid has (a cheap first test).
+        self._traced_tgids: dict[int, int] = {}
+        #: Whether to find out :attr:`Identity.dumpable` (a ``stat`` per
+        #: request); a :class:`~sealfs.policy.guard.Guard` turns it off
+        #: while no workload of its policy requires nondumpable.
+        self.check_dumpable = True
 
     # -- the one entry point -----------------------------------------------------------
 
@@ -437,6 +480,8 @@ class Identifier:
                 return Identity(pid, uid, gid, start_time=before.start_time,
                                 problem="the pid was reused, or the process exec'd, while it was being identified")
             tracer = self._tracer(pid, status)
+            since = self._traced_since_exec(pid, before, status, tracer)
+            dumpable = self._dumpable(pid, status)
         except _Gone:
             return Identity(pid, uid, gid, problem="the process exited before it could be identified")
         except (OSError, ValueError) as exc:  # (hidepid=, an unreadable or odd /proc entry)
@@ -447,8 +492,9 @@ class Identifier:
                                     "request said (pid reused, or its credentials changed)")
         groups = status.groups | {gid}
         last = stable.last
-        if (last is not None and (last.pid, last.uid, last.gid, last.tracer_pid, last.start_time, last.groups)
-                == (pid, uid, gid, tracer, before.start_time, groups)):
+        if (last is not None and (last.pid, last.uid, last.gid, last.tracer_pid, last.start_time, last.groups,
+                                  last.traced_since_exec, last.dumpable)
+                == (pid, uid, gid, tracer, before.start_time, groups, since, dumpable)):
             return last
         stable.last = Identity(pid, uid, gid, groups=groups, exe=stable.exe, exe_sha256=stable.exe_sha256,
                                exe_deleted=stable.exe_deleted, exe_replaced=stable.exe_replaced,
@@ -456,7 +502,7 @@ class Identifier:
                                start_time=before.start_time, tracer_pid=tracer, preload=stable.preload,
                                tgid=status.tgid or pid, foreign_code=stable.code.foreign,
                                memory_code=stable.code.memory_only, code_problem=stable.code.problem,
-                               startup=stable.startup)
+                               startup=stable.startup, dumpable=dumpable, traced_since_exec=since)
         return stable.last
 
     def _live(self, pid: int) -> tuple[_Stat, _Status, _Handles]:
@@ -613,7 +659,121 @@ class Identifier:
                 return tracer
         return 0
 
+    def _dumpable(self, pid: int, status: _Status) -> bool | None:
+        """Whether the process may be traced (and its memory opened) by
+        another process of its uid, as the kernel decides it.
+
+        The kernel shows the files of ``/proc/PID`` (not the directory) as
+        owned by root, or by the root of the user namespace the process's
+        memory belongs to, when the process is not dumpable
+        (``PR_SET_DUMPABLE`` 0, or an exec that changed its credentials:
+        setuid, setgid, file capabilities), and by its euid otherwise; and it
+        refuses ptrace and ``/proc/PID/mem`` to anyone without
+        CAP_SYS_PTRACE *in that namespace* in the first case.  So owner 0
+        means: closed to every unprivileged process.  A process in a user
+        namespace shows that namespace's root, which is an unprivileged uid
+        that may trace it: dumpable, rightly.
+
+        The owner is updated on a path lookup only (a held descriptor keeps
+        the owner it was opened with), so this is a fresh ``stat``; it is of
+        the process the held descriptors are bound to when it is the same
+        inode (a reused pid would have new inodes).  None for a process
+        whose euid is 0: its files are root's either way; and when
+        :attr:`check_dumpable` is off."""
+        if status.euid == 0 or not self.check_dumpable:
+            return None
+        try:
+            st = os.stat(f"{self.proc}/{pid}/stat")
+        except (FileNotFoundError, ProcessLookupError):
+            raise _Gone() from None
+        with self._lock:
+            h = self._handles.get(pid)
+        if h is None:
+            return None
+        with h.lock:
+            if h.closed:
+                return None
+            held = os.fstat(h.stat_fd)
+        if (held.st_dev, held.st_ino) != (st.st_dev, st.st_ino):
+            raise _Gone()
+        return st.st_uid != 0
+
+    def _traced_since_exec(self, pid: int, st: _Stat, status: _Status, tracer: int) -> int:
+        """The first tracer seen on the process of thread ``pid`` since its
+        exec (``tracer`` now, remembered; or one remembered), 0 if none.
+
+        The memory is keyed by the exec key of the process (its tgid, the
+        start time of its leader, and the layout of its memory, which is the
+        same for every thread: it is of their shared memory), so that a
+        tracer seen on one thread counts for every thread, and an exec (a
+        new key) starts afresh.  A thread group's leader pid stays taken as
+        long as any thread of the group lives, so its key cannot be another
+        process's meanwhile."""
+        tgid = status.tgid or pid
+        with self._lock:
+            known = tgid in self._traced_tgids
+        if not tracer and not known:
+            return 0
+        start = st.start_time if tgid == pid else self._leader_stat(tgid).start_time
+        key = self._exec_key(tgid, start, st.layout)
+        with self._lock:
+            first = self._traced.get(key)
+            if first is not None:
+                self._traced.move_to_end(key)
+                return first[0]
+            if not tracer:
+                return 0
+            self._traced[key] = (tracer, tgid, start)
+            self._traced_tgids[tgid] = self._traced_tgids.get(tgid, 0) + 1
+            full = len(self._traced) > TRACED_ENTRIES
+        if full:
+            self._prune_traced()
+        return tracer
+
+    def _leader_stat(self, tgid: int) -> _Stat:
+        return _parse_stat(self._read(None, f"{self.proc}/{tgid}/stat"))
+
+    def _prune_traced(self) -> None:
+        """Drop remembered tracers of processes that are gone (no process
+        with that tgid and start time), then the oldest, down to the bound."""
+        with self._lock:
+            entries = list(self._traced.items())
+        gone = []
+        for key, (_, tgid, start) in entries:
+            try:
+                alive = self._leader_stat(tgid).start_time == start
+            except (_Gone, OSError, ValueError):
+                alive = False
+            if not alive:
+                gone.append(key)
+        with self._lock:
+            for key in gone:
+                self._forget_traced(key)
+            while len(self._traced) > TRACED_ENTRIES:
+                self._forget_traced(next(iter(self._traced)))
+
+    def _forget_traced(self, key: tuple) -> None:
+        """(With the lock held.)"""
+        entry = self._traced.pop(key, None)
+        if entry is None:
+            return
+        tgid = entry[1]
+        left = self._traced_tgids.get(tgid, 1) - 1
+        if left > 0:
+            self._traced_tgids[tgid] = left
+        else:
+            self._traced_tgids.pop(tgid, None)
+
     # -- exec-stable part -----------------------------------------------------------------
+
+    @staticmethod
+    def _exec_key(tgid: int, start_time: int, layout: tuple[int, ...]) -> tuple:
+        """The key of the memory of tracers for one program run by one
+        process: its tgid, its leader's start time and the layout of its
+        memory (the same for every thread).  Without address randomisation
+        an exec may keep the layout: then a tracer seen before the exec is
+        still remembered after it (the safe side)."""
+        return (tgid, start_time, layout)
 
     def _gather(self, pid: int, before: _Stat, h: _Handles, *, code_only: bool) -> _Stable | None:
         """Gather the exec-stable part (``code_only``: only the executable
@@ -812,7 +972,7 @@ def _parse_status(text: bytes) -> _Status:
         uids = _status_field(raw, b"Uid").split()
         gids = _status_field(raw, b"Gid").split()
         groups = frozenset(int(g) for g in _status_field(raw, b"Groups").split())
-        return _Status(int(uids[3]), int(gids[3]), groups, int(_status_field(raw, b"TracerPid") or 0),
+        return _Status(int(uids[1]), int(uids[3]), int(gids[3]), groups, int(_status_field(raw, b"TracerPid") or 0),
                        int(_status_field(raw, b"Tgid") or 0), int(_status_field(raw, b"Threads") or 1))
     except (IndexError, ValueError):
         raise _Gone() from None  # a zombie has no credentials left to show

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from .host import policy_warnings
 from .identity import PYTHON_INTERACTIVE, Identity, interpreter_family
 
 #: Every operation a rule can name, and what it covers.
@@ -65,9 +66,9 @@ OPERATIONS = {
 }
 AUDIT_LEVELS = ("deny", "all")
 SELECTORS = ("uid", "user", "gid", "group", "exe", "exe_sha256", "script", "script_sha256", "cgroup", "untraced",
-             "no_preload", "libraries", "jit")
+             "no_preload", "libraries", "jit", "nondumpable")
 #: Selectors that say what a process may carry, not who it is.
-_CONDITIONS = ("untraced", "no_preload", "libraries", "jit")
+_CONDITIONS = ("untraced", "no_preload", "libraries", "jit", "nondumpable")
 RULE_KEYS = ("paths", "workloads", "allow", "deny", "hide")
 TOP_KEYS = ("audit", "workloads", "rule")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -179,6 +180,7 @@ class Workload:
     libraries: frozenset[str] | None = None
     #: Anonymous executable memory and memory-only files are allowed.
     jit: bool = False
+    nondumpable: bool = False
 
     def mismatch(self, ident: Identity) -> str | None:
         """None when ``ident`` is in this workload, else the first selector
@@ -219,6 +221,15 @@ class Workload:
             return f"cgroup {ident.cgroup or '(unreadable)'} matches none of its cgroup globs"
         if self.untraced and ident.traced:
             return f"it is traced (by pid {ident.tracer_pid}) and the workload requires untraced"
+        if self.untraced and ident.traced_since_exec:
+            return (f"it was traced (by pid {ident.traced_since_exec}) since it started its program and the "
+                    "workload requires untraced")
+        if self.nondumpable and ident.dumpable is not False:
+            if ident.dumpable is None:
+                return ("whether it is dumpable cannot be seen (it runs as root, or it could not be read) and the "
+                        "workload requires nondumpable")
+            return ("it is dumpable (processes of its uid may write its memory) and the workload requires "
+                    "nondumpable")
         if self.no_preload and ident.preload:
             return f"its environment sets {', '.join(ident.preload)} and the workload requires no_preload"
         if self.no_preload or self.libraries is not None:
@@ -412,7 +423,10 @@ def _joined(names) -> str:
 
 
 def load_policy(path: str) -> Policy:
-    """Read and validate the policy file at ``path``."""
+    """Read and validate the policy file at ``path``.  Its warnings include
+    what the host leaves open (:func:`sealfs.policy.host.policy_warnings`):
+    a policy file others may change, workloads whose memory others of
+    their uid may write."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -423,7 +437,9 @@ def load_policy(path: str) -> Policy:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise PolicyError(path, line, "the policy file is not valid UTF-8") from None
-    return parse_policy(text, path)
+    policy = parse_policy(text, path)
+    policy.warnings.extend(policy_warnings(policy))
+    return policy
 
 
 def parse_policy(text: str, file: str = "<policy>") -> Policy:
@@ -649,7 +665,7 @@ class _Builder:
                 except ValueError as exc:
                     raise self.error(f"workload {name!r}: {exc}", *where, "cgroup") from None
             kw["cgroups"] = tuple(globs)
-        for key in ("untraced", "no_preload", "jit"):
+        for key in ("untraced", "no_preload", "jit", "nondumpable"):
             if key in body:
                 if not isinstance(body[key], bool):
                     raise self.error(f"{key} in workload {name!r} must be true or false", *where, key)
@@ -665,6 +681,14 @@ class _Builder:
         if not any(k in kw for k in ("uids", "gids", "exes", "exe_hashes", "scripts", "script_hashes", "cgroups")):
             raise self.error(f"workload {name!r} selects only on {'/'.join(_CONDITIONS)}, so it would match almost "
                              "every process; add a selector that says who it is (user, exe, …)", *where)
+        for p in sorted(kw.get("exes", ())):
+            if os.path.islink(p):
+                target = os.path.realpath(p)
+                self.warn(f"exe {p!r} of workload {name!r} is a symbolic link to {target}: the kernel names the "
+                          f"program by its target, so this never matches; write exe = \"{target}\"", *where, "exe")
+        if kw.get("nondumpable") and 0 in kw.get("uids", ()):
+            self.warn(f"workload {name!r} requires nondumpable and names uid 0: whether a root process is dumpable "
+                      "cannot be seen from outside, so it never matches as root", *where, "nondumpable")
         return Workload(name, self.lines.of(*where), **kw)
 
     def libraries(self, name: str, value: Any, where: tuple) -> frozenset[str]:

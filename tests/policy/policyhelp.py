@@ -236,6 +236,19 @@ def run_as(user: User | None, argv: list[str], *, env: dict | None = None, wrapp
                           cwd="/", umask=0, check=False)
 
 
+def wait_exec(pid: int, exe: str) -> None:
+    """Until process ``pid`` runs ``exe`` (it may be a wrapper first: setpriv)."""
+    deadline = time.monotonic() + RELOAD_TIMEOUT
+    while True:
+        try:
+            if os.readlink(f"/proc/{pid}/exe") == exe:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"process {pid} did not exec {exe}"
+        time.sleep(0.01)
+
+
 def sha256_of(path: Path) -> str:
     import hashlib
 
