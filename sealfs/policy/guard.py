@@ -46,6 +46,13 @@ class Guard:
         self.policy_file = policy_file or policy.file
         self.audit = audit or AuditLog()
         self.identifier = identifier or Identifier()
+        self._use_hashing_of(policy)
+
+    def _use_hashing_of(self, policy: Policy) -> None:
+        """Hash only what ``policy`` can need, up to its size limit."""
+        ident = self.identifier
+        ident.needs_hash = policy.needs_hash
+        ident.hashes.max_bytes = policy.max_hash_bytes
 
     # -- checks (worker threads) ---------------------------------------------------------
 
@@ -109,6 +116,8 @@ class Guard:
         for warning in new.warnings:
             log.warning("policy: %s", warning)
         self.policy = new
+        self._use_hashing_of(new)
+        self.identifier.forget()  # (identities gathered without a hash the new policy may need)
         log.info("policy reloaded from %s: %d workloads, %d rules, audit = %s", self.policy_file,
                  len(new.workloads), len(new.rules), new.audit)
         return True

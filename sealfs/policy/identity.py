@@ -38,7 +38,15 @@ A request with pid 0 (the kernel's own) is invalid too.
 
 **Cost.**  Hashing a binary is the expensive part: hashes are cached by
 (device, inode, size, mtime, ctime) of the open file, so a changed binary is
-hashed again and an unchanged one never (:class:`HashCache`, bounded).  What
+hashed again and an unchanged one never (:class:`HashCache`, bounded).
+Any user can make the daemon hash a file of their choosing (run a program,
+or name a script), so hashing is bounded (:class:`HashCache`): a file is
+only hashed when the policy could need that hash for the caller
+(:attr:`Identifier.needs_hash`), files above a size limit are refused
+rather than read, one file is hashed once at a time, and only a few
+threads may be hashing at once, fewer for any one uid.  A caller past a
+limit gets an invalid identity (:attr:`Identity.problem` says which limit),
+so every decision on it is a denial with that reason in the audit line.  What
 only an ``execve`` can change (exe, cmdline, environ; and the cgroup, which
 rarely moves) is cached per (pid, start time, exec fingerprint) for
 :data:`STABLE_TTL` seconds.  The exec fingerprint is the stack, argument and
@@ -86,6 +94,13 @@ HANDLE_CACHE_ENTRIES = 128
 MAX_THREADS_SCANNED = 256
 
 _HASH_CHUNK = 1 << 20
+#: Largest file (bytes) that is hashed; policy key ``max_hash_mib``.
+MAX_HASH_BYTES = 256 << 20
+#: Threads that may be hashing (or waiting for a hash) at once, in all and
+#: for one uid: the FUSE worker pool has 16, and requests whose identity
+#: needs no new hash must always find one.
+HASH_JOBS = 4
+HASH_JOBS_PER_UID = 2
 _DELETED = " (deleted)"
 
 #: Loader variables that make a process run code it did not ship with.
@@ -189,6 +204,10 @@ class _Gone(Exception):
     """The process (or the thread) no longer exists."""
 
 
+class _NotHashed(Exception):
+    """A file the identity needs was not hashed (a limit): the identity is invalid."""
+
+
 class _Handles:
     """``/proc/PID/stat`` and ``status`` of one process, held open.  Reads
     (pread at 0 regenerates them) fail with ESRCH once the process is gone.
@@ -209,6 +228,11 @@ class _Handles:
                 os.close(self.status_fd)
 
 
+class HashRefused(Exception):
+    """A file was not hashed because of a limit of :class:`HashCache`
+    (``str()`` says which, for the audit line)."""
+
+
 class HashCache:
     """sha256 of files, remembered by the stat key of the open file.
 
@@ -216,30 +240,90 @@ class HashCache:
     changed file changes its ctime, which no unprivileged user can set back,
     so a stale hash cannot be served.  At most ``entries`` keys are kept
     (least recently used first out).  Thread-safe.
+
+    Bounded work: a file larger than ``max_bytes`` is refused without being
+    read; a file being hashed is hashed by that one thread while the others
+    asking for it wait for its result; and at most ``jobs`` threads hash or
+    wait at once, ``jobs_per_uid`` of them for one uid (the caller's): past
+    that, :class:`HashRefused` at once, so no caller can keep more than a
+    few worker threads busy, however many requests it sends.
     """
 
-    def __init__(self, entries: int = HASH_CACHE_ENTRIES):
+    def __init__(self, entries: int = HASH_CACHE_ENTRIES, *, max_bytes: int = MAX_HASH_BYTES,
+                 jobs: int = HASH_JOBS, jobs_per_uid: int = HASH_JOBS_PER_UID):
         self.entries = entries
+        self.max_bytes = max_bytes
+        self.jobs = jobs
+        self.jobs_per_uid = jobs_per_uid
         self._hashes: OrderedDict[tuple, str] = OrderedDict()
         self._lock = threading.Lock()
+        #: key -> set when the thread hashing that file is done
+        self._running: dict[tuple, threading.Event] = {}
+        #: uid -> threads hashing or waiting for it
+        self._busy: dict[int | None, int] = {}
         #: Number of files actually read and hashed (for tests, benchmarks).
         self.computed = 0
 
     def __len__(self) -> int:
         return len(self._hashes)
 
+    def busy(self, uid: int | None) -> int:
+        """Threads hashing (or waiting for a hash) for ``uid`` now."""
+        with self._lock:
+            return self._busy.get(uid, 0)
+
     @staticmethod
     def key(st: os.stat_result) -> tuple:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def of_fd(self, fd: int) -> str:
-        """Hash of the open file ``fd`` (read from offset 0, not moved)."""
-        key = self.key(os.fstat(fd))
+    def of_fd(self, fd: int, uid: int | None = None) -> str:
+        """Hash of the open file ``fd`` (read from offset 0, not moved),
+        for a caller of ``uid``.  Raises :class:`HashRefused` past a limit."""
+        st = os.fstat(fd)
+        key = self.key(st)
         with self._lock:
             digest = self._hashes.get(key)
             if digest is not None:
                 self._hashes.move_to_end(key)
                 return digest
+            if st.st_size > self.max_bytes:
+                raise HashRefused(f"it is {_size(st.st_size)}, above the {_size(self.max_bytes)} that sealfs "
+                                  "hashes (max_hash_mib in the policy)")
+            if sum(self._busy.values()) >= self.jobs:
+                raise HashRefused(f"{self.jobs} files are being hashed already (the limit); try again")
+            if self._busy.get(uid, 0) >= self.jobs_per_uid:
+                raise HashRefused(f"uid {uid} has {self.jobs_per_uid} files being hashed already (the limit per "
+                                  "uid); try again")
+            self._busy[uid] = self._busy.get(uid, 0) + 1
+        try:
+            return self._single(fd, key)
+        finally:
+            with self._lock:
+                self._busy[uid] -= 1
+                if not self._busy[uid]:
+                    del self._busy[uid]
+
+    def _single(self, fd: int, key: tuple) -> str:
+        """The hash of ``fd``: computed here, or by the thread already
+        hashing the same file (waited for)."""
+        while True:
+            with self._lock:
+                digest = self._hashes.get(key)
+                if digest is not None:
+                    return digest
+                running = self._running.get(key)
+                if running is None:
+                    done = self._running[key] = threading.Event()
+                    break
+            running.wait()  # then the cache has it, or that thread failed: try again
+        try:
+            return self._compute(fd, key)
+        finally:
+            with self._lock:
+                del self._running[key]
+            done.set()
+
+    def _compute(self, fd: int, key: tuple) -> str:
         h = hashlib.sha256()
         offset = 0
         while True:
@@ -257,6 +341,10 @@ class HashCache:
             while len(self._hashes) > self.entries:
                 self._hashes.popitem(last=False)
         return digest
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
 @dataclass(eq=False)
@@ -298,6 +386,7 @@ class Identifier:
 
     ``proc`` is the procfs mount to read (tests may point it elsewhere);
     ``clock`` gives the time for the exec-stable cache.
+    :attr:`needs_hash` says which files to hash (all, by default).
     """
 
     def __init__(self, proc: str = "/proc", *, stable_ttl: float = STABLE_TTL, hashes: HashCache | None = None,
@@ -306,6 +395,11 @@ class Identifier:
         self.stable_ttl = stable_ttl
         self.hashes = hashes if hashes is not None else HashCache()
         self.clock = clock
+        #: ``needs_hash(kind, uid, path)``: whether the hash of the exe
+        #: (kind "exe") or script ("script") at ``path`` of a caller of
+        #: ``uid`` could matter (the policy's answer, set by the Guard);
+        #: None: hash every one.  A hash not needed stays None.
+        self.needs_hash = None
         self._stable: OrderedDict[tuple, _Stable] = OrderedDict()
         self._handles: OrderedDict[int, _Handles] = OrderedDict()
         self._lock = threading.Lock()
@@ -323,7 +417,7 @@ class Identifier:
             before, status = self._live(pid)
             stable = self._cached_stable(pid, before)
             if stable is None:
-                stable = self._gather(pid, before)
+                stable = self._gather(pid, before, uid)
                 if stable is None:
                     return Identity(pid, uid, gid, start_time=before.start_time,
                                     problem="the pid was reused while the process was being identified")
@@ -332,6 +426,8 @@ class Identifier:
             return Identity(pid, uid, gid, problem="the process exited before it could be identified")
         except (OSError, ValueError) as exc:  # (hidepid=, an unreadable or odd /proc entry)
             return Identity(pid, uid, gid, problem=f"cannot read {self.proc}/{pid}: {exc}")
+        except _NotHashed as exc:
+            return Identity(pid, uid, gid, problem=str(exc))
         if (status.fsuid, status.fsgid) != (uid, gid):
             return Identity(pid, uid, gid, start_time=before.start_time,
                             problem=f"the process now runs as uid {status.fsuid} gid {status.fsgid}, not as the "
@@ -493,7 +589,7 @@ class Identifier:
                 return cached
         return None
 
-    def _gather(self, pid: int, before: _Stat) -> _Stable | None:
+    def _gather(self, pid: int, before: _Stat, uid: int) -> _Stable | None:
         """Gather the exec-stable part through one ``/proc/PID`` directory
         handle, checking that it is the process ``before`` was read from,
         before and after; None if it is not (the pid was reused)."""
@@ -505,7 +601,7 @@ class Identifier:
             if self._read_stat(base).start_time != before.start_time:
                 return None
             now = self.clock()
-            stable = self._gather_stable(pid, base, now)
+            stable = self._gather_stable(pid, base, now, uid)
             if self._read_stat(base).start_time != before.start_time:
                 return None
         finally:
@@ -523,8 +619,8 @@ class Identifier:
         with self._lock:
             self._stable.clear()
 
-    def _gather_stable(self, pid: int, base: int, now: float) -> _Stable:
-        exe, deleted, replaced, exe_hash = self._exe(base)
+    def _gather_stable(self, pid: int, base: int, now: float, uid: int) -> _Stable:
+        exe, deleted, replaced, exe_hash = self._exe(base, uid)
         family = interpreter_family(exe)
         try:
             cmdline = self._read(base, "cmdline")
@@ -534,7 +630,7 @@ class Identifier:
         if family is not None:
             arg = script_argument(family, cmdline)
             if arg is not None:
-                script, script_hash = self._script(base, arg)
+                script, script_hash = self._script(base, arg, uid)
         try:
             environ = self._read(base, "environ", limit=1 << 22)
             preload = injection_variables(environ, family)
@@ -542,7 +638,18 @@ class Identifier:
             preload = ()
         return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, now)
 
-    def _exe(self, base: int) -> tuple[str | None, bool, bool, str | None]:
+    def _hash(self, fd: int, kind: str, uid: int, path: str) -> str | None:
+        """The hash of the open ``fd`` (the exe or script at ``path``), or
+        None when the policy cannot need it.  Raises _NotHashed past a
+        limit of the hash cache."""
+        if self.needs_hash is not None and not self.needs_hash(kind, uid, path):
+            return None
+        try:
+            return self.hashes.of_fd(fd, uid)
+        except HashRefused as exc:
+            raise _NotHashed(f"the {kind} {path} was not hashed: {exc}") from None
+
+    def _exe(self, base: int, uid: int) -> tuple[str | None, bool, bool, str | None]:
         try:
             link = os.readlink("exe", dir_fd=base)
         except (FileNotFoundError, ProcessLookupError):
@@ -563,7 +670,7 @@ class Identifier:
             return path, deleted, False, None
         try:
             running = os.fstat(fd)
-            digest = self.hashes.of_fd(fd)
+            digest = self._hash(fd, "exe", uid, path)
         finally:
             os.close(fd)
         try:
@@ -573,7 +680,7 @@ class Identifier:
             replaced = True  # the path names nothing (or nothing we may see) any more
         return path, deleted, replaced, digest
 
-    def _script(self, base: int, arg: bytes) -> tuple[str | None, str | None]:
+    def _script(self, base: int, arg: bytes, uid: int) -> tuple[str | None, str | None]:
         """Open the script as the process would (relative to its cwd, or
         under its root); return (resolved path, sha256) or (None, None).
 
@@ -601,7 +708,7 @@ class Identifier:
         finally:
             os.close(pfd)
         try:
-            return path, self.hashes.of_fd(fd)
+            return path, self._hash(fd, "script", uid, path)
         except OSError:
             return None, None
         finally:

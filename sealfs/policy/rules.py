@@ -67,7 +67,11 @@ AUDIT_LEVELS = ("deny", "all")
 SELECTORS = ("uid", "user", "gid", "group", "exe", "exe_sha256", "script", "script_sha256", "cgroup", "untraced",
              "no_preload")
 RULE_KEYS = ("paths", "workloads", "allow", "deny", "hide")
-TOP_KEYS = ("audit", "workloads", "rule")
+TOP_KEYS = ("audit", "max_hash_mib", "workloads", "rule")
+#: Default and largest ``max_hash_mib``: the size of the largest executable
+#: or script that is hashed (for exe_sha256 / script_sha256).
+MAX_HASH_MIB = 256
+MAX_HASH_MIB_LIMIT = 16384
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _WORKLOAD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -194,7 +198,7 @@ def _glob_regex(parts: list[str], pattern: str, what: str) -> str:
             runs[-1].append("/" + _component(part, pattern, what))
     out = ["".join(runs[0])]
     for run in runs[1:-1]:
-        out.append("(?>(?:/[^/]++)*?" + "".join(run) + ")")
+        out.append("(?>(?:/[^/]++)*?" + "".join(run) + "(?![^/]))")  # (ending where a name ends)
     if len(runs) > 1:
         out.append(("(?:/[^/]++)*" + "".join(runs[-1])) if runs[-1] else "(?:/[^/]++)*+")
     return "".join(out)
@@ -360,6 +364,9 @@ class Policy:
     rules: tuple[Rule, ...]
     #: Non-fatal findings (``FILE:LINE: …``), such as a user that does not exist.
     warnings: list[str] = field(default_factory=list)
+    #: Executables and scripts larger than this are not hashed (callers that
+    #: would need their hash are refused).
+    max_hash_bytes: int = MAX_HASH_MIB << 20
 
     def __post_init__(self) -> None:
         self._hiding = tuple(r for r in self.rules if r.hide)
@@ -454,6 +461,21 @@ class Policy:
                 return Decision(False, op, path, tuple(sorted(mine)), rule.number, rule.line, True,
                                 f"{rule.describe()} hides this path from {_joined(rule.workloads & mine)}")
         return None
+
+    def needs_hash(self, kind: str, uid: int, path: str) -> bool:
+        """Whether the sha256 of the ``kind`` ("exe" or "script") at
+        ``path`` can decide if a caller of ``uid`` is in a workload: some
+        workload pins that hash and its uid and path selectors do not
+        already rule the caller out.  (Groups are not known at that point:
+        a group selector never rules out.)  Otherwise the file need not be
+        hashed at all."""
+        for w in self.workloads.values():
+            hashes, paths = (w.exe_hashes, w.exes) if kind == "exe" else (w.script_hashes, w.scripts)
+            if hashes is None or (w.uids is not None and uid not in w.uids):
+                continue
+            if paths is None or path in paths:
+                return True
+        return False
 
     def may_hide(self, path: str) -> bool:
         """Whether some hiding rule matches ``path`` for some workload (the
@@ -672,7 +694,11 @@ class _Builder:
         for name in workloads:
             if name not in named:
                 self.warn(f"workload {name!r} is named by no rule: it is allowed nothing", "workloads", name)
-        return Policy(self.file, audit, workloads, rules, self.warnings)
+        mib = doc.get("max_hash_mib", MAX_HASH_MIB)
+        if not isinstance(mib, int) or isinstance(mib, bool) or not 1 <= mib <= MAX_HASH_MIB_LIMIT:
+            raise self.error(f"max_hash_mib = {mib!r}: give a whole number of MiB from 1 to {MAX_HASH_MIB_LIMIT}",
+                             "max_hash_mib")
+        return Policy(self.file, audit, workloads, rules, self.warnings, mib << 20)
 
     # -- workloads ------------------------------------------------------------------
 

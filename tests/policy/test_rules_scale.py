@@ -88,7 +88,7 @@ glob_names = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.lists(glob_names, max_size=5).filter(lambda g: g.count("**") <= 3),
        st.lists(st.one_of(names, st.just("*"), st.just("a*b")), max_size=6))
 def test_globs_match_as_the_original_regex_did(glob_parts, path_parts):
