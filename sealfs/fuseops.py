@@ -33,6 +33,10 @@ opened (the kernel itself refuses a write on a read-only descriptor).  A
 directory handle keeps its opener's identity so that ``readdir`` leaves out
 names hidden from it, and names that some hiding rule matches are replied
 with an entry timeout of 0, so the kernel asks again for every caller.
+A name hidden from the caller is refused before the filesystem is asked
+(:class:`~sealfs.policy.guard.Guard`): a create with EACCES, anything else
+with ENOENT, whether it exists or not; and while the policy hides anything,
+directories show a link count of 1, which counts no subdirectory.
 Without a guard nothing is checked here; the kernel's mode checks
 (``default_permissions``) apply either way.
 """
@@ -169,6 +173,8 @@ class SealfsOps(pyfuse3.Operations):
         out.attr_timeout = self.attr_timeout
         out.st_mode = attr.mode
         out.st_nlink = attr.nlink
+        if stat.S_ISDIR(attr.mode) and self.guard is not None and self.guard.hides_anything():
+            out.st_nlink = 1  # (2 + subdirectories would count the hidden ones; 1: "not counted", as btrfs)
         out.st_uid = attr.uid
         out.st_gid = attr.gid
         out.st_rdev = 0

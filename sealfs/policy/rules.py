@@ -462,6 +462,10 @@ class Policy:
                                 f"{rule.describe()} hides this path from {_joined(rule.workloads & mine)}")
         return None
 
+    @property
+    def hides_anything(self) -> bool:
+        return bool(self._hiding)
+
     def needs_hash(self, kind: str, uid: int, path: str) -> bool:
         """Whether the sha256 of the ``kind`` ("exe" or "script") at
         ``path`` can decide if a caller of ``uid`` is in a workload: some

@@ -1,0 +1,179 @@
+"""A name hidden from a workload is indistinguishable from an absent one,
+for every call, and probing it never changes the store (issue 13 item 10).
+
+A C program run as the hidden-from user tries each call on hidden names
+that exist (a directory, a file, a symlink) and on one that does not, all
+matched by the same hiding rule; the answers must be the same, and the
+objects of the store (keys, etags, metadata) the same before and after."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+from .policyhelp import run_as
+
+PROBE_C = r"""
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE 1
+#endif
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE 2
+#endif
+
+/* probe VISIBLE OP PATH: try OP on PATH (VISIBLE: a visible file of the
+   caller, for the calls that need a second name); print the errno (0). */
+static int try(const char *op, const char *p, const char *vis) {
+    struct stat st;
+    char buf[256], other[4096];
+    int fd;
+    snprintf(other, sizeof other, "%s.moved", vis);
+    if (!strcmp(op, "stat")) return stat(p, &st);
+    if (!strcmp(op, "lstat")) return lstat(p, &st);
+    if (!strcmp(op, "access")) return access(p, F_OK);
+    if (!strcmp(op, "open_read")) { fd = open(p, O_RDONLY); if (fd >= 0) close(fd); return fd < 0 ? -1 : 0; }
+    if (!strcmp(op, "open_write")) { fd = open(p, O_WRONLY); if (fd >= 0) close(fd); return fd < 0 ? -1 : 0; }
+    if (!strcmp(op, "open_dir")) { DIR *d = opendir(p); if (d) closedir(d); return d ? 0 : -1; }
+    if (!strcmp(op, "create_excl")) { fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0644); if (fd >= 0) close(fd); return fd < 0 ? -1 : 0; }
+    if (!strcmp(op, "create")) { fd = open(p, O_WRONLY | O_CREAT, 0644); if (fd >= 0) close(fd); return fd < 0 ? -1 : 0; }
+    if (!strcmp(op, "create_trunc")) { fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644); if (fd >= 0) close(fd); return fd < 0 ? -1 : 0; }
+    if (!strcmp(op, "mkdir")) return mkdir(p, 0755);
+    if (!strcmp(op, "mknod")) return mknod(p, S_IFREG | 0644, 0);
+    if (!strcmp(op, "mkfifo")) return mkfifo(p, 0644);
+    if (!strcmp(op, "symlink")) return symlink("target", p);
+    if (!strcmp(op, "readlink")) return readlink(p, buf, sizeof buf) < 0 ? -1 : 0;
+    if (!strcmp(op, "link_to")) return link(vis, p);
+    if (!strcmp(op, "link_from")) return link(p, other);
+    if (!strcmp(op, "rename_to")) return rename(vis, p);
+    if (!strcmp(op, "rename_to_noreplace")) return syscall(SYS_renameat2, AT_FDCWD, vis, AT_FDCWD, p, RENAME_NOREPLACE);
+    if (!strcmp(op, "rename_exchange")) return syscall(SYS_renameat2, AT_FDCWD, vis, AT_FDCWD, p, RENAME_EXCHANGE);
+    if (!strcmp(op, "rename_from")) return rename(p, other);
+    if (!strcmp(op, "unlink")) return unlink(p);
+    if (!strcmp(op, "rmdir")) return rmdir(p);
+    if (!strcmp(op, "truncate")) return truncate(p, 0);
+    if (!strcmp(op, "chmod")) return chmod(p, 0600);
+    if (!strcmp(op, "chown")) return chown(p, getuid(), getgid());
+    if (!strcmp(op, "utimes")) return utimes(p, NULL);
+    if (!strcmp(op, "setxattr")) return setxattr(p, "user.probe", "x", 1, 0);
+    if (!strcmp(op, "getxattr")) return getxattr(p, "user.probe", buf, sizeof buf) < 0 ? -1 : 0;
+    if (!strcmp(op, "listxattr")) return listxattr(p, buf, sizeof buf) < 0 ? -1 : 0;
+    if (!strcmp(op, "removexattr")) return removexattr(p, "user.probe");
+    if (!strcmp(op, "child_stat")) { snprintf(other, sizeof other, "%s/x", p); return stat(other, &st); }
+    if (!strcmp(op, "child_create")) { snprintf(other, sizeof other, "%s/x", p); fd = open(other, O_WRONLY | O_CREAT | O_EXCL, 0644); if (fd >= 0) close(fd); return fd < 0 ? -1 : 0; }
+    if (!strcmp(op, "child_mkdir")) { snprintf(other, sizeof other, "%s/x", p); return mkdir(other, 0755); }
+    fprintf(stderr, "unknown op %s\n", op);
+    exit(100);
+}
+
+int main(int argc, char **argv) {
+    /* probe VISIBLE OP PATH [OP PATH ...] */
+    for (int i = 2; i + 1 < argc; i += 2) {
+        errno = 0;
+        int r = try(argv[i], argv[i + 1], argv[1]);
+        printf("%s %s %d\n", argv[i], argv[i + 1], r == 0 ? 0 : errno);
+    }
+    return 0;
+}
+"""
+
+OPS = ["stat", "lstat", "access", "open_read", "open_write", "open_dir", "create_excl", "create", "create_trunc",
+       "mkdir", "mknod", "mkfifo", "symlink", "readlink", "link_to", "link_from", "rename_to", "rename_to_noreplace",
+       "rename_exchange", "rename_from", "unlink", "rmdir", "truncate", "chmod", "chown", "utimes", "setxattr",
+       "getxattr", "listxattr", "removexattr", "child_stat", "child_create", "child_mkdir"]
+#: What an absent name under the hidden tree answers (and so what a hidden
+#: existing one must answer): the kernel's lookup says ENOENT, except for
+#: the calls that create the name, which the policy refuses with EACCES.
+#: (link is EPERM: sealfs has no hard links; mkfifo: no FIFOs either, but
+#: the policy refuses the create first.)
+EXPECTED = {op: errno.ENOENT for op in OPS} | {
+    op: errno.EACCES for op in ("create_excl", "create", "create_trunc", "mkdir", "mknod", "mkfifo", "symlink",
+                                "rename_to", "rename_to_noreplace")
+} | {"link_to": errno.EPERM}
+
+
+def snapshot(spec) -> list[tuple]:
+    """Every object of the store: key, size, etag and metadata."""
+    store = spec.open()
+    try:
+        return sorted((o.key, o.size, o.etag, tuple(sorted(store.head(o.key).metadata.items())))
+                      for o in store.list_all(""))
+    finally:
+        store.close()
+
+
+def test_hidden_names_answer_as_absent_ones_and_leave_the_store_alone(make_policy_mount, shop, users):
+    front = users["frontend"]
+    src = shop.dir / "probe.c"
+    probe = shop.bin / "probe"
+    if not probe.exists():
+        src.write_text(PROBE_C)
+        subprocess.run(["cc", "-O1", "-o", str(probe), str(src)], check=True, capture_output=True)
+        probe.chmod(0o755)
+    m = make_policy_mount(None)
+    box = m.path / "box"
+    box.mkdir()
+    box.chmod(0o777)
+    (box / "secret-dir").mkdir()
+    (box / "secret-dir").chmod(0o777)
+    (box / "secret-dir" / "x").write_text("x")
+    (box / "secret-file").write_text("secret")
+    (box / "secret-file").chmod(0o666)
+    (box / "secret-link").symlink_to("secret-file")
+    (box / "mine").write_text("mine")
+    (box / "mine").chmod(0o666)
+    m.set_policy(f"""
+[workloads.frontend]
+uid = {front.uid}
+[[rule]]
+paths = ["/**"]
+workloads = ["frontend"]
+allow = ["read", "write", "create", "delete", "list", "rename", "setattr", "xattr"]
+[[rule]]
+paths = ["/box/secret*", "/box/secret*/**"]
+workloads = ["frontend"]
+deny = ["read", "list"]
+hide = true
+""")
+    m.unmount()
+    before = snapshot(m.spec)
+    m.mount()
+    names = {"dir": box / "secret-dir", "file": box / "secret-file", "link": box / "secret-link",
+             "absent": box / "secret-none"}
+    results: dict[str, dict[str, int]] = {}
+    for what, path in names.items():
+        args = [str(probe), str(box / "mine")]
+        for op in OPS:
+            args += [op, str(path)]
+        got = run_as(front, args)
+        assert got.returncode == 0, got.stderr
+        results[what] = {line.split()[0]: int(line.split()[2]) for line in got.stdout.splitlines()}
+    absent = results["absent"]
+    assert absent == EXPECTED, {op: errno.errorcode.get(e, e) for op, e in absent.items() if EXPECTED[op] != e}
+    for what in ("dir", "file", "link"):
+        differ = {op: (errno.errorcode.get(results[what][op]), errno.errorcode.get(absent[op]))
+                  for op in OPS if results[what][op] != absent[op]}
+        assert not differ, f"the hidden {what} answers otherwise than an absent name: {differ}"
+    listing = run_as(front, ["ls", "-A1", str(box)])
+    assert listing.stdout.split() == ["mine"], listing
+    visible = run_as(front, ["stat", "-c", "%h", str(box)])
+    assert visible.stdout.strip() == "1", "the link count of /box would count its hidden subdirectory"
+    creates = [a for a in m.denials(uid=front.uid, op="create") if a["hide"]]
+    assert creates and all("cannot be created" in a["reason"] for a in creates)
+    m.unmount()
+    assert snapshot(m.spec) == before, "probing hidden names changed the store"
+    assert "changed by another mount" not in m.log.read_text()
+
