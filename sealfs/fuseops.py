@@ -334,8 +334,17 @@ class SealfsOps(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         caller = self._dir_callers.get(fh)
+        keep = None
+        if caller is not None:
+            guard, (ident, dirpath) = self.guard, caller
+            prefix = "" if dirpath == "/" else dirpath
+
+            def keep(name: bytes) -> bool:
+                # names hidden from the opener are not in its listing at all (no gap in the offsets)
+                path = prefix + "/" + os.fsdecode(name)
+                return not (guard.may_hide(path) and guard.hidden(ident, path))
         while True:
-            entries = await self._run(self.fs.readdir, fh, start_id)
+            entries = await self._run(self.fs.readdir, fh, start_id, keep)
             replied = False
             # Each entry comes with a lookup count; those the kernel does
             # not take (hidden, or past a full reply) are given back.
@@ -349,7 +358,7 @@ class SealfsOps(pyfuse3.Operations):
                         path = ("" if dirpath == "/" else dirpath) + "/" + os.fsdecode(name)
                         if self.guard.may_hide(path):
                             if self.guard.hidden(ident, path):
-                                continue
+                                continue  # (hidden by a reload since the listing was taken)
                             volatile = True
                     if not pyfuse3.readdir_reply(token, name, self._entry(attr, volatile), next_id):
                         return

@@ -80,6 +80,16 @@ static int try(const char *op, const char *p, const char *vis) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--list")) {
+        /* probe --list DIR: each name with the offset of the entry after it */
+        DIR *d = opendir(argv[2]);
+        struct dirent *e;
+        if (!d) return errno;
+        while ((e = readdir(d)) != NULL)
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) printf("%s %lld\n", e->d_name, (long long)e->d_off);
+        closedir(d);
+        return 0;
+    }
     /* probe VISIBLE OP PATH [OP PATH ...] */
     for (int i = 2; i + 1 < argc; i += 2) {
         errno = 0;
@@ -135,6 +145,10 @@ def test_hidden_names_answer_as_absent_ones_and_leave_the_store_alone(make_polic
     (box / "secret-link").symlink_to("secret-file")
     (box / "mine").write_text("mine")
     (box / "mine").chmod(0o666)
+    for d, names in (("with", ["m1", "secret-x", "secret-y", "t2"]), ("without", ["m1", "t2"])):
+        (box / d).mkdir()
+        for n in names:
+            (box / d / n).write_text(n)
     m.set_policy(f"""
 [workloads.frontend]
 uid = {front.uid}
@@ -143,7 +157,7 @@ paths = ["/**"]
 workloads = ["frontend"]
 allow = ["read", "write", "create", "delete", "list", "rename", "setattr", "xattr"]
 [[rule]]
-paths = ["/box/secret*", "/box/secret*/**"]
+paths = ["/box/secret*", "/box/secret*/**", "/box/with/secret*"]
 workloads = ["frontend"]
 deny = ["read", "list"]
 hide = true
@@ -168,7 +182,10 @@ hide = true
                   for op in OPS if results[what][op] != absent[op]}
         assert not differ, f"the hidden {what} answers otherwise than an absent name: {differ}"
     listing = run_as(front, ["ls", "-A1", str(box)])
-    assert listing.stdout.split() == ["mine"], listing
+    assert listing.stdout.split() == ["mine", "with", "without"], listing
+    offsets = [run_as(front, [str(probe), "--list", str(box / d)]).stdout for d in ("with", "without")]
+    assert offsets[0] == offsets[1] and offsets[0].split()[::2] == ["m1", "t2"], \
+        f"the offsets of a listing show where hidden names are: {offsets}"
     visible = run_as(front, ["stat", "-c", "%h", str(box)])
     assert visible.stdout.strip() == "1", "the link count of /box would count its hidden subdirectory"
     creates = [a for a in m.denials(uid=front.uid, op="create") if a["hide"]]
