@@ -380,12 +380,13 @@ class Policy:
     def _rules_for(self, op: str, names: tuple[str, ...]) -> tuple[Rule, ...]:
         """The rules that say something about ``op`` to a caller in the
         workloads ``names``, in file order (cached: a decision then looks
-        at these rules only, not at every rule of a large policy)."""
+        at these rules only, not at every rule of a large policy); for
+        ``op`` "hide", its hiding rules."""
         key = (op, names)
         rules = self._applying.get(key)
         if rules is None:
             mine = set(names)
-            rules = tuple(r for r in self._by_op[op] if r.workloads & mine)
+            rules = tuple(r for r in (self._hiding if op == "hide" else self._by_op[op]) if r.workloads & mine)
             if len(self._applying) >= _APPLYING_ENTRIES:
                 self._applying.clear()
             self._applying[key] = rules
@@ -452,11 +453,12 @@ class Policy:
     def hiding(self, ident: Identity, path: str, workloads: tuple[str, ...] | None = None) -> Decision | None:
         """The deny of a ``hide = true`` rule that makes ``path`` not exist
         for ``ident`` (None when it is visible)."""
-        if not self._hiding or not ident.valid or not self.may_hide(path):
+        if not self._hiding or not ident.valid:
             return None
-        mine = set(self.workloads_of(ident) if workloads is None else workloads)
-        for rule in self._hiding:
-            if rule.workloads & mine and rule.matches(path):
+        names = self.workloads_of(ident) if workloads is None else workloads
+        mine = set(names)
+        for rule in self._rules_for("hide", names):
+            if rule.matches(path):
                 op = "read" if "read" in rule.deny else "list"
                 return Decision(False, op, path, tuple(sorted(mine)), rule.number, rule.line, True,
                                 f"{rule.describe()} hides this path from {_joined(rule.workloads & mine)}")

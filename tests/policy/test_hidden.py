@@ -145,7 +145,8 @@ def test_hidden_names_answer_as_absent_ones_and_leave_the_store_alone(make_polic
     (box / "secret-link").symlink_to("secret-file")
     (box / "mine").write_text("mine")
     (box / "mine").chmod(0o666)
-    for d, names in (("with", ["m1", "secret-x", "secret-y", "t2"]), ("without", ["m1", "t2"])):
+    for d, names in (("with", ["m1", "secret-x", "secret-y", "t2"]), ("without", ["m1", "t2"]),
+                     ("only", ["secret-z"])):
         (box / d).mkdir()
         for n in names:
             (box / d / n).write_text(n)
@@ -157,7 +158,7 @@ paths = ["/**"]
 workloads = ["frontend"]
 allow = ["read", "write", "create", "delete", "list", "rename", "setattr", "xattr"]
 [[rule]]
-paths = ["/box/secret*", "/box/secret*/**", "/box/with/secret*"]
+paths = ["/box/secret*", "/box/secret*/**", "/box/*/secret*"]
 workloads = ["frontend"]
 deny = ["read", "list"]
 hide = true
@@ -182,10 +183,16 @@ hide = true
                   for op in OPS if results[what][op] != absent[op]}
         assert not differ, f"the hidden {what} answers otherwise than an absent name: {differ}"
     listing = run_as(front, ["ls", "-A1", str(box)])
-    assert listing.stdout.split() == ["mine", "with", "without"], listing
+    assert listing.stdout.split() == ["mine", "only", "with", "without"], listing
     offsets = [run_as(front, [str(probe), "--list", str(box / d)]).stdout for d in ("with", "without")]
     assert offsets[0] == offsets[1] and offsets[0].split()[::2] == ["m1", "t2"], \
         f"the offsets of a listing show where hidden names are: {offsets}"
+    # The documented limit: a directory that holds only hidden names looks
+    # empty, but cannot be removed (its hidden files are not deleted).
+    only = run_as(front, [str(probe), str(box / "mine"), "open_dir", str(box / "only"), "rmdir", str(box / "only")])
+    assert only.stdout.split() == ["open_dir", str(box / "only"), "0", "rmdir", str(box / "only"),
+                                   str(errno.ENOTEMPTY)], only
+    assert run_as(front, ["ls", "-A", str(box / "only")]).stdout == ""
     visible = run_as(front, ["stat", "-c", "%h", str(box)])
     assert visible.stdout.strip() == "1", "the link count of /box would count its hidden subdirectory"
     creates = [a for a in m.denials(uid=front.uid, op="create") if a["hide"]]
