@@ -97,10 +97,10 @@ _HASH_CHUNK = 1 << 20
 #: Largest file (bytes) that is hashed; policy key ``max_hash_mib``.
 MAX_HASH_BYTES = 256 << 20
 #: Threads that may be hashing (or waiting for a hash) at once, in all and
-#: for one uid: the FUSE worker pool has 16, and requests whose identity
-#: needs no new hash must always find one.
-HASH_JOBS = 4
-HASH_JOBS_PER_UID = 2
+#: for one uid: the FUSE worker pool has 16, requests whose identity needs
+#: no new hash must always find one, and one uid must leave hashing to others.
+HASH_JOBS = 8
+HASH_JOBS_PER_UID = 4
 _DELETED = " (deleted)"
 
 #: Loader variables that make a process run code it did not ship with.
@@ -290,10 +290,9 @@ class HashCache:
                 raise HashRefused(f"it is {_size(st.st_size)}, above the {_size(self.max_bytes)} that sealfs "
                                   "hashes (max_hash_mib in the policy)")
             if sum(self._busy.values()) >= self.jobs:
-                raise HashRefused(f"{self.jobs} files are being hashed already (the limit); try again")
+                raise HashRefused(f"the limit of {self.jobs} hashes in progress is reached; try again")
             if self._busy.get(uid, 0) >= self.jobs_per_uid:
-                raise HashRefused(f"uid {uid} has {self.jobs_per_uid} files being hashed already (the limit per "
-                                  "uid); try again")
+                raise HashRefused(f"uid {uid} is at its limit of {self.jobs_per_uid} hashes in progress; try again")
             self._busy[uid] = self._busy.get(uid, 0) + 1
         try:
             return self._single(fd, key)

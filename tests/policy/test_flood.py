@@ -162,7 +162,7 @@ def test_one_uid_cannot_take_more_than_its_share_of_hashing(tmp_path):
         wait_for(lambda: hashes.busy(5) == 1 or not worker.is_alive(), "the first hash to start")
         if not worker.is_alive():
             pytest.fail("hashing 4 GiB ended before the test could look: the machine is too fast for this test")
-        with pytest.raises(HashRefused, match="uid 5 has 1 files being hashed already"):
+        with pytest.raises(HashRefused, match="uid 5 is at its limit of 1 hashes in progress"):
             hash_of(hashes, sparse(tmp_path / "other", 1 << 20), 5)
         assert hash_of(hashes, tmp_path / "other", 6) == hashlib.sha256(bytes(1 << 20)).hexdigest()
     finally:
@@ -263,7 +263,7 @@ allow = ["read", "list"]
         def refused(words: str):
             return [a for a in m.denials(uid=front.uid) if words in a["reason"]]
 
-        wait_for(lambda: refused("limit per uid") or refused("files are being hashed already"),
+        wait_for(lambda: refused("hashes in progress"),
                  "the attacker to be refused by the hashing budget")
         wait_for(lambda: refused("above the 64.0 MiB that sealfs hashes"), "a refusal by the size limit")
         for _ in range(3):
