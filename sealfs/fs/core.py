@@ -755,12 +755,9 @@ class Filesystem:
             listed = {e.name for e in entries}
             entries += [e for e in unstored if e.name not in listed]
             entries.sort(key=lambda e: e.name)
-            snapshot = entries
-            self._dirs[fh] = (ino, snapshot, read_at)
             with node.lock:
                 node.subdirs = sum(1 for e in entries if e.is_dir)
-            if keep is not None:
-                snapshot = [e for e in entries if keep(e.name)]
+            snapshot = entries if keep is None else [e for e in entries if keep(e.name)]
             self._dirs[fh] = (ino, snapshot, read_at)
         out: list[tuple[bytes, Attr, int]] = []
         try:

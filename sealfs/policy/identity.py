@@ -323,17 +323,21 @@ class HashCache:
             done.set()
 
     def _compute(self, fd: int, key: tuple) -> str:
+        """Read and hash ``fd``: no more than the size it had (``key``), so
+        a file made to grow meanwhile cannot make this read on; a file that
+        changed meanwhile has no hash to give (refused)."""
         h = hashlib.sha256()
+        size = key[2]
         offset = 0
-        while True:
-            chunk = os.pread(fd, _HASH_CHUNK, offset)
+        while offset < size:
+            chunk = os.pread(fd, min(_HASH_CHUNK, size - offset), offset)
             if not chunk:
                 break
             h.update(chunk)
             offset += len(chunk)
         digest = h.hexdigest()
-        if self.key(os.fstat(fd)) != key:  # changed while we read: do not remember
-            return digest
+        if offset != size or self.key(os.fstat(fd)) != key:
+            raise HashRefused("it changed while it was being hashed")
         with self._lock:
             self.computed += 1
             self._hashes[key] = digest

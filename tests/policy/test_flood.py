@@ -279,3 +279,39 @@ allow = ["read", "list"]
         for p in loops:  # (and every ls it started: none may keep the mount busy)
             wait_for(lambda: not group_alive(p.pid), "the attack's processes to exit")
     assert refused("was not hashed")[0]["reason"].startswith("the caller cannot be identified: the script ")
+
+
+def test_a_file_that_grows_while_it_is_hashed_is_refused_and_not_read_on(tmp_path):
+    """A writer that extends the file during the hash (here: to 64 GiB,
+    sparse) does not make the hash read on past the size it started with;
+    the file changed, so it has no hash."""
+    from sealfs.policy.identity import HashCache, HashRefused
+
+    hashes = HashCache(max_bytes=1 << 40)
+    f = sparse(tmp_path / "growing", 2 << 30)
+    grown = threading.Event()
+
+    def grow():
+        wait_for(lambda: hashes.busy(7) == 1, "the hash to start")
+        os.truncate(f, 64 << 30)
+        grown.set()
+
+    t = threading.Thread(target=grow)
+    before = bytes_read()
+    t.start()
+    try:
+        with pytest.raises(HashRefused, match="it changed while it was being hashed"):
+            hash_of(hashes, f, 7)
+    finally:
+        t.join()
+    assert grown.is_set()
+    assert bytes_read() - before < (2 << 30) + (64 << 20), "the hash read on past the size the file had"
+    assert hashes.computed == 0 and len(hashes) == 0
+
+
+def bytes_read() -> int:
+    """Bytes this process has read so far (all threads): /proc/self/io rchar."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
