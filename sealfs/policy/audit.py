@@ -23,15 +23,17 @@ The number of keys tracked is bounded; when it is reached, the oldest
 windows are closed early (their counts written).
 
 A caller that uses a new name for every request gets a new key each time,
-so lines are limited per *caller* too: at most ``identity_burst`` lines per
-window for one (uid, executable), and at most ``uid_burst`` for one uid
+so denials are limited per *caller* too: at most ``identity_burst`` lines
+per window for one (uid, executable), and at most ``uid_burst`` for one uid
 whatever executables it runs (copies of a program under new names do not
 buy more lines).  What these budgets drop is said when their window ends
 in one line ``{"event": "suppressed", "scope": "caller", "count": N,
 "uid": X, "exe": Y, "message": "N denials of uid X exe Y dropped in the
 last Ts", …}`` (``"scope": "uid"`` and ``exe`` null for the uid budget).
-So one uid writes at most ``uid_burst`` decision lines, plus a few
-summaries, per window: a few kilobytes a second.
+So one uid writes at most ``uid_burst`` denial lines, plus a few
+summaries, per window: a few kilobytes a second.  Allowed lines (with
+``audit = "all"``) are limited per path only: they come from the workloads
+the operator allowed.
 
 **Destinations.**  A file (opened in append mode, line-buffered, reopened
 on :meth:`reopen` so logrotate can move it), syslog (facility authpriv,
@@ -144,11 +146,14 @@ class AuditLog:
                 w.suppressed += 1
                 w.sample = line
             else:
-                # the caller's budgets: the one of its uid and executable, the one of its uid
-                budgets = ((self._window(self._callers, ("caller", ident.uid, ident.exe, line["decision"]), now, out),
-                            self.identity_burst),
-                           (self._window(self._callers, ("uid", ident.uid, None, line["decision"]), now, out),
-                            self.uid_burst))
+                # a denial also counts against its caller's budgets: the one of its uid and
+                # executable, the one of its uid (allowed lines, with audit = "all", do not)
+                budgets: tuple = ()
+                if not decision.allowed:
+                    budgets = ((self._window(self._callers, ("caller", ident.uid, ident.exe, "deny"), now, out),
+                                self.identity_burst),
+                               (self._window(self._callers, ("uid", ident.uid, None, "deny"), now, out),
+                                self.uid_burst))
                 full = next((b for b, limit in budgets if b.written >= limit), None)
                 if full is not None:
                     full.suppressed += 1
@@ -220,12 +225,11 @@ class AuditLog:
             "decision": sample.get("decision"),
         }
         if key[0] in ("caller", "uid"):
-            scope, uid, exe, decision = key
-            what = "denials" if decision == "deny" else "allowed operations"
+            scope, uid, exe, _ = key
             who = f"uid {uid}" + (f" exe {exe}" if scope == "caller" else " (any executable)")
             out.update({"scope": scope, "uid": uid, "exe": exe, "last_path": sample.get("path"),
                         "last_exe": sample.get("exe"), "last_pid": sample.get("pid"),
-                        "message": f"{w.suppressed} {what} of {who} dropped in the last {self.window:g}s "
+                        "message": f"{w.suppressed} denials of {who} dropped in the last {self.window:g}s "
                                    "(too many audit lines from one caller)"})
         else:
             out.update({"scope": "path", "op": sample.get("op"), "path": sample.get("path"),

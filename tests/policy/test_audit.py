@@ -141,6 +141,16 @@ def test_copies_of_a_program_under_new_names_share_their_uid_budget(tmp_path):
     assert summary["message"].startswith("950 denials of uid 33 (any executable) dropped")
 
 
+def test_allowed_lines_are_limited_per_path_only(tmp_path):
+    """With audit = "all", a workload reading many files keeps its lines:
+    the caller budget is for denials."""
+    log = AuditLog(str(tmp_path / "audit.log"), identity_burst=5, uid_burst=5)
+    for n in range(100):
+        log.record(Decision(True, "read", f"/reports/{n}", ("frontend",), 5, 41, False, "allowed"), FRONT)
+    log.close()
+    assert len(lines(tmp_path / "audit.log")) == 100
+
+
 def test_callers_in_no_workload_are_limited_by_their_executable(tmp_path):
     log = AuditLog(str(tmp_path / "audit.log"), burst=1)
     cat = Identity(pid=1, uid=1000, gid=1000, exe="/usr/bin/cat")
