@@ -315,3 +315,22 @@ def bytes_read() -> int:
         if line.startswith("rchar:"):
             return int(line.split()[1])
     raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_max_hash_mib_is_checked_and_applied_at_mount_and_reload(tmp_path):
+    from sealfs.policy.guard import Guard
+    from sealfs.policy.rules import PolicyError, load_policy, parse_policy
+
+    body = '[workloads.w]\nuid = 0\n[[rule]]\npaths = ["/**"]\nworkloads = ["w"]\nallow = ["read"]\n'
+    for bad in ("0", "1.5", '"64M"', "true", "16385"):
+        with pytest.raises(PolicyError, match=r"^p\.toml:1: max_hash_mib = .*: give a whole number of MiB from 1 "
+                                              r"to 16384"):
+            parse_policy(f"max_hash_mib = {bad}\n" + body, "p.toml")
+    f = tmp_path / "policy.toml"
+    f.write_text("max_hash_mib = 1\n" + body)
+    guard = Guard(load_policy(str(f)), policy_file=str(f))
+    assert guard.identifier.hashes.max_bytes == 1 << 20
+    f.write_text(body)
+    assert guard.reload()
+    assert guard.identifier.hashes.max_bytes == 256 << 20
+    guard.close()
