@@ -452,8 +452,17 @@ class Policy:
 
     def hiding(self, ident: Identity, path: str, workloads: tuple[str, ...] | None = None) -> Decision | None:
         """The deny of a ``hide = true`` rule that makes ``path`` not exist
-        for ``ident`` (None when it is visible)."""
-        if not self._hiding or not ident.valid:
+        for ``ident`` (None when it is visible).  A caller that cannot be
+        identified might be any workload: what any rule hides is hidden
+        from it."""
+        if not self._hiding:
+            return None
+        if not ident.valid:
+            for rule in self._hiding:
+                if rule.matches(path):
+                    return Decision(False, "list", path, (), rule.number, rule.line, True,
+                                    f"{rule.describe()} hides this path, and the caller cannot be identified: "
+                                    f"{ident.problem}")
             return None
         names = self.workloads_of(ident) if workloads is None else workloads
         mine = set(names)

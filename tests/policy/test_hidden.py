@@ -201,3 +201,51 @@ hide = true
     assert snapshot(m.spec) == before, "probing hidden names changed the store"
     assert "changed by another mount" not in m.log.read_text()
 
+
+
+def test_a_caller_that_cannot_be_identified_sees_nothing_any_rule_hides(make_policy_mount, shop, users):
+    """A way to make one's identity invalid (here: naming a script too large
+    to hash, as a copy of ls called python3) must not be a way around
+    hiding: such a caller might be any workload, so what any rule hides is
+    hidden from it."""
+    import shutil
+
+    from sealfs.policy.identity import Identity
+    from sealfs.policy.rules import parse_policy
+
+    text = f"""
+max_hash_mib = 1
+[workloads.frontend]
+uid = {users['frontend'].uid}
+script_sha256 = "{'0' * 64}"
+[workloads.other]
+uid = {users['business'].uid}
+[[rule]]
+paths = ["/**"]
+workloads = ["frontend", "other"]
+allow = ["read", "list"]
+[[rule]]
+paths = ["/box/secret*"]
+workloads = ["other"]
+deny = ["read", "list"]
+hide = true
+"""
+    invalid = Identity(pid=1, uid=5, gid=5, problem="the process exited before it could be identified")
+    d = parse_policy(text).hiding(invalid, "/box/secret-file")
+    assert d is not None and d.hide and "the caller cannot be identified" in d.reason
+    m = make_policy_mount(None)
+    (m.path / "box").mkdir()
+    (m.path / "box").chmod(0o777)
+    (m.path / "box" / "secret-file").write_text("secret")
+    m.set_policy(text)
+    m.remount()
+    ls = shop.bin / "python3"  # (a copy of ls with an interpreter's name: its first argument is its "script")
+    shutil.copy(shutil.which("ls"), ls)
+    ls.chmod(0o755)
+    huge = shop.dir / "huge-script"
+    with open(huge, "wb") as f:
+        f.truncate(8 << 20)
+    huge.chmod(0o644)
+    got = run_as(users["frontend"], [str(ls), str(huge), str(m.path / "box" / "secret-file")])
+    assert got.returncode != 0 and "No such file" in got.stderr, got
+    assert any("cannot be identified" in a["reason"] and a["hide"] for a in m.denials(uid=users["frontend"].uid))
