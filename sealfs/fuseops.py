@@ -96,6 +96,10 @@ class SealfsOps(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.workers = Workers(threads)
+        if guard is not None:
+            # hashing for identities may hold half of the threads, a quarter for one uid
+            hashes = guard.identifier.hashes
+            hashes.jobs, hashes.jobs_per_uid = max(1, threads // 2), max(1, threads // 4)
         logging.getLogger("pyfuse3").addFilter(_QUIET_LATE_REPLIES)
 
     # -- plumbing ----------------------------------------------------------------------

@@ -97,8 +97,9 @@ _HASH_CHUNK = 1 << 20
 #: Largest file (bytes) that is hashed; policy key ``max_hash_mib``.
 MAX_HASH_BYTES = 256 << 20
 #: Threads that may be hashing (or waiting for a hash) at once, in all and
-#: for one uid: the FUSE worker pool has 16, requests whose identity needs
-#: no new hash must always find one, and one uid must leave hashing to others.
+#: for one uid: half and a quarter of the FUSE worker pool (16 threads; the
+#: adapter sets them from its pool), so that requests whose identity needs
+#: no new hash always find a thread, and one uid leaves hashing to others.
 HASH_JOBS = 8
 HASH_JOBS_PER_UID = 4
 _DELETED = " (deleted)"
