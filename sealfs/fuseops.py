@@ -33,6 +33,10 @@ opened (the kernel itself refuses a write on a read-only descriptor).  A
 directory handle keeps its opener's identity so that ``readdir`` leaves out
 names hidden from it, and names that some hiding rule matches are replied
 with an entry timeout of 0, so the kernel asks again for every caller.
+A name hidden from the caller is refused before the filesystem is asked
+(:class:`~sealfs.policy.guard.Guard`): a create with EACCES, anything else
+with ENOENT, whether it exists or not; and while the policy hides anything,
+directories show a link count of 1, which counts no subdirectory.
 Without a guard nothing is checked here; the kernel's mode checks
 (``default_permissions``) apply either way.
 """
@@ -92,6 +96,10 @@ class SealfsOps(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.workers = Workers(threads)
+        if guard is not None:
+            # hashing for identities may hold half of the threads, a quarter for one uid
+            hashes = guard.identifier.hashes
+            hashes.jobs, hashes.jobs_per_uid = max(1, threads // 2), max(1, threads // 4)
         logging.getLogger("pyfuse3").addFilter(_QUIET_LATE_REPLIES)
 
     # -- plumbing ----------------------------------------------------------------------
@@ -169,6 +177,8 @@ class SealfsOps(pyfuse3.Operations):
         out.attr_timeout = self.attr_timeout
         out.st_mode = attr.mode
         out.st_nlink = attr.nlink
+        if stat.S_ISDIR(attr.mode) and self.guard is not None and self.guard.hides_anything():
+            out.st_nlink = 1  # (2 + subdirectories would count the hidden ones; 1: "not counted", as btrfs)
         out.st_uid = attr.uid
         out.st_gid = attr.gid
         out.st_rdev = 0
@@ -328,8 +338,17 @@ class SealfsOps(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         caller = self._dir_callers.get(fh)
+        keep = None
+        if caller is not None:
+            guard, (ident, dirpath) = self.guard, caller
+            prefix = "" if dirpath == "/" else dirpath
+
+            def keep(name: bytes) -> bool:
+                # names hidden from the opener are not in its listing at all (no gap in the offsets)
+                path = prefix + "/" + os.fsdecode(name)
+                return not (guard.may_hide(path) and guard.hidden(ident, path))
         while True:
-            entries = await self._run(self.fs.readdir, fh, start_id)
+            entries = await self._run(self.fs.readdir, fh, start_id, keep)
             replied = False
             # Each entry comes with a lookup count; those the kernel does
             # not take (hidden, or past a full reply) are given back.
@@ -343,7 +362,7 @@ class SealfsOps(pyfuse3.Operations):
                         path = ("" if dirpath == "/" else dirpath) + "/" + os.fsdecode(name)
                         if self.guard.may_hide(path):
                             if self.guard.hidden(ident, path):
-                                continue
+                                continue  # (hidden by a reload since the listing was taken)
                             volatile = True
                     if not pyfuse3.readdir_reply(token, name, self._entry(attr, volatile), next_id):
                         return

@@ -494,7 +494,9 @@ def cmd_policy(args) -> int:
         raise UsageError(f"{path}: give the path inside the volume, starting with / (such as /payments/x)")
     path = posixpath.normpath("/" + path.lstrip("/"))
     policy = load_policy(args.policy)
-    ident = Identifier().identify_process(args.pid)
+    identifier = Identifier()  # (hashes every file, to show it, up to the policy's max_hash_mib)
+    identifier.hashes.max_bytes = policy.max_hash_bytes
+    ident = identifier.identify_process(args.pid)
     for line in policy.explain(ident, args.op, path):
         print(line)
     return 0 if policy.decide(ident, args.op, path).allowed else 1

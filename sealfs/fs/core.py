@@ -734,11 +734,13 @@ class Filesystem:
             self._dirs[fh] = (ino, [], 0)
         return fh
 
-    def readdir(self, fh: int, start: int) -> list[tuple[bytes, Attr, int]]:
+    def readdir(self, fh: int, start: int, keep=None) -> list[tuple[bytes, Attr, int]]:
         """Entries from offset ``start`` on as (name, attributes, next
         offset).  The listing is taken once per handle (at offset 0), so
         offsets stay stable across pages.  Each entry comes with a lookup
-        count (see :meth:`entry_attr`)."""
+        count (see :meth:`entry_attr`).  ``keep(name)``, if given, says
+        which names the listing holds at all (the others leave no gap in
+        the offsets either: names hidden from the caller)."""
         ino, snapshot, read_at = self._dirs[fh]
         node = self._node(ino)
         if start == 0:
@@ -753,10 +755,10 @@ class Filesystem:
             listed = {e.name for e in entries}
             entries += [e for e in unstored if e.name not in listed]
             entries.sort(key=lambda e: e.name)
-            snapshot = entries
-            self._dirs[fh] = (ino, snapshot, read_at)
             with node.lock:
                 node.subdirs = sum(1 for e in entries if e.is_dir)
+            snapshot = entries if keep is None else [e for e in entries if keep(e.name)]
+            self._dirs[fh] = (ino, snapshot, read_at)
         out: list[tuple[bytes, Attr, int]] = []
         try:
             for i, e in enumerate(snapshot[start : start + READDIR_PAGE], start):

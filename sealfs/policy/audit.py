@@ -22,6 +22,19 @@ second by the daemon, or the next line for the same key) one line
 The number of keys tracked is bounded; when it is reached, the oldest
 windows are closed early (their counts written).
 
+A caller that uses a new name for every request gets a new key each time,
+so denials are limited per *caller* too: at most ``identity_burst`` lines
+per window for one (uid, executable), and at most ``uid_burst`` for one uid
+whatever executables it runs (copies of a program under new names do not
+buy more lines).  What these budgets drop is said when their window ends
+in one line ``{"event": "suppressed", "scope": "caller", "count": N,
+"uid": X, "exe": Y, "message": "N denials of uid X exe Y dropped in the
+last Ts", …}`` (``"scope": "uid"`` and ``exe`` null for the uid budget).
+So one uid writes at most ``uid_burst`` denial lines, plus a few
+summaries, per window: a few kilobytes a second.  Allowed lines (with
+``audit = "all"``) are limited per path only: they come from the workloads
+the operator allowed.
+
 **Destinations.**  A file (opened in append mode, line-buffered, reopened
 on :meth:`reopen` so logrotate can move it), syslog (facility authpriv,
 through ``/dev/log`` or another socket), or, when neither is configured,
@@ -50,9 +63,12 @@ log = logging.getLogger("sealfs.audit")
 BURST = 5
 #: Seconds in one rate-limit window.
 WINDOW = 10.0
+#: Lines per (uid, executable) per window, whatever the paths.
+IDENTITY_BURST = 50
+#: Lines per uid per window, whatever the paths and executables.
+UID_BURST = 200
 #: Keys (workload, path, op) tracked at once.
 MAX_KEYS = 10_000
-
 
 
 #: Mode of the log and audit files sealfs creates: they hold plaintext
@@ -91,15 +107,20 @@ class AuditLog:
     (a failing destination is reported once in the daemon log)."""
 
     def __init__(self, path: str | None = None, *, syslog_address: str | None = None, burst: int = BURST,
-                 window: float = WINDOW, max_keys: int = MAX_KEYS, clock=time.monotonic, wallclock=time.time):
+                 identity_burst: int = IDENTITY_BURST, uid_burst: int = UID_BURST, window: float = WINDOW,
+                 max_keys: int = MAX_KEYS, clock=time.monotonic, wallclock=time.time):
         self.path = path
         self.burst = burst
+        self.identity_burst = identity_burst
+        self.uid_burst = uid_burst
         self.window = window
         self.max_keys = max_keys
         self.clock = clock
         self.wallclock = wallclock
         self._lock = threading.Lock()
         self._windows: OrderedDict[tuple, _Window] = OrderedDict()
+        #: ("caller", uid, exe, decision) and ("uid", uid, None, decision) -> window
+        self._callers: OrderedDict[tuple, _Window] = OrderedDict()
         self._file = open_private_log(path) if path else None
         self._syslog: logging.Handler | None = None
         if syslog_address:
@@ -120,22 +141,45 @@ class AuditLog:
         now = self.clock()
         out: list[dict] = []
         with self._lock:
-            w = self._windows.get(key)
-            if w is not None and now - w.start >= self.window:
-                out += self._close(key, w)
-                w = None
-            if w is None:
-                w = self._windows[key] = _Window(now)
-                while len(self._windows) > self.max_keys:
-                    old_key, old = self._windows.popitem(last=False)
-                    out += self._summary(old_key, old)
-            if w.written < self.burst:
-                w.written += 1
-                out.append(line)
-            else:
+            w = self._window(self._windows, key, now, out)
+            if w.written >= self.burst:
                 w.suppressed += 1
                 w.sample = line
+            else:
+                # a denial also counts against its caller's budgets: the one of its uid and
+                # executable, the one of its uid (allowed lines, with audit = "all", do not)
+                budgets: tuple = ()
+                if not decision.allowed:
+                    budgets = ((self._window(self._callers, ("caller", ident.uid, ident.exe, "deny"), now, out),
+                                self.identity_burst),
+                               (self._window(self._callers, ("uid", ident.uid, None, "deny"), now, out),
+                                self.uid_burst))
+                full = next((b for b, limit in budgets if b.written >= limit), None)
+                if full is not None:
+                    full.suppressed += 1
+                    full.sample = line
+                else:
+                    for b, _ in budgets:
+                        b.written += 1
+                    w.written += 1
+                    out.append(line)
             self._emit(out)
+
+    def _window(self, windows: OrderedDict, key: tuple, now: float, out: list[dict]) -> _Window:
+        """The open window of ``key`` in ``windows`` (a new one if it ended
+        or there was none; what closes is summarised into ``out``).  Caller
+        holds the lock."""
+        w = windows.get(key)
+        if w is not None and now - w.start >= self.window:
+            del windows[key]
+            out += self._summary(key, w)
+            w = None
+        if w is None:
+            w = windows[key] = _Window(now)
+            while len(windows) > self.max_keys:
+                old_key, old = windows.popitem(last=False)
+                out += self._summary(old_key, old)
+        return w
 
     def line(self, decision: Decision, ident: Identity) -> dict:
         """The JSON object for one decision (without rate limiting)."""
@@ -163,33 +207,35 @@ class AuditLog:
         now = self.clock()
         out: list[dict] = []
         with self._lock:
-            for key in [k for k, w in self._windows.items() if now - w.start >= self.window]:
-                out += self._close(key, self._windows[key])
+            for windows in (self._windows, self._callers):
+                for key in [k for k, w in windows.items() if now - w.start >= self.window]:
+                    out += self._summary(key, windows.pop(key))
             self._emit(out)
-
-    def _close(self, key: tuple, w: _Window) -> list[dict]:
-        """Caller holds the lock."""
-        del self._windows[key]
-        return self._summary(key, w)
 
     def _summary(self, key: tuple, w: _Window) -> list[dict]:
         if not w.suppressed:
             return []
         sample = w.sample or {}
         t = datetime.datetime.fromtimestamp(self.wallclock(), datetime.UTC)
-        return [{
+        out = {
             "time": t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z",
             "event": "suppressed",
             "count": w.suppressed,
             "window_seconds": self.window,
             "decision": sample.get("decision"),
-            "op": sample.get("op"),
-            "path": sample.get("path"),
-            "workload": sample.get("workload"),
-            "exe": sample.get("exe"),
-            "uid": sample.get("uid"),
-            "last_pid": sample.get("pid"),
-        }]
+        }
+        if key[0] in ("caller", "uid"):
+            scope, uid, exe, _ = key
+            who = f"uid {uid}" + (f" exe {exe}" if scope == "caller" else " (any executable)")
+            out.update({"scope": scope, "uid": uid, "exe": exe, "last_path": sample.get("path"),
+                        "last_exe": sample.get("exe"), "last_pid": sample.get("pid"),
+                        "message": f"{w.suppressed} denials of {who} dropped in the last {self.window:g}s "
+                                   "(too many audit lines from one caller)"})
+        else:
+            out.update({"scope": "path", "op": sample.get("op"), "path": sample.get("path"),
+                        "workload": sample.get("workload"), "exe": sample.get("exe"), "uid": sample.get("uid"),
+                        "last_pid": sample.get("pid")})
+        return [out]
 
     def _emit(self, lines: list[dict]) -> None:
         """Caller holds the lock."""
@@ -231,8 +277,9 @@ class AuditLog:
         """Write every pending suppression count, then close."""
         with self._lock:
             out: list[dict] = []
-            for key in list(self._windows):
-                out += self._close(key, self._windows[key])
+            for windows in (self._windows, self._callers):
+                while windows:
+                    out += self._summary(*windows.popitem(last=False))
             self._emit(out)
             if self._file is not None:
                 self._file.close()

@@ -10,6 +10,14 @@ Denials raise :class:`PolicyDenied`, an :class:`~sealfs.errors.FsError`
 with EACCES (ENOENT when a hiding rule denied), so the adapter's one error
 path turns them into the reply; each is also an audit line.
 
+**Hidden is absent.**  A path hidden from the caller is refused before
+anything else is asked of the policy or the filesystem, and never by the
+filesystem's answer: whether the name exists must not show.  An operation
+that creates the path (mkdir, mknod, create, symlink, the target of a
+rename) fails with EACCES, as a denied create of an absent name does;
+every other one with ENOENT, as for an absent name (the kernel's lookup,
+answered by :meth:`Guard.visible`, usually stops the call before that).
+
 Requests from the daemon's own threads (it opens a script that lives on
 its own mount to hash it) are not checked: the daemon holds the keys and
 reads everything anyway.
@@ -48,6 +56,13 @@ class Guard:
         self.identifier = identifier or Identifier()
         # read only what the policy can use: whether a process is dumpable costs a stat per request
         self.identifier.check_dumpable = _needs_dumpable(policy)
+        self._use_hashing_of(policy)
+
+    def _use_hashing_of(self, policy: Policy) -> None:
+        """Hash only what ``policy`` can need, up to its size limit."""
+        ident = self.identifier
+        ident.needs_hash = policy.needs_hash
+        ident.hashes.max_bytes = policy.max_hash_bytes
 
     # -- checks (worker threads) ---------------------------------------------------------
 
@@ -65,6 +80,13 @@ class Guard:
         if self._is_self(ident):
             return ident
         names = policy.workloads_of(ident)
+        hidden = policy.hiding(ident, path, names)
+        if hidden is not None:
+            creates = "create" in ops
+            d = dataclasses.replace(hidden, op="create" if creates else ops[0],
+                                    reason=hidden.reason + (": it cannot be created" if creates else ""))
+            self.audit.record(d, ident)
+            raise PolicyDenied(errno.EACCES if creates else errno.ENOENT, f"{path} is hidden: {d.reason}")
         for op in ops:
             d = policy.decide(ident, op, path, names)
             if not d.allowed:
@@ -96,6 +118,11 @@ class Guard:
     def may_hide(self, path: str) -> bool:
         return self.policy.may_hide(path)
 
+    def hides_anything(self) -> bool:
+        """Whether the policy has a hiding rule (then directories show one
+        link: their link count would count the hidden subdirectories)."""
+        return self.policy.hides_anything
+
     # -- operations --------------------------------------------------------------------
 
     def reload(self) -> bool:
@@ -115,6 +142,8 @@ class Guard:
             self.identifier.check_dumpable = True  # before the policy that needs it is in force
         self.policy = new
         self.identifier.check_dumpable = needs
+        self._use_hashing_of(new)
+        self.identifier.forget()  # (identities gathered without a hash the new policy may need)
         log.info("policy reloaded from %s: %d workloads, %d rules, audit = %s", self.policy_file,
                  len(new.workloads), len(new.rules), new.audit)
         return True

@@ -65,7 +65,16 @@ address randomisation is off and the layouts are equal.
 
 **Cost.**  Hashing a binary is the expensive part: hashes are cached by
 (device, inode, size, mtime, ctime) of the open file, so a changed binary is
-hashed again and an unchanged one never (:class:`HashCache`, bounded).  What
+hashed again and an unchanged one never (:class:`HashCache`, bounded).
+Any user can make the daemon hash a file of their choosing (run a program,
+name a script, map a library), so hashing is bounded (:class:`HashCache`):
+an exe or script is only hashed when the policy could need that hash for
+the caller (:attr:`Identifier.needs_hash`), files above a size limit are
+refused rather than read, one file is hashed once at a time, and only a
+few threads may be hashing at once, fewer for any one uid.  A caller past
+a limit gets an invalid identity (:attr:`Identity.problem` says which
+limit), so every decision on it is a denial with that reason in the audit
+line (a library not hashed for a limit counts as not pinned).  What
 only an ``execve`` can change (exe, cmdline, environ, the mappings; and
 the cgroup, which rarely moves) is kept per exec of a process for
 :data:`STABLE_TTL` seconds; the mappings are read again when the virtual
@@ -135,6 +144,14 @@ MAX_THREADS_SCANNED = 256
 TRACED_ENTRIES = 65536
 
 _HASH_CHUNK = 1 << 20
+#: Largest file (bytes) that is hashed; policy key ``max_hash_mib``.
+MAX_HASH_BYTES = 256 << 20
+#: Threads that may be hashing (or waiting for a hash) at once, in all and
+#: for one uid: half and a quarter of the FUSE worker pool (16 threads; the
+#: adapter sets them from its pool), so that requests whose identity needs
+#: no new hash always find a thread, and one uid leaves hashing to others.
+HASH_JOBS = 8
+HASH_JOBS_PER_UID = 4
 _DELETED = " (deleted)"
 
 #: Loader variables that make a process run code it did not ship with.
@@ -267,6 +284,10 @@ class _Gone(Exception):
     """The process (or the thread) no longer exists."""
 
 
+class _NotHashed(Exception):
+    """A file the identity needs was not hashed (a limit): the identity is invalid."""
+
+
 class _Handles:
     """``/proc/PID/stat``, ``status`` and ``maps`` of one exec of one
     process, held open, and what was gathered about that exec.  Reads
@@ -336,6 +357,11 @@ class _Handles:
                 os.close(self.maps_fd)
 
 
+class HashRefused(Exception):
+    """A file was not hashed because of a limit of :class:`HashCache`
+    (``str()`` says which, for the audit line)."""
+
+
 class HashCache:
     """sha256 of files, remembered by the stat key of the open file.
 
@@ -343,47 +369,114 @@ class HashCache:
     changed file changes its ctime, which no unprivileged user can set back,
     so a stale hash cannot be served.  At most ``entries`` keys are kept
     (least recently used first out).  Thread-safe.
+
+    Bounded work: a file larger than ``max_bytes`` is refused without being
+    read; a file being hashed is hashed by that one thread while the others
+    asking for it wait for its result; and at most ``jobs`` threads hash or
+    wait at once, ``jobs_per_uid`` of them for one uid (the caller's): past
+    that, :class:`HashRefused` at once, so no caller can keep more than a
+    few worker threads busy, however many requests it sends.
     """
 
-    def __init__(self, entries: int = HASH_CACHE_ENTRIES):
+    def __init__(self, entries: int = HASH_CACHE_ENTRIES, *, max_bytes: int = MAX_HASH_BYTES,
+                 jobs: int = HASH_JOBS, jobs_per_uid: int = HASH_JOBS_PER_UID):
         self.entries = entries
+        self.max_bytes = max_bytes
+        self.jobs = jobs
+        self.jobs_per_uid = jobs_per_uid
         self._hashes: OrderedDict[tuple, str] = OrderedDict()
         self._lock = threading.Lock()
+        #: key -> set when the thread hashing that file is done
+        self._running: dict[tuple, threading.Event] = {}
+        #: uid -> threads hashing or waiting for it
+        self._busy: dict[int | None, int] = {}
         #: Number of files actually read and hashed (for tests, benchmarks).
         self.computed = 0
 
     def __len__(self) -> int:
         return len(self._hashes)
 
+    def busy(self, uid: int | None) -> int:
+        """Threads hashing (or waiting for a hash) for ``uid`` now."""
+        with self._lock:
+            return self._busy.get(uid, 0)
+
     @staticmethod
     def key(st: os.stat_result) -> tuple:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def of_fd(self, fd: int) -> str:
-        """Hash of the open file ``fd`` (read from offset 0, not moved)."""
-        key = self.key(os.fstat(fd))
+    def of_fd(self, fd: int, uid: int | None = None) -> str:
+        """Hash of the open file ``fd`` (read from offset 0, not moved),
+        for a caller of ``uid``.  Raises :class:`HashRefused` past a limit."""
+        st = os.fstat(fd)
+        key = self.key(st)
         with self._lock:
             digest = self._hashes.get(key)
             if digest is not None:
                 self._hashes.move_to_end(key)
                 return digest
-        h = hashlib.sha256()
-        offset = 0
+            if st.st_size > self.max_bytes:
+                raise HashRefused(f"it is {_size(st.st_size)}, above the {_size(self.max_bytes)} that sealfs "
+                                  "hashes (max_hash_mib in the policy)")
+            if sum(self._busy.values()) >= self.jobs:
+                raise HashRefused(f"the limit of {self.jobs} hashes in progress is reached; try again")
+            if self._busy.get(uid, 0) >= self.jobs_per_uid:
+                raise HashRefused(f"uid {uid} is at its limit of {self.jobs_per_uid} hashes in progress; try again")
+            self._busy[uid] = self._busy.get(uid, 0) + 1
+        try:
+            return self._single(fd, key)
+        finally:
+            with self._lock:
+                self._busy[uid] -= 1
+                if not self._busy[uid]:
+                    del self._busy[uid]
+
+    def _single(self, fd: int, key: tuple) -> str:
+        """The hash of ``fd``: computed here, or by the thread already
+        hashing the same file (waited for)."""
         while True:
-            chunk = os.pread(fd, _HASH_CHUNK, offset)
+            with self._lock:
+                digest = self._hashes.get(key)
+                if digest is not None:
+                    return digest
+                running = self._running.get(key)
+                if running is None:
+                    done = self._running[key] = threading.Event()
+                    break
+            running.wait()  # then the cache has it, or that thread failed: try again
+        try:
+            return self._compute(fd, key)
+        finally:
+            with self._lock:
+                del self._running[key]
+            done.set()
+
+    def _compute(self, fd: int, key: tuple) -> str:
+        """Read and hash ``fd``: no more than the size it had (``key``), so
+        a file made to grow meanwhile cannot make this read on; a file that
+        changed meanwhile has no hash to give (refused)."""
+        h = hashlib.sha256()
+        size = key[2]
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, min(_HASH_CHUNK, size - offset), offset)
             if not chunk:
                 break
             h.update(chunk)
             offset += len(chunk)
         digest = h.hexdigest()
-        if self.key(os.fstat(fd)) != key:  # changed while we read: do not remember
-            return digest
+        if offset != size or self.key(os.fstat(fd)) != key:
+            raise HashRefused("it changed while it was being hashed")
         with self._lock:
             self.computed += 1
             self._hashes[key] = digest
             while len(self._hashes) > self.entries:
                 self._hashes.popitem(last=False)
         return digest
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
 @dataclass(eq=False)
@@ -437,6 +530,7 @@ class Identifier:
 
     ``proc`` is the procfs mount to read (tests may point it elsewhere);
     ``clock`` gives the time for the exec-stable cache.
+    :attr:`needs_hash` says which files to hash (all, by default).
     """
 
     def __init__(self, proc: str = "/proc", *, stable_ttl: float = STABLE_TTL, hashes: HashCache | None = None,
@@ -445,6 +539,11 @@ class Identifier:
         self.stable_ttl = stable_ttl
         self.hashes = hashes if hashes is not None else HashCache()
         self.clock = clock
+        #: ``needs_hash(kind, uid, path)``: whether the hash of the exe
+        #: (kind "exe") or script ("script") at ``path`` of a caller of
+        #: ``uid`` could matter (the policy's answer, set by the Guard);
+        #: None: hash every one.  A hash not needed stays None.
+        self.needs_hash = None
         self._handles: OrderedDict[int, _Handles] = OrderedDict()
         self._lock = threading.Lock()
         #: exec key of a process -> (the first tracer seen on it, its tgid,
@@ -471,9 +570,9 @@ class Identifier:
             try:
                 stable = h.stable
                 if stable is None or h.maps_fd is None or self.clock() - stable.made >= self.stable_ttl:
-                    stable = self._gather(pid, before, h, code_only=False)
+                    stable = self._gather(pid, before, h, uid, code_only=False)
                 elif before.vsize != stable.vsize:  # something was mapped or unmapped (dlopen): look again
-                    stable = self._gather(pid, before, h, code_only=True)
+                    stable = self._gather(pid, before, h, uid, code_only=True)
             finally:
                 h.release()
             if stable is None:
@@ -486,6 +585,8 @@ class Identifier:
             return Identity(pid, uid, gid, problem="the process exited before it could be identified")
         except (OSError, ValueError) as exc:  # (hidepid=, an unreadable or odd /proc entry)
             return Identity(pid, uid, gid, problem=f"cannot read {self.proc}/{pid}: {exc}")
+        except _NotHashed as exc:
+            return Identity(pid, uid, gid, problem=str(exc))
         if (status.fsuid, status.fsgid) != (uid, gid):
             return Identity(pid, uid, gid, start_time=before.start_time,
                             problem=f"the process now runs as uid {status.fsuid} gid {status.fsgid}, not as the "
@@ -775,7 +876,7 @@ class Identifier:
         still remembered after it (the safe side)."""
         return (tgid, start_time, layout)
 
-    def _gather(self, pid: int, before: _Stat, h: _Handles, *, code_only: bool) -> _Stable | None:
+    def _gather(self, pid: int, before: _Stat, h: _Handles, uid: int, *, code_only: bool) -> _Stable | None:
         """Gather the exec-stable part (``code_only``: only the executable
         mappings again) through one ``/proc/PID`` directory handle, checking
         before and after that it is the process ``before`` was read from and
@@ -795,7 +896,7 @@ class Identifier:
             if code_only and old is not None:
                 stable = dataclasses.replace(old, last=None)
             else:
-                stable = self._gather_stable(base, now)
+                stable = self._gather_stable(base, now, uid)
             stable.vsize = before.vsize
             maps = b"" if h.maps_fd is None else h.maps()
             if maps:
@@ -804,7 +905,8 @@ class Identifier:
                 # the full look (every STABLE_TTL) looks at every file again, a pinned one may have changed
                 if old is None or not code_only or lines != old.code_lines:
                     try:
-                        stable.code = mappings.inspect(base, lines, stable.exe_key, self.hashes.of_fd)
+                        stable.code = mappings.inspect(base, lines, stable.exe_key,
+                                                       lambda fd: self._library_hash(fd, uid))
                     except ProcessLookupError:
                         raise _Gone() from None
                 stable.code_lines = lines
@@ -826,14 +928,20 @@ class Identifier:
         return stable
 
     def forget(self) -> None:
-        """Drop the exec-stable cache (hashes stay: they are keyed by content)."""
+        """Gather the exec-stable part of every process again at its next
+        request (after a policy reload: it may need hashes the old one did
+        not).  What was seen once during an exec (loader variables, foreign
+        code) stays seen: the cached part is made stale, not dropped.
+        Hashes stay: they are keyed by content."""
         with self._lock:
             handles = list(self._handles.values())
         for h in handles:
-            h.stable = None
+            stable = h.stable
+            if stable is not None:
+                h.stable = dataclasses.replace(stable, made=float("-inf"))
 
-    def _gather_stable(self, base: int, now: float) -> _Stable:
-        exe, deleted, replaced, exe_hash, exe_key = self._exe(base)
+    def _gather_stable(self, base: int, now: float, uid: int) -> _Stable:
+        exe, deleted, replaced, exe_hash, exe_key = self._exe(base, uid)
         family = interpreter_family(exe)
         try:
             cmdline = self._read(base, "cmdline")
@@ -843,7 +951,7 @@ class Identifier:
         if family is not None:
             arg = script_argument(family, cmdline)
             if arg is not None:
-                script, script_hash = self._script(base, arg)
+                script, script_hash = self._script(base, arg, uid)
         startup = ()
         variables_of = family
         if family == "python":
@@ -860,7 +968,26 @@ class Identifier:
         return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, startup,
                        Code(), 0, now, exe_key=exe_key)
 
-    def _exe(self, base: int) -> tuple[str | None, bool, bool, str | None, tuple[int, int] | None]:
+    def _hash(self, fd: int, kind: str, uid: int, path: str) -> str | None:
+        """The hash of the open ``fd`` (the exe or script at ``path``), or
+        None when the policy cannot need it.  Raises _NotHashed past a
+        limit of the hash cache."""
+        if self.needs_hash is not None and not self.needs_hash(kind, uid, path):
+            return None
+        try:
+            return self.hashes.of_fd(fd, uid)
+        except HashRefused as exc:
+            raise _NotHashed(f"the {kind} {path} was not hashed: {exc}") from None
+
+    def _library_hash(self, fd: int, uid: int) -> str | None:
+        """The hash of a mapped library not root's, None past a limit of the
+        hash cache (then it counts as not pinned: refused)."""
+        try:
+            return self.hashes.of_fd(fd, uid)
+        except HashRefused:
+            return None
+
+    def _exe(self, base: int, uid: int) -> tuple[str | None, bool, bool, str | None, tuple[int, int] | None]:
         """(path, deleted, replaced, sha256, (st_dev, st_ino)) of the running
         executable.  The file is the one ``exe`` resolves to (the kernel
         resolves it to the inode, in any mount namespace); the path is
@@ -887,7 +1014,7 @@ class Identifier:
         try:
             running = os.fstat(fd) if fd is not None else os.stat("exe", dir_fd=base)
             if fd is not None:
-                digest = self.hashes.of_fd(fd)
+                digest = self._hash(fd, "exe", uid, path)
         except OSError:
             return path, deleted, True, None, None  # cannot tell which file runs: it matches no exe
         finally:
@@ -901,7 +1028,7 @@ class Identifier:
             replaced = True  # the path names nothing (or nothing we may see) here
         return path, deleted, replaced, digest, key
 
-    def _script(self, base: int, arg: bytes) -> tuple[str | None, str | None]:
+    def _script(self, base: int, arg: bytes, uid: int) -> tuple[str | None, str | None]:
         """Open the script as the process would (relative to its cwd, or
         under its root); return (resolved path, sha256) or (None, None).
 
@@ -939,7 +1066,7 @@ class Identifier:
         finally:
             os.close(pfd)
         try:
-            return path, self.hashes.of_fd(fd)
+            return path, self._hash(fd, "script", uid, path)
         except OSError:
             return None, None
         finally:

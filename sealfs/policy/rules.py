@@ -29,7 +29,9 @@ Decisions (:meth:`Policy.decide`):
 Globs are anchored at the volume root: ``*`` and ``?`` and ``[…]`` stay
 within one name, ``**`` (a whole component) matches any number of names,
 none included, so ``/payments/**`` matches ``/payments`` itself and
-everything below it.
+everything below it.  Matching never backtracks through the ways the
+``**`` could split a path (see :class:`Glob`); the limits (MAX_RULES and
+the others below) keep any policy cheap to load and to match.
 
 Every error names the file, the line and the reason
 (:class:`PolicyError`): TOML syntax errors come with tomllib's line, and
@@ -70,7 +72,11 @@ SELECTORS = ("uid", "user", "gid", "group", "exe", "exe_sha256", "script", "scri
 #: Selectors that say what a process may carry, not who it is.
 _CONDITIONS = ("untraced", "no_preload", "libraries", "jit", "nondumpable")
 RULE_KEYS = ("paths", "workloads", "allow", "deny", "hide")
-TOP_KEYS = ("audit", "workloads", "rule")
+TOP_KEYS = ("audit", "max_hash_mib", "workloads", "rule")
+#: Default and largest ``max_hash_mib``: the size of the largest executable
+#: or script that is hashed (for exe_sha256 / script_sha256).
+MAX_HASH_MIB = 256
+MAX_HASH_MIB_LIMIT = 16384
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _WORKLOAD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -90,46 +96,136 @@ class PolicyError(UsageError):
 
 # -- globs ------------------------------------------------------------------------------
 
+#: Limits on what a policy may hold, so that loading it and matching a path
+#: stay cheap whatever the file says (``sealfs policy check`` refuses a
+#: policy past them, naming the line).
+MAX_RULES = 50_000
+MAX_WORKLOADS = 10_000
+#: Characters in one glob, and components (names between '/') in one glob.
+MAX_GLOB_LENGTH = 4096
+MAX_GLOB_COMPONENTS = 256
+#: ``**`` components in one glob.
+MAX_DOUBLE_STARS = 16
 
-def compile_glob(pattern: str, what: str = "path") -> re.Pattern:
-    """A regex for an absolute glob (see the module docstring); raises
-    ValueError with a plain reason for a pattern that is not one."""
+
+class Glob:
+    """A compiled absolute glob (see the module docstring).
+
+    Matching costs at most a few passes over the path, whatever the glob:
+    a glob without wildcards is a string comparison, ``/some/dir/**`` a
+    prefix test, and anything else one regex built so that it never
+    backtracks far.  Between two ``**`` (and between two ``*`` in a name)
+    there is a run of fixed width; such a run is matched at the first place
+    it fits and the regex never comes back to try a later one (an atomic
+    group).  That first place is always right: whatever a later place would
+    leave to match, the next ``**`` (or ``*``) can also take from the first.
+    So the cost grows with the length of the path times the length of the
+    glob, never exponentially in the number of ``**``.
+    """
+
+    __slots__ = ("pattern", "_exact", "_prefix", "_regex")
+
+    def __init__(self, pattern: str, what: str = "path"):
+        self.pattern = pattern
+        self._exact: str | None = None
+        self._prefix: str | None = None
+        self._regex: re.Pattern | None = None
+        parts = _glob_parts(pattern, what)
+        literal = [not any(c in p for c in "*?[\\") for p in parts]
+        if all(literal):
+            self._exact = pattern
+        elif parts[-1] == "**" and all(literal[:-1]):
+            self._prefix = "/" + "/".join(parts[:-1])  # "/" for "/**"
+        else:
+            self._regex = re.compile(_glob_regex(parts, pattern, what), re.DOTALL)
+
+    def matches(self, path: str) -> bool:
+        """Whether ``path`` (absolute, normalised; ``/`` for the root) matches."""
+        if self._exact is not None:
+            return path == self._exact
+        if self._prefix is not None:
+            prefix = self._prefix
+            return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+        return self._regex.fullmatch("" if path == "/" else path) is not None
+
+    def __repr__(self) -> str:
+        return f"Glob({self.pattern!r})"
+
+
+def compile_glob(pattern: str, what: str = "path") -> Glob:
+    """The :class:`Glob` for an absolute glob; raises ValueError with a
+    plain reason for a pattern that is not one."""
+    return Glob(pattern, what)
+
+
+def glob_matches(glob: Glob, path: str) -> bool:
+    """Whether ``path`` (absolute, normalised; ``/`` for the root) matches."""
+    return glob.matches(path)
+
+
+def _glob_parts(pattern: str, what: str) -> list[str]:
+    """The components of ``pattern`` (none for ``/``), checked."""
     if not isinstance(pattern, str) or not pattern.startswith("/"):
         raise ValueError(f"{what} glob {pattern!r} must be absolute (start with '/')")
     if "\0" in pattern:
         raise ValueError(f"{what} glob {pattern!r} contains a NUL character")
+    if len(pattern) > MAX_GLOB_LENGTH:
+        raise ValueError(f"{what} glob {pattern[:40]!r}... is {len(pattern)} characters long; the limit is "
+                         f"{MAX_GLOB_LENGTH}")
     if pattern == "/":
-        return re.compile("", re.DOTALL)
+        return []
     parts = pattern[1:].split("/")
-    out = []
+    if len(parts) > MAX_GLOB_COMPONENTS:
+        raise ValueError(f"{what} glob {pattern[:40]!r}... has {len(parts)} components; the limit is "
+                         f"{MAX_GLOB_COMPONENTS}")
+    if parts.count("**") > MAX_DOUBLE_STARS:
+        raise ValueError(f"{what} glob {pattern!r} has {parts.count('**')} '**' components; the limit is "
+                         f"{MAX_DOUBLE_STARS} (one '**' already matches any depth)")
     for part in parts:
         if part == "":
             raise ValueError(f"{what} glob {pattern!r} has an empty component ('//' or a trailing '/')")
         if part in (".", ".."):
             raise ValueError(f"{what} glob {pattern!r} has a '{part}' component; write the path it means")
-        if part == "**":
-            out.append("(?:/[^/]+)*")
-            continue
-        if "**" in part:
+        if "**" in part and part != "**":
             raise ValueError(f"{what} glob {pattern!r}: '**' must be a whole path component, like /a/**/b")
-        out.append("/" + _component(part, pattern, what))
-    return re.compile("".join(out), re.DOTALL)
+    return parts
+
+
+def _glob_regex(parts: list[str], pattern: str, what: str) -> str:
+    """The regex source for the components ``parts`` (see :class:`Glob`):
+    runs of components between ``**`` are matched at the first place they
+    fit, the last run at the end of the path."""
+    runs: list[list[str]] = [[]]
+    for part in parts:
+        if part == "**":
+            runs.append([])
+        else:
+            runs[-1].append("/" + _component(part, pattern, what))
+    out = ["".join(runs[0])]
+    for run in runs[1:-1]:
+        out.append("(?>(?:/[^/]++)*?" + "".join(run) + "(?![^/]))")  # (ending where a name ends)
+    if len(runs) > 1:
+        out.append(("(?:/[^/]++)*" + "".join(runs[-1])) if runs[-1] else "(?:/[^/]++)*+")
+    return "".join(out)
 
 
 def _component(part: str, pattern: str, what: str) -> str:
-    out = []
+    """The regex for one name: fixed-width runs between its ``*``, the
+    first at the start of the name, the middle ones at the first place
+    they fit, the last at the end of the name."""
+    runs: list[list[str]] = [[]]
     i = 0
     while i < len(part):
         c = part[i]
         if c == "*":
-            out.append("[^/]*")
+            runs.append([])
         elif c == "?":
-            out.append("[^/]")
+            runs[-1].append("[^/]")
         elif c == "\\":
             if i + 1 >= len(part):
                 raise ValueError(f"{what} glob {pattern!r} ends with a lone backslash")
             i += 1
-            out.append(re.escape(part[i]))
+            runs[-1].append(re.escape(part[i]))
         elif c == "[":
             start = i + 2 if part[i + 1:i + 2] in ("!", "^") else i + 1
             end = part.find("]", start)
@@ -144,17 +240,16 @@ def _component(part: str, pattern: str, what: str) -> str:
             except re.error as exc:
                 raise ValueError(f"{what} glob {pattern!r} has a bad character class: {exc}") from None
             # (?!/): a range such as [+-0] would otherwise match the separator
-            out.append(f"(?!/)[^{chars}]" if start == i + 2 else f"(?!/)[{chars}]")
+            runs[-1].append(f"(?!/)[^{chars}]" if start == i + 2 else f"(?!/)[{chars}]")
             i = end
         else:
-            out.append(re.escape(c))
+            runs[-1].append(re.escape(c))
         i += 1
-    return "".join(out)
-
-
-def glob_matches(regex: re.Pattern, path: str) -> bool:
-    """Whether ``path`` (absolute, normalised; ``/`` for the root) matches."""
-    return regex.fullmatch("" if path == "/" else path) is not None
+    if len(runs) == 1:
+        return "".join(runs[0])
+    middle = "".join("(?>[^/]*?" + "".join(run) + ")" for run in runs[1:-1])
+    last = "(?>[^/]*" + "".join(runs[-1]) + ")(?![^/])" if runs[-1] else "[^/]*+"
+    return "".join(runs[0]) + middle + last
 
 
 # -- the model --------------------------------------------------------------------------
@@ -173,7 +268,7 @@ class Workload:
     exe_hashes: frozenset[str] | None = None
     scripts: frozenset[str] | None = None
     script_hashes: frozenset[str] | None = None
-    cgroups: tuple[re.Pattern, ...] | None = None
+    cgroups: tuple[Glob, ...] | None = None
     untraced: bool = False
     no_preload: bool = False
     #: sha256 of the files (other than root's) it may map executable.
@@ -272,14 +367,14 @@ class Rule:
     number: int
     line: int | None
     paths: tuple[str, ...]
-    regex: re.Pattern
+    globs: tuple[Glob, ...]
     workloads: frozenset[str]
     allow: frozenset[str]
     deny: frozenset[str]
     hide: bool
 
     def matches(self, path: str) -> bool:
-        return glob_matches(self.regex, path)
+        return any(g.matches(path) for g in self.globs)
 
     def describe(self) -> str:
         return f"rule {self.number}" + (f" (line {self.line})" if self.line else "")
@@ -314,10 +409,33 @@ class Policy:
     rules: tuple[Rule, ...]
     #: Non-fatal findings (``FILE:LINE: …``), such as a user that does not exist.
     warnings: list[str] = field(default_factory=list)
+    #: Executables and scripts larger than this are not hashed (callers that
+    #: would need their hash are refused).
+    max_hash_bytes: int = MAX_HASH_MIB << 20
 
     def __post_init__(self) -> None:
-        hiding = [r.regex.pattern for r in self.rules if r.hide]
-        self._hide_regex = re.compile("|".join(f"(?:{p})" for p in hiding), re.DOTALL) if hiding else None
+        self._hiding = tuple(r for r in self.rules if r.hide)
+        #: op -> the rules that allow or deny it, in file order
+        self._by_op = {op: tuple(r for r in self.rules if op in r.allow or op in r.deny) for op in OPERATIONS}
+        #: (op, caller's workloads) -> the rules of _by_op[op] that apply to them (filled as callers come)
+        self._applying: dict[tuple, tuple[Rule, ...]] = {}
+        #: identity -> workloads_of (an Identity is immutable, and the identifier reuses one while nothing changed)
+        self._workloads_of: dict[Identity, tuple[str, ...]] = {}
+
+    def _rules_for(self, op: str, names: tuple[str, ...]) -> tuple[Rule, ...]:
+        """The rules that say something about ``op`` to a caller in the
+        workloads ``names``, in file order (cached: a decision then looks
+        at these rules only, not at every rule of a large policy); for
+        ``op`` "hide", its hiding rules."""
+        key = (op, names)
+        rules = self._applying.get(key)
+        if rules is None:
+            mine = set(names)
+            rules = tuple(r for r in (self._hiding if op == "hide" else self._by_op[op]) if r.workloads & mine)
+            if len(self._applying) >= _APPLYING_ENTRIES:
+                self._applying.clear()
+            self._applying[key] = rules
+        return rules
 
     # -- decisions ------------------------------------------------------------------
 
@@ -325,7 +443,16 @@ class Policy:
         """Names of the workloads ``ident`` is in (file order)."""
         if not ident.valid:
             return ()
-        return tuple(name for name, w in self.workloads.items() if w.mismatch(ident) is None)
+        try:
+            names = self._workloads_of.get(ident)
+        except TypeError:  # (an identity with a field that cannot be hashed: not cached)
+            return tuple(name for name, w in self.workloads.items() if w.mismatch(ident) is None)
+        if names is None:
+            names = tuple(name for name, w in self.workloads.items() if w.mismatch(ident) is None)
+            if len(self._workloads_of) >= _APPLYING_ENTRIES:
+                self._workloads_of.clear()
+            self._workloads_of[ident] = names
+        return names
 
     def decide(self, ident: Identity, op: str, path: str, workloads: tuple[str, ...] | None = None) -> Decision:
         """Whether ``ident`` may do ``op`` on ``path`` (absolute, ``/`` for
@@ -341,9 +468,9 @@ class Policy:
                             f"the caller is in no workload of the policy{self._near_misses(ident)} (default deny)")
         mine = set(names)
         allowed_by: Rule | None = None
-        for rule in self.rules:
-            if not (rule.workloads & mine) or (op not in rule.deny and op not in rule.allow):
-                continue
+        for rule in self._rules_for(op, names):
+            if allowed_by is not None and op not in rule.deny:
+                continue  # (only a deny can change the answer now)
             if not rule.matches(path):
                 continue
             if op in rule.deny:
@@ -371,22 +498,51 @@ class Policy:
 
     def hiding(self, ident: Identity, path: str, workloads: tuple[str, ...] | None = None) -> Decision | None:
         """The deny of a ``hide = true`` rule that makes ``path`` not exist
-        for ``ident`` (None when it is visible)."""
-        if self._hide_regex is None or not glob_matches(self._hide_regex, path) or not ident.valid:
+        for ``ident`` (None when it is visible).  A caller that cannot be
+        identified might be any workload: what any rule hides is hidden
+        from it."""
+        if not self._hiding:
             return None
-        mine = set(self.workloads_of(ident) if workloads is None else workloads)
-        for rule in self.rules:
-            if rule.hide and rule.workloads & mine and rule.matches(path):
+        if not ident.valid:
+            for rule in self._hiding:
+                if rule.matches(path):
+                    return Decision(False, "list", path, (), rule.number, rule.line, True,
+                                    f"{rule.describe()} hides this path, and the caller cannot be identified: "
+                                    f"{ident.problem}")
+            return None
+        names = self.workloads_of(ident) if workloads is None else workloads
+        mine = set(names)
+        for rule in self._rules_for("hide", names):
+            if rule.matches(path):
                 op = "read" if "read" in rule.deny else "list"
                 return Decision(False, op, path, tuple(sorted(mine)), rule.number, rule.line, True,
                                 f"{rule.describe()} hides this path from {_joined(rule.workloads & mine)}")
         return None
 
+    @property
+    def hides_anything(self) -> bool:
+        return bool(self._hiding)
+
+    def needs_hash(self, kind: str, uid: int, path: str) -> bool:
+        """Whether the sha256 of the ``kind`` ("exe" or "script") at
+        ``path`` can decide if a caller of ``uid`` is in a workload: some
+        workload pins that hash and its uid and path selectors do not
+        already rule the caller out.  (Groups are not known at that point:
+        a group selector never rules out.)  Otherwise the file need not be
+        hashed at all."""
+        for w in self.workloads.values():
+            hashes, paths = (w.exe_hashes, w.exes) if kind == "exe" else (w.script_hashes, w.scripts)
+            if hashes is None or (w.uids is not None and uid not in w.uids):
+                continue
+            if paths is None or path in paths:
+                return True
+        return False
+
     def may_hide(self, path: str) -> bool:
         """Whether some hiding rule matches ``path`` for some workload (the
         kernel must then not cache the name: it may exist for one caller
         and not for another)."""
-        return self._hide_regex is not None and glob_matches(self._hide_regex, path)
+        return any(r.matches(path) for r in self._hiding)
 
     def explain(self, ident: Identity, op: str, path: str) -> list[str]:
         """Lines saying which workloads matched (or why not), which rules
@@ -413,6 +569,10 @@ class Policy:
         d = self.decide(ident, op, path, names)
         lines.append(f"decision: {'ALLOW' if d.allowed else 'DENY'} {op} {path}: {d.reason}")
         return lines
+
+
+#: Entries of Policy._applying and _workloads_of before they are emptied.
+_APPLYING_ENTRIES = 4096
 
 
 def _joined(names) -> str:
@@ -564,6 +724,7 @@ class _Builder:
         self.lines = _Lines(text)
         self.doc = doc
         self.warnings: list[str] = []
+        self.globs: dict[str, Glob] = {}
 
     def error(self, reason: str, *where) -> PolicyError:
         return PolicyError(self.file, self.lines.of(*where), reason)
@@ -585,15 +746,25 @@ class _Builder:
         raw_workloads = doc.get("workloads", {})
         if not isinstance(raw_workloads, dict):
             raise self.error("workloads must be tables: [workloads.NAME]", "workloads")
+        if len(raw_workloads) > MAX_WORKLOADS:
+            raise self.error(f"{len(raw_workloads)} workloads: the limit is {MAX_WORKLOADS}", "workloads")
         workloads = {name: self.workload(name, body) for name, body in raw_workloads.items()}
         raw_rules = doc.get("rule", [])
         if not isinstance(raw_rules, list) or not all(isinstance(r, dict) for r in raw_rules):
             raise self.error("rules must be written as [[rule]] tables", "rule")
+        if len(raw_rules) > MAX_RULES:
+            raise self.error(f"{len(raw_rules)} rules: the limit is {MAX_RULES} (a rule may list several paths "
+                             "and workloads)", "rule", MAX_RULES)
         rules = tuple(self.rule(i, body, workloads) for i, body in enumerate(raw_rules))
+        named = set().union(*(r.workloads for r in rules))
         for name in workloads:
-            if not any(name in r.workloads for r in rules):
+            if name not in named:
                 self.warn(f"workload {name!r} is named by no rule: it is allowed nothing", "workloads", name)
-        return Policy(self.file, audit, workloads, rules, self.warnings)
+        mib = doc.get("max_hash_mib", MAX_HASH_MIB)
+        if not isinstance(mib, int) or isinstance(mib, bool) or not 1 <= mib <= MAX_HASH_MIB_LIMIT:
+            raise self.error(f"max_hash_mib = {mib!r}: give a whole number of MiB from 1 to {MAX_HASH_MIB_LIMIT}",
+                             "max_hash_mib")
+        return Policy(self.file, audit, workloads, rules, self.warnings, mib << 20)
 
     # -- workloads ------------------------------------------------------------------
 
@@ -756,10 +927,10 @@ class _Builder:
         if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
             raise self.error(f"paths of rule {n} must be a non-empty list of globs such as [\"/data/**\"]", *where,
                              "paths")
-        regexes = []
+        globs = []
         for p in paths:
             try:
-                regexes.append(compile_glob(p))
+                globs.append(self.glob(p))
             except ValueError as exc:
                 raise self.error(f"rule {n}: {exc}", *where, "paths") from None
         names = body["workloads"]
@@ -788,5 +959,12 @@ class _Builder:
         if hide and not ops["deny"] & {"read", "list"}:
             raise self.error(f"rule {n} has hide = true but does not deny read or list: hiding applies to what "
                              "a rule denies", *where, "hide")
-        regex = re.compile("|".join(f"(?:{r.pattern})" for r in regexes), re.DOTALL)
-        return Rule(n, self.lines.of(*where), tuple(paths), regex, frozenset(names), ops["allow"], ops["deny"], hide)
+        return Rule(n, self.lines.of(*where), tuple(paths), tuple(globs), frozenset(names), ops["allow"], ops["deny"],
+                    hide)
+
+    def glob(self, pattern: str) -> Glob:
+        """compile_glob, once per distinct pattern of the file."""
+        g = self.globs.get(pattern)
+        if g is None:
+            g = self.globs[pattern] = compile_glob(pattern)
+        return g

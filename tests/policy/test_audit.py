@@ -95,7 +95,8 @@ def test_suppressed_counts_are_written_at_close_and_when_a_window_ends_on_the_ne
 
 def test_keys_are_bounded(tmp_path):
     clock = Clock()
-    log = AuditLog(str(tmp_path / "audit.log"), burst=1, window=10.0, max_keys=10, clock=clock)
+    log = AuditLog(str(tmp_path / "audit.log"), burst=1, identity_burst=1000, uid_burst=1000, window=10.0,
+                   max_keys=10, clock=clock)
     for n in range(100):
         log.record(deny(path=f"/p/{n}"), FRONT)
         log.record(deny(path=f"/p/{n}"), FRONT)
@@ -104,6 +105,50 @@ def test_keys_are_bounded(tmp_path):
     got = lines(tmp_path / "audit.log")
     assert sum(1 for x in got if "event" not in x) == 100
     assert sum(x["count"] for x in got if x.get("event") == "suppressed") == 100
+
+
+def test_a_caller_with_a_new_name_each_time_is_limited_and_told_what_was_dropped(tmp_path):
+    """Per-path windows never fill when every name is new: the caller's own
+    budget (uid + exe) does, and its summary says what it dropped."""
+    clock = Clock()
+    log = AuditLog(str(tmp_path / "audit.log"), identity_burst=20, uid_burst=1000, window=10.0, clock=clock)
+    other = Identity(pid=7, uid=34, gid=34, exe="/usr/bin/cat")
+    for n in range(5000):
+        log.record(deny(path=f"/payments/{n}"), FRONT)
+    log.record(deny(path="/payments/x"), other)  # someone else is not muted by it
+    assert len(lines(tmp_path / "audit.log")) == 21
+    clock.now += 10
+    log.tick()
+    got = lines(tmp_path / "audit.log")
+    summary = got[-1]
+    assert summary["event"] == "suppressed" and summary["scope"] == "caller"
+    assert (summary["count"], summary["uid"], summary["exe"]) == (4980, 33, "/opt/shop/bin/frontend")
+    assert summary["message"].startswith("4980 denials of uid 33 exe /opt/shop/bin/frontend dropped in the last 10s")
+    log.record(deny(path="/payments/new"), FRONT)  # a new window
+    log.close()
+    assert lines(tmp_path / "audit.log")[-1]["path"] == "/payments/new"
+
+
+def test_copies_of_a_program_under_new_names_share_their_uid_budget(tmp_path):
+    log = AuditLog(str(tmp_path / "audit.log"), identity_burst=20, uid_burst=50)
+    for n in range(1000):
+        log.record(deny(path=f"/p/{n}", workloads=()), Identity(pid=n, uid=33, gid=33, exe=f"/tmp/copy{n % 100}"))
+    log.close()
+    got = lines(tmp_path / "audit.log")
+    assert sum(1 for x in got if "event" not in x) == 50
+    (summary,) = [x for x in got if x.get("scope") == "uid"]
+    assert summary["count"] == 950 and summary["exe"] is None
+    assert summary["message"].startswith("950 denials of uid 33 (any executable) dropped")
+
+
+def test_allowed_lines_are_limited_per_path_only(tmp_path):
+    """With audit = "all", a workload reading many files keeps its lines:
+    the caller budget is for denials."""
+    log = AuditLog(str(tmp_path / "audit.log"), identity_burst=5, uid_burst=5)
+    for n in range(100):
+        log.record(Decision(True, "read", f"/reports/{n}", ("frontend",), 5, 41, False, "allowed"), FRONT)
+    log.close()
+    assert len(lines(tmp_path / "audit.log")) == 100
 
 
 def test_callers_in_no_workload_are_limited_by_their_executable(tmp_path):
