@@ -294,7 +294,8 @@ def test_a_preload_that_erases_itself_from_the_environment_is_refused(lab):
 
 def test_a_loader_variable_seen_once_stays_seen_for_that_exec(lab):
     """The environment is looked at again (here at every request); a
-    variable erased after the first look still counts."""
+    variable erased after the first look still counts, also after a policy
+    reload."""
     ident = Identifier(stable_ttl=0)
     text = policy(lab, exe=f'"{lab.prog("eraser")}"', no_preload="true")
     with attack(lab.attacker, [lab.prog("eraser")], env={"LD_LIBRARY_PATH": "/nonexistent"}) as p:
@@ -304,6 +305,8 @@ def test_a_loader_variable_seen_once_stays_seen_for_that_exec(lab):
         assert p.stdout.readline() == b"erased\n"
         assert b"LD_LIBRARY_PATH" not in Path(f"/proc/{p.pid}/environ").read_bytes()
         assert verdict(text, identify(p, lab.attacker)) is None, "control: a first look now sees nothing"
+        assert "LD_LIBRARY_PATH" in verdict(text, identify(p, lab.attacker, ident))
+        ident.forget()  # what a policy reload does: everything is gathered again, and what was seen stays seen
         assert "LD_LIBRARY_PATH" in verdict(text, identify(p, lab.attacker, ident))
 
 
