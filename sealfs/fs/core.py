@@ -958,7 +958,7 @@ class Filesystem:
             new = replace(self.vol.new_file_entry(parent_id, cname, e.mode, e.uid, e.gid),
                           mtime_ns=e.mtime_ns, xattrs=dict(e.xattrs))
             try:
-                self.vol.write_content(new, content.size, block, if_none_match=True)
+                self.vol.write_content(new, content.size, block, if_none_match=True, extents=content.extents())
             except PreconditionFailed:
                 continue  # the name is taken
             return cname
