@@ -59,6 +59,9 @@ ROOT_INO = 1
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_SIZE_MAX = 65536
+#: All xattrs of one entry together, names and values: a bound on what one
+#: entry costs in memory wherever it is held (nodes, listings).
+XATTR_TOTAL_MAX = 128 * 1024
 #: Files up to this size opened for reading are read whole at open (in the
 #: request that revalidates them).
 OPEN_READ_BYTES = 256 * 1024
@@ -1052,7 +1055,13 @@ class Filesystem:
             raise FsError(errno.ERANGE, "attribute name too long")
         if len(value) > XATTR_SIZE_MAX:
             raise FsError(errno.E2BIG, "attribute value too large")
-        self._change_xattrs(ino, lambda x: x.__setitem__(name, bytes(value)))
+
+        def put(xattrs: dict[bytes, bytes]) -> None:
+            xattrs[name] = bytes(value)
+            if sum(len(k) + len(v) for k, v in xattrs.items()) > XATTR_TOTAL_MAX:
+                raise FsError(errno.ENOSPC, f"an entry's attributes are limited to {XATTR_TOTAL_MAX} bytes in all")
+
+        self._change_xattrs(ino, put)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()
