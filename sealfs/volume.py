@@ -57,6 +57,8 @@ _META_BUDGET = MAX_METADATA_BYTES - 64
 #: Files whose object is at most this big are written with one PUT.
 SINGLE_PUT_MAX = 16 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
+#: Bytes of parts a whole-file upload keeps in memory at once (at least one part).
+IN_FLIGHT_BYTES = 32 * 1024 * 1024
 KIND_FILE, KIND_DIR, KIND_LINK = "f", "d", "l"
 #: A symlink object is its target sealed by MetaCipher.seal_bytes.
 LINK_OVERHEAD = 4 + crypto.NONCE_SIZE + crypto.TAG_SIZE
@@ -1114,7 +1116,9 @@ class _ContentWriter:
         part_size = self._part_size()
         upload_id = store.create_multipart(key, md)
         futures = []
-        inflight = threading.BoundedSemaphore(4)
+        # (parts grow past 8 MiB for objects over 80 GB: keep at most
+        # max(IN_FLIGHT_BYTES, one part) of them in memory)
+        inflight = threading.BoundedSemaphore(max(1, min(4, IN_FLIGHT_BYTES // part_size)))
         try:
             number = 0
             for part in _cut_parts(self._merged(), part_size):

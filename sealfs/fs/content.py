@@ -19,6 +19,8 @@ Not thread-safe by itself: the filesystem core holds the node's lock.
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from concurrent.futures import Future
 from typing import Callable
 
@@ -43,10 +45,34 @@ log = logging.getLogger(__name__)
 SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
 
 
+class DirtyBudget:
+    """The dirty blocks in memory of all files of a mount together: past
+    ``limit`` bytes, a write spills its own file's blocks to the spool (as
+    past the file's own ``dirty_limit``), so that many files written at
+    once do not hold many times one file's budget."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._files: weakref.WeakSet[FileContent] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, content: "FileContent") -> None:
+        with self._lock:
+            self._files.add(content)
+
+    def over(self) -> bool:
+        with self._lock:
+            files = list(self._files)
+        return sum(len(c.dirty) * c.block_size for c in files) > self.limit
+
+
 class FileContent:
     def __init__(self, vol: Volume, entry: Entry, cache: BlockCache, spool_dir: str, dirty_limit: int,
-                 new: bool = False):
+                 new: bool = False, budget: DirtyBudget | None = None):
         self.vol = vol
+        self.budget = budget
+        if budget is not None:
+            budget.add(self)
         self.cache = cache
         self.spool_dir = spool_dir
         self.dirty_limit = dirty_limit
@@ -343,7 +369,7 @@ class FileContent:
                 except WouldBlock:
                     return False
         touched = set(range(first, last + 1))
-        if len(self.dirty.keys() | touched) * bs > self.dirty_limit:
+        if len(self.dirty.keys() | touched) * bs > self.dirty_limit or (self.budget is not None and self.budget.over()):
             return False
         return not (self._rewritten_in_parts()
                     and max(self.size, end) > self._parts_class().blocks_per_part(self.vol) * bs)
@@ -383,8 +409,10 @@ class FileContent:
 
     def _spill(self) -> None:
         """Move dirty blocks to the encrypted spool while over budget (the
-        highest block, likely still being appended to, stays)."""
-        if len(self.dirty) * self.block_size <= self.dirty_limit:
+        highest block, likely still being appended to, stays), or while
+        the files of the mount together are over theirs."""
+        if len(self.dirty) * self.block_size <= self.dirty_limit and (
+                len(self.dirty) <= 1 or self.budget is None or not self.budget.over()):
             return
         spool = self._spool()
         top = max(self.dirty)

@@ -51,7 +51,7 @@ from typing import Iterable
 from ..errors import FsError, NotFound, PreconditionFailed, SealfsError, WouldBlock
 from ..volume import KIND_FILE, ROOT_ID, Entry, Volume, check_name, now_ns
 from .cache import BlockCache
-from .content import FileContent
+from .content import DirtyBudget, FileContent
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ ROOT_INO = 1
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_SIZE_MAX = 65536
+#: The dirty blocks in memory of all files together: this many times
+#: dirty_size (see DirtyBudget).
+DIRTY_TOTAL_FACTOR = 4
 #: All xattrs of one entry together, names and values: a bound on what one
 #: entry costs in memory wherever it is held (nodes, listings).
 XATTR_TOTAL_MAX = 128 * 1024
@@ -181,6 +184,7 @@ class Filesystem:
         vol.store.defer_sync()
         self.opts = options or Options()
         self.cache = BlockCache(self.opts.cache_bytes)
+        self.dirty_budget = DirtyBudget(DIRTY_TOTAL_FACTOR * self.opts.dirty_bytes)
         self._lock = threading.Lock()
         root = vol.root()
         self._nodes: dict[int, Node] = {ROOT_INO: Node(ROOT_INO, root, ROOT_INO, lookups=1)}
@@ -783,7 +787,7 @@ class Filesystem:
             # name to another mount; what is written to it now becomes
             # another conflict copy at its next flush)
             node.content = FileContent(self.vol, node.entry, self.cache, self.spool_dir, self.opts.dirty_bytes,
-                                       new=node.unstored or not node.entry.etag)
+                                       new=node.unstored or not node.entry.etag, budget=self.dirty_budget)
         return node.content
 
     def _new_handle(self, node: Node, flags: int) -> int:

@@ -1,0 +1,146 @@
+"""Sparse file versions (docs/FORMAT.md, "Sparse files"), on both stores.
+
+A version with holes stores only its written blocks, listed in a sealed
+block map.  Holes read as zeros; a bucket writer who cuts a stored block
+out, swaps blocks, edits the map or puts another version's metadata on
+the object gets an integrity failure, never zeros for data.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import replace
+
+import pytest
+
+from sealfs.codec.blocks import BLOCK_OVERHEAD, MAX_FILE_SIZE
+from sealfs.codec.header import HEADER_SIZE
+from sealfs.errors import FsError, IntegrityError
+from sealfs.keys.slots import KeyFile
+from sealfs.volume import ROOT_ID, Volume
+
+BS = 4096
+
+
+@pytest.fixture
+def vol(store):
+    v = Volume.create(store, KeyFile("k", os.urandom(64)), block_size=BS)
+    yield v
+    v._pool.shutdown()
+
+
+def write(vol, name: bytes, size: int, blocks: dict[int, bytes], extents, *, entry=None, base=None):
+    """Store a version of ``size`` bytes whose block ``i`` is ``blocks[i]``
+    (padded with zeros to its length), the blocks in ``extents`` stored."""
+    e = entry or vol.new_file_entry(ROOT_ID, name, 0o644, 0, 0)
+
+    def block(i: int) -> bytes:
+        want = vol.layout.plain_block_len(i, size)
+        data = blocks.get(i, b"")[:want]
+        return data + bytes(want - len(data))
+
+    cond = {"if_match": e.etag} if entry else {"if_none_match": True}
+    return vol.write_content(e, size, block, base=base, extents=extents, **cond)
+
+
+def read_all(vol, name: bytes) -> bytes:
+    return b"".join(vol.reader(vol.lookup(ROOT_ID, name)).iter_chunks())
+
+
+def test_holes_are_not_stored_and_read_as_zeros(vol, store):
+    a, b = os.urandom(BS), os.urandom(BS)
+    size = 5 * BS + 100
+    e = write(vol, b"f", size, {1: a, 3: b}, [(1, 2), (3, 4)])
+    assert e.sparse
+    info = store.head(e.key)
+    assert info.size == e.object_size == HEADER_SIZE + 4 + 28 + 16 + 2 * 16 + 2 * (BS + BLOCK_OVERHEAD)
+    got = vol.lookup(ROOT_ID, b"f")
+    assert (got.size, got.sparse) == (size, True)
+    assert read_all(vol, b"f") == bytes(BS) + a + bytes(BS) + b + bytes(BS + 100)
+    # a petabyte of holes is a few bytes; its last block alone
+    huge = write(vol, b"huge", 10**15 + 1, {(10**15) // BS: b"z"}, [((10**15) // BS, (10**15) // BS + 1)])
+    assert store.head(huge.key).size == HEADER_SIZE + 4 + 28 + 16 + 16 + 1 + BLOCK_OVERHEAD
+    r = vol.reader(vol.lookup(ROOT_ID, b"huge"))
+    assert r.read(10**15 - 3, 10) == b"\0\0\0z"
+    assert r.read(123456789, 5) == bytes(5)
+    # rewritten with every block: dense again, as before
+    full = write(vol, b"f", size, {1: a, 3: b}, None, entry=got, base=vol.reader(got))
+    assert not full.sparse and store.head(full.key).size == vol.layout.object_size_for(size)
+    assert read_all(vol, b"f") == bytes(BS) + a + bytes(BS) + b + bytes(BS + 100)
+
+
+def test_a_partial_rewrite_of_a_sparse_file_reuses_its_blocks(vol):
+    a, b, c = os.urandom(BS), os.urandom(BS), os.urandom(BS)
+    write(vol, b"f", 100 * BS, {2: a, 50: b}, [(2, 3), (50, 51)])
+    e = vol.lookup(ROOT_ID, b"f")
+    base = vol.reader(e)
+    # block 50 stays (a copy of its ciphertext), block 70 is new, 2 is now a hole
+    stored = {70: c}
+
+    def block(i):
+        return stored.get(i)  # None: unchanged (block 50, copied from the base)
+
+    e2 = vol.write_content(e, 100 * BS, block, base=base, extents=[(50, 51), (70, 71)], if_match=e.etag)
+    assert e2.sparse
+    r = vol.reader(vol.lookup(ROOT_ID, b"f"))
+    assert r.read(2 * BS, BS) == bytes(BS)
+    assert r.read(50 * BS, BS) == b
+    assert r.read(70 * BS, BS) == c
+    assert r.extents() == [(50, 51), (70, 71)]
+
+
+def test_sizes_above_the_maximum_are_refused(vol):
+    with pytest.raises(FsError) as info:
+        write(vol, b"f", MAX_FILE_SIZE + 1, {}, [])
+    assert info.value.errno == errno.EFBIG
+    e = write(vol, b"g", MAX_FILE_SIZE, {}, [])
+    assert vol.lookup(ROOT_ID, b"g").size == MAX_FILE_SIZE and e.object_size < 200
+
+
+def tampered_reads_fail(vol, store, name: bytes, body: bytes, md: dict) -> None:
+    """Put ``body`` with metadata ``md`` under ``name``'s key, as a bucket
+    writer would; reading the file must fail, not return zeros."""
+    key = vol.lookup(ROOT_ID, name).key
+    store.put(key, body, md)
+    with pytest.raises(IntegrityError):
+        e = vol.lookup(ROOT_ID, name)
+        b"".join(vol.reader(e).iter_chunks())
+
+
+def test_a_bucket_writer_cannot_turn_data_into_holes(vol, store):
+    a, b, c = os.urandom(BS), os.urandom(BS), os.urandom(BS)
+    dense = write(vol, b"f", 6 * BS, {0: a, 3: b, 4: c}, None)
+    dense_body, dense_info = store.get_object(dense.key)
+    e = write(vol, b"f", 6 * BS, {0: a, 3: b, 4: c}, [(0, 1), (3, 5)],
+              entry=vol.lookup(ROOT_ID, b"f"))
+    body, info = store.get_object(e.key)
+    md = info.metadata
+    r = vol.reader(vol.lookup(ROOT_ID, b"f"))
+    assert r.extents() == [(0, 1), (3, 5)]
+    blocks_at = r.block_map().offsets[1]  # where block 3 starts
+    sb = BS + BLOCK_OVERHEAD
+    map_len = int.from_bytes(body[HEADER_SIZE:HEADER_SIZE + 4], "big")
+    cases = {
+        "block 3 cut out": body[:blocks_at] + body[blocks_at + sb:],
+        "blocks 3 and 4 cut out": body[:blocks_at],
+        "blocks 3 and 4 swapped": body[:blocks_at] + body[blocks_at + sb:] + body[blocks_at:blocks_at + sb],
+        "a byte of the map flipped": body[:HEADER_SIZE + 30] + bytes([body[HEADER_SIZE + 30] ^ 1])
+        + body[HEADER_SIZE + 31:],
+        "the map's length raised": body[:HEADER_SIZE] + (map_len + sb).to_bytes(4, "big") + body[HEADER_SIZE + 4:],
+        "a block appended": body + body[blocks_at:blocks_at + sb],
+    }
+    for what, bad in cases.items():
+        try:
+            tampered_reads_fail(vol, store, b"f", bad, md)
+        except pytest.fail.Exception:
+            raise AssertionError(f"{what}: read without an integrity failure") from None
+    # the dense version's metadata on the sparse object, and the reverse
+    tampered_reads_fail(vol, store, b"f", body, dense_info.metadata)
+    tampered_reads_fail(vol, store, b"f", dense_body, md)
+    # another size in m than the one sealed in the map
+    fake = replace(e, size=7 * BS)
+    tampered_reads_fail(vol, store, b"f", body, vol._prepare_meta(fake))
+    # and the genuine object still reads
+    store.put(e.key, body, md)
+    assert read_all(vol, b"f") == a + bytes(2 * BS) + b + c + bytes(BS)
