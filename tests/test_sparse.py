@@ -9,13 +9,19 @@ the object gets an integrity failure, never zeros for data.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import struct
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sealfs.codec.blocks import BLOCK_OVERHEAD, MAX_FILE_SIZE
-from sealfs.codec.header import HEADER_SIZE
+from sealfs.codec.blocks import BLOCK_OVERHEAD, MAX_FILE_SIZE, BlockMap, FileCipher, Layout
+from sealfs.codec.header import HEADER_SIZE, open_header
 from sealfs.errors import FsError, IntegrityError
 from sealfs.keys.slots import KeyFile
 from sealfs.volume import ROOT_ID, Volume
@@ -144,3 +150,86 @@ def test_a_bucket_writer_cannot_turn_data_into_holes(vol, store):
     # and the genuine object still reads
     store.put(e.key, body, md)
     assert read_all(vol, b"f") == a + bytes(2 * BS) + b + c + bytes(BS)
+
+
+# -- the test vectors (tests/vectors/sparse.json) ---------------------------------------------
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "sparse.json").read_text())
+KEKS = {int(g): bytes.fromhex(k) for g, k in VECTORS["keks"].items()}
+POSITIVE = [v for v in VECTORS["vectors"] if v["expect"] == "success"]
+NEGATIVE = [v for v in VECTORS["vectors"] if v["expect"] == "integrity failure"]
+
+
+def open_sparse(obj: bytes, sz: int) -> tuple[FileCipher, BlockMap]:
+    """Open a sparse object as FORMAT.md says: the header, the map (whose
+    size must be ``sz``), the object size the map implies."""
+    header, dek = open_header(obj[:HEADER_SIZE], lambda g: KEKS.get(g))
+    layout = Layout(header.block_size)
+    cipher = FileCipher(dek, header.file_id, layout)
+    if len(obj) < HEADER_SIZE + 4:
+        raise IntegrityError("too short")
+    length = int.from_bytes(obj[HEADER_SIZE:HEADER_SIZE + 4], "big")
+    if HEADER_SIZE + 4 + length > len(obj):
+        raise IntegrityError("map runs past the object")
+    extents = cipher.open_map(obj[HEADER_SIZE + 4:HEADER_SIZE + 4 + length], sz)
+    block_map = BlockMap(layout, sz, extents, HEADER_SIZE + 4 + length)
+    if block_map.end != len(obj):
+        raise IntegrityError("object size is not the map's")
+    return cipher, block_map
+
+
+def read_sparse(obj: bytes, sz: int, offset: int, length: int) -> bytes:
+    cipher, block_map = open_sparse(obj, sz)
+    layout = cipher.layout
+    bs = layout.block_size
+    out = b""
+    for i in range(offset // bs, -(-min(sz, offset + length) // bs)):
+        if block_map.is_hole(i):
+            out += bytes(layout.plain_block_len(i, sz))
+        else:
+            start, end = block_map.sealed_range(i, i + 1)
+            out += cipher.open_span(i, obj[start:end], sz)[0]
+    skip = offset - (offset // bs) * bs
+    return out[skip:skip + length]
+
+
+def test_sparse_vectors_cover_success_and_failure():
+    assert len(POSITIVE) == 3 and len(NEGATIVE) >= 8
+    assert {v["object_size"] for v in POSITIVE} >= {140, 185}  # (the sizes FORMAT.md works out)
+
+
+@pytest.mark.parametrize("v", POSITIVE, ids=lambda v: v["name"])
+def test_sparse_vector_opens_to_its_plaintext(v):
+    obj = bytes.fromhex(v["object"])
+    cipher, block_map = open_sparse(obj, v["sz"])
+    assert [list(e) for e in block_map.extents] == v["extents"]
+    for r in v["reads"]:
+        want = bytes.fromhex(r["plaintext"])
+        assert read_sparse(obj, v["sz"], r["offset"], len(want)) == want
+
+
+@pytest.mark.parametrize("v", NEGATIVE, ids=lambda v: v["name"])
+def test_sparse_vector_with_integrity_failure_is_refused(v):
+    obj = bytes.fromhex(v["object"])
+    with pytest.raises(IntegrityError):
+        read_sparse(obj, v["sz"], 0, v["sz"])
+
+
+def test_far_byte_vector_decrypts_with_raw_primitives():
+    """An independent reader of one sparse object, from FORMAT.md alone."""
+    v = next(v for v in POSITIVE if v["sz"] == 10**15 + 1)
+    obj = bytes.fromhex(v["object"])
+    _, _, shift, _, generation, file_id = struct.unpack(">8sBBHI16s", obj[:32])
+    dek = AESGCM(KEKS[generation]).decrypt(obj[32:44], obj[44:92], obj[:32])
+    length = int.from_bytes(obj[92:96], "big")
+    sealed_map = obj[96:96 + length]
+    map_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=file_id, info=b"sealfs v1 block map key").derive(dek)
+    plain = AESGCM(map_key).decrypt(sealed_map[:12], sealed_map[12:], b"sealfs block map " + file_id)
+    size, count, first, stop = struct.unpack(">QQQQ", plain)
+    assert (size, count, stop - first) == (10**15 + 1, 1, 1)
+    block = obj[96 + length:]
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=file_id,
+               info=b"sealfs v1 block key " + first.to_bytes(8, "big")).derive(dek)
+    aad = file_id + first.to_bytes(8, "big") + b"\x01"  # the last block of the file
+    assert AESGCM(key).decrypt(block[:12], block[12:], aad) == b"z"
+    assert first << shift == 10**15
