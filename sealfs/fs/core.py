@@ -127,10 +127,12 @@ class Attr:
     mtime_ns: int
     ctime_ns: int
     blksize: int
+    #: Bytes the file takes in the store, if not its size (a sparse version).
+    stored: int | None = None
 
     @property
     def blocks(self) -> int:
-        return -(-self.size // 512)
+        return -(-(self.size if self.stored is None else self.stored) // 512)
 
 
 @dataclass
@@ -298,8 +300,11 @@ class Filesystem:
             nlink = 2 + node.subdirs
         else:
             nlink = 0 if node.orphan else 1
+        # (a sparse version as stored: its object size; with changes not yet
+        # uploaded, the size, as for any file)
+        stored = e.object_size if e.sparse and (node.content is None or not node.content.changed) else None
         return Attr(node.ino, e.mode, nlink, e.uid, e.gid, size, e.mtime_ns, e.mtime_ns, e.ctime_ns,
-                    self.vol.layout.block_size)
+                    self.vol.layout.block_size, stored)
 
     def incref(self, ino: int, n: int = 1) -> None:
         with self._lock:

@@ -92,6 +92,7 @@ def test_a_huge_truncate_costs_nothing(mounted):
         os.close(fd)
     check_bound(m, before, "truncate to 10^15 bytes, then a write at 2*10^15")
     assert stored_bytes(m) < MIB, "the store holds the holes"
+    assert p.stat().st_blocks * 512 < MIB, "st_blocks counts the holes"
 
     m.remount()
     before = peak_rss(m)
