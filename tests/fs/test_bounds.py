@@ -175,6 +175,11 @@ def test_sizes_above_the_maximum_are_efbig(mounted):
     try:
         with raises_errno(errno.EFBIG):
             os.pwrite(fd, b"x", MAX_FILE_SIZE)
+        # the kernel's own limit (FUSE's s_maxbytes) is 2^63 - 1: it passes these on
+        with raises_errno(errno.EFBIG):
+            os.pwrite(fd, b"x", 2**63 - 2)
+        with raises_errno(errno.EFBIG):
+            os.ftruncate(fd, 2**63 - 1)
         assert os.pwrite(fd, b"yz", MAX_FILE_SIZE - 1) == 1
         assert pread_all(fd, 10, MAX_FILE_SIZE - 5) == b"\0\0\0\0y"
         os.fsync(fd)
