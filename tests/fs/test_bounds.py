@@ -288,3 +288,26 @@ def test_many_files_written_at_once_share_one_memory_budget(make_mount):
                 assert f.read(len(chunk)) == chunk
             f.seek(n)
             assert f.read(MIB) == bytes(MIB)
+
+
+def test_a_file_sent_while_written_then_truncated_far(mounted):
+    """20 MiB written from the start (sent to the store while written: S3
+    parts, appends on a file:// store), then ftruncate to 10^15 bytes before
+    the close: stored sparse, the 20 MiB kept, nothing of the rest."""
+    m = mounted
+    p = m.path / "grown"
+    data = os.urandom(20 * MIB)
+    before = peak_rss(m)
+    with open(p, "wb") as f:
+        for pos in range(0, len(data), MIB):
+            f.write(data[pos:pos + MIB])
+        f.flush()
+        os.ftruncate(f.fileno(), HUGE)
+    assert p.stat().st_size == HUGE
+    assert stored_bytes(m) < len(data) + MIB
+    check_bound(m, before, "a 20 MiB file truncated to 10^15 bytes")
+    m.remount()
+    with open(p, "rb") as f:
+        assert f.read(len(data) + 4096) == data + bytes(4096)
+        f.seek(HUGE - 1)
+        assert f.read() == b"\0"
