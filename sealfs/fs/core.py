@@ -64,7 +64,7 @@ XATTR_SIZE_MAX = 65536
 DIRTY_TOTAL_FACTOR = 4
 #: All xattrs of one entry together, names and values: a bound on what one
 #: entry costs in memory wherever it is held (nodes, listings).
-XATTR_TOTAL_MAX = 128 * 1024
+XATTR_TOTAL_MAX = 2 * 1024 * 1024
 #: Files up to this size opened for reading are read whole at open (in the
 #: request that revalidates them).
 OPEN_READ_BYTES = 256 * 1024
