@@ -20,7 +20,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sealfs.codec.blocks import BLOCK_OVERHEAD, MAX_FILE_SIZE, BlockMap, FileCipher, Layout
+from sealfs.codec.blocks import (
+    BLOCK_OVERHEAD,
+    MAX_FILE_SIZE,
+    BlockMap,
+    FileCipher,
+    Layout,
+)
 from sealfs.codec.header import HEADER_SIZE, open_header
 from sealfs.errors import FsError, IntegrityError
 from sealfs.keys.slots import KeyFile
@@ -201,7 +207,7 @@ def test_sparse_vectors_cover_success_and_failure():
 @pytest.mark.parametrize("v", POSITIVE, ids=lambda v: v["name"])
 def test_sparse_vector_opens_to_its_plaintext(v):
     obj = bytes.fromhex(v["object"])
-    cipher, block_map = open_sparse(obj, v["sz"])
+    _, block_map = open_sparse(obj, v["sz"])
     assert [list(e) for e in block_map.extents] == v["extents"]
     for r in v["reads"]:
         want = bytes.fromhex(r["plaintext"])

@@ -18,13 +18,12 @@ Not thread-safe by itself: the filesystem core holds the node's lock.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import weakref
 from concurrent.futures import Future
 from typing import Callable
-
-import errno
 
 from ..codec.blocks import MAX_FILE_SIZE
 from ..errors import FsError, IntegrityError, PreconditionFailed, StoreError, WouldBlock
@@ -56,7 +55,7 @@ class DirtyBudget:
         self._files: weakref.WeakSet[FileContent] = weakref.WeakSet()
         self._lock = threading.Lock()
 
-    def add(self, content: "FileContent") -> None:
+    def add(self, content: FileContent) -> None:
         with self._lock:
             self._files.add(content)
 

@@ -17,12 +17,10 @@ import errno
 import os
 from pathlib import Path
 
-import pytest
+from conftest import daemon_pids, raises_errno, sealfs  # tests/fs/conftest.py
 
 from sealfs.codec.blocks import MAX_FILE_SIZE
 from sealfs.fs.core import XATTR_SIZE_MAX, XATTR_TOTAL_MAX
-
-from conftest import daemon_pids, raises_errno, sealfs  # tests/fs/conftest.py
 
 #: What pjdfstest truncate/12.t asks for.
 HUGE = 999_999_999_999_999
@@ -146,7 +144,8 @@ def test_scattered_writes_store_only_what_was_written(mounted):
         assert os.fstat(fd).st_size == 999 * step + len(chunk)
         for k in (0, 1, 500, 999):
             assert pread_all(fd, len(chunk), k * step) == chunk
-            assert pread_all(fd, 4096, k * step + len(chunk)) == bytes(min(4096, 999 * step + len(chunk) - (k * step + len(chunk))))
+            after = k * step + len(chunk)  # (a hole, up to the end of the file)
+            assert pread_all(fd, 4096, after) == bytes(min(4096, 999 * step + len(chunk) - after))
         os.pwrite(fd, b"!", 500 * step)
         os.fsync(fd)
     finally:
@@ -299,8 +298,7 @@ def test_a_file_sent_while_written_then_truncated_far(mounted):
     data = os.urandom(20 * MIB)
     before = peak_rss(m)
     with open(p, "wb") as f:
-        for pos in range(0, len(data), MIB):
-            f.write(data[pos:pos + MIB])
+        f.writelines(data[pos:pos + MIB] for pos in range(0, len(data), MIB))
         f.flush()
         os.ftruncate(f.fileno(), HUGE)
     assert p.stat().st_size == HUGE
