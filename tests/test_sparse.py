@@ -239,3 +239,19 @@ def test_far_byte_vector_decrypts_with_raw_primitives():
     aad = file_id + first.to_bytes(8, "big") + b"\x01"  # the last block of the file
     assert AESGCM(key).decrypt(block[:12], block[12:], aad) == b"z"
     assert first << shift == 10**15
+
+
+def test_rekey_keeps_a_sparse_file_sparse(vol, store):
+    """sealfs rekey re-wraps the DEK of a sparse file and keeps its map and
+    blocks: still sparse, same contents, the new generation."""
+    a = os.urandom(BS)
+    write(vol, b"f", 10**12, {7: a}, [(7, 8)])
+    vol.config.rotate(vol.keyring)
+    vol.save_config()
+    e = vol.lookup(ROOT_ID, b"f")
+    assert vol.rekey_file(e)
+    e = vol.lookup(ROOT_ID, b"f")
+    r = vol.reader(e)
+    assert e.sparse and r.header().generation == vol.keyring.current
+    assert r.extents() == [(7, 8)] and r.read(7 * BS, BS) == a and r.read(10**12 - 5, 5) == bytes(5)
+    assert store.head(e.key).size < 2 * BS
