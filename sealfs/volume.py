@@ -752,6 +752,8 @@ class FileReader:
 
     #: Bytes of a sparse object read after the header with it, in one GET.
     MAP_PEEK = 4096
+    #: Most blocks :meth:`preload` gives (a small file read whole at open).
+    PRELOAD_BLOCKS = 1024
 
     def __init__(self, vol: Volume, e: Entry):
         self.vol = vol
@@ -851,8 +853,8 @@ class FileReader:
         object (as :meth:`Volume.load` read it); None if ``body`` does not
         hold the whole object."""
         end = self.entry.object_size if self.sparse else self.layout.object_size_for(self.size)
-        if len(body) < end:
-            return None
+        if len(body) < end or self.block_count() > self.PRELOAD_BLOCKS:
+            return None  # (or holes far larger than the body, which would all become zeros here)
         self._load_header(memoryview(body)[:end])
         view = memoryview(body)
         return self._open_blocks(0, self.block_count(), lambda start, stop: view[start:stop])
