@@ -387,7 +387,7 @@ class FileContent:
     def truncate(self, new_size: int) -> None:
         if not 0 <= new_size <= MAX_FILE_SIZE:
             raise FsError(errno.EFBIG if new_size > 0 else errno.EINVAL,
-                          f"size {new_size} is above the maximum file size ({MAX_FILE_SIZE})")
+                          f"size {new_size} is outside 0 to the maximum file size, {MAX_FILE_SIZE}")
         bs = self.block_size
         if self._parts is not None and new_size <= self._parts.next_block * bs:
             self._abort_parts()  # a sent block would become the last, or go
