@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
+from ..codec.blocks import MAX_FILE_SIZE
 from ..errors import FsError, NotFound, PreconditionFailed, SealfsError, WouldBlock
 from ..volume import KIND_FILE, ROOT_ID, Entry, Volume, check_name, now_ns
 from .cache import BlockCache
@@ -424,6 +425,8 @@ class Filesystem:
                     raise FsError(errno.EISDIR, "is a directory")
                 if not e.is_file:
                     raise FsError(errno.EINVAL, "not a regular file")
+                if size > MAX_FILE_SIZE:  # (before any state is made for it)
+                    raise FsError(errno.EFBIG, f"size {size} is above the maximum file size, {MAX_FILE_SIZE}")
                 content = self._content(node)
                 content.truncate(size)
                 changes["mtime_ns"] = mtime_ns if mtime_ns is not None else t
