@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import daemon_pids, raises_errno, sealfs  # tests/fs/conftest.py
 
 from sealfs.codec.blocks import MAX_FILE_SIZE
@@ -64,16 +67,45 @@ def pread_all(fd: int, length: int, offset: int) -> bytes:
     return out
 
 
-def test_a_huge_truncate_costs_nothing(mounted):
-    """truncate(2) to 999,999,999,999,999 bytes: the size is there, the far
-    end reads as zeros, a byte written beyond it reads back, before and
-    after a remount; the store holds kilobytes; the daemon's peak memory
-    does not move."""
+#: What pjdfstest truncate/12.t does, as a program: truncate(2) to HUGE,
+#: then print the errno (0) and the size stat(2) gives.
+TRUNCATE_C = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct stat st;
+    int err = truncate(argv[1], 999999999999999LL) == 0 ? 0 : errno;
+    if (stat(argv[1], &st) != 0) return 2;
+    printf("%d %lld\n", err, (long long)st.st_size);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def truncate_program(tmp_path_factory) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("no C compiler (cc) to build the test program")
+    top = tmp_path_factory.mktemp("bounds-programs")
+    (top / "truncate.c").write_text(TRUNCATE_C)
+    subprocess.run([cc, "-O1", "-o", str(top / "truncate"), str(top / "truncate.c")], check=True, capture_output=True)
+    return top / "truncate"
+
+
+def test_a_huge_truncate_costs_nothing(mounted, truncate_program):
+    """truncate(2) to 999,999,999,999,999 bytes (by a program, as pjdfstest
+    does): the size is there, the far end reads as zeros, a byte written
+    beyond it reads back, before and after a remount; the store holds
+    kilobytes; the daemon's peak memory does not move."""
     m = mounted
     p = m.path / "big"
     p.write_bytes(b"head")
     before = peak_rss(m)
-    os.truncate(p, HUGE)
+    out = subprocess.run([str(truncate_program), str(p)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", str(HUGE)]
     assert p.stat().st_size == HUGE
     far = 2 * 10**15
     fd = os.open(p, os.O_RDWR)
