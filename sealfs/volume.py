@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from .codec import crypto
-from .codec.blocks import FileCipher, Layout
+from .codec.blocks import MAP_LEN_SIZE, MAX_FILE_SIZE, MAX_MAP_EXTENTS, BlockMap, FileCipher, Layout
 from .codec.header import HEADER_SIZE, open_header, peek_header, seal_header
 from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
@@ -57,6 +57,8 @@ _META_BUDGET = MAX_METADATA_BYTES - 64
 #: Files whose object is at most this big are written with one PUT.
 SINGLE_PUT_MAX = 16 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
+#: Bytes of parts a whole-file upload keeps in memory at once (at least one part).
+IN_FLIGHT_BYTES = 32 * 1024 * 1024
 KIND_FILE, KIND_DIR, KIND_LINK = "f", "d", "l"
 #: A symlink object is its target sealed by MetaCipher.seal_bytes.
 LINK_OVERHEAD = 4 + crypto.NONCE_SIZE + crypto.TAG_SIZE
@@ -141,6 +143,11 @@ class Entry:
     #: holds its mtime and ctime (set on versions uploaded in parts, whose
     #: metadata is fixed before their last write); None: times are in ``m``.
     times_record: bytes | None = None
+    #: A file version with holes, stored with a block map (its size is in
+    #: ``m``, field ``sz``): see docs/FORMAT.md, "Sparse files".
+    sparse: bool = False
+    #: The size of the object this entry was read from or written as.
+    object_size: int = 0
     #: (LastModified, the store's clock) in whole seconds when this entry
     #: was read with a HEAD or GET: see :meth:`Volume.unchanged`.  Not
     #: carried by ``dataclasses.replace``: a changed entry proves nothing.
@@ -222,6 +229,8 @@ class Volume:
              "mt": e.mtime_ns, "ct": e.ctime_ns}
         if e.xattrs:
             f["x"] = {_b64(k): _b64(v) for k, v in sorted(e.xattrs.items())}
+        if e.kind == KIND_FILE and e.sparse:
+            f["sz"] = e.size
         return f
 
     def _user_metadata(self, e: Entry, record: bytes | None = None) -> tuple[dict[str, str], bytes | None]:
@@ -277,7 +286,14 @@ class Volume:
                 e.mtime_ns, e.ctime_ns = self._recorded_times(e.id, e.times_record, what)
         except (KeyError, ValueError, TypeError):
             raise IntegrityError(f"{what}: metadata is malformed") from None
-        if kind == KIND_FILE:
+        e.object_size = size
+        if kind == KIND_FILE and "sz" in f:
+            e.sparse, e.size = True, f["sz"]
+            if type(e.size) is not int or not 0 <= e.size <= MAX_FILE_SIZE:
+                raise IntegrityError(f"{what}: sparse file size is malformed")
+            if size < HEADER_SIZE + MAP_LEN_SIZE:
+                raise IntegrityError(f"{what}: object of {size} bytes is too short to be a sparse sealfs file")
+        elif kind == KIND_FILE:
             e.size = self.layout.plain_size_for(size)
         elif kind == KIND_LINK:
             e.size = size - LINK_OVERHEAD
@@ -658,6 +674,7 @@ class Volume:
         if_none_match: bool = False,
         progress: Callable[[int], None] | None = None,
         sealed_block: Callable[[int, FileCipher], bytes | None] | None = None,
+        extents: list[tuple[int, int]] | None = None,
     ) -> Entry:
         """Write a new version of file ``e`` with ``size`` plaintext bytes.
 
@@ -670,11 +687,15 @@ class Volume:
         ``sealed_block(i, cipher)``, if given, may return a whole block (not
         the last) already sealed by ``cipher``, which is then stored as it is
         (blocks spooled to disk: see sealfs.fs.spool).
+        ``extents``, if given, are the runs of blocks to store, in order
+        (see BlockMap); the others are holes, and ``dirty_block`` is called
+        only for blocks in a run.  Unless they cover the whole file, the
+        version is stored sparse, with a block map.
         Returns the entry with its new etag; PreconditionFailed if the
         object's etag is no longer ``if_match``.
         """
-        writer = _ContentWriter(self, e, size, dirty_block, base, sealed_block=sealed_block)
-        new = replace(e, size=size)
+        writer = _ContentWriter(self, e, size, dirty_block, base, sealed_block=sealed_block, extents=extents)
+        new = replace(e, size=size, sparse=writer.sparse, object_size=writer.object_size)
         md = self._prepare_meta(new)
         new.etag = writer.upload(md, if_match=if_match, if_none_match=if_none_match, progress=progress)
         self._drop_side_objects(e, new)
@@ -687,7 +708,7 @@ class Volume:
         reader = self.reader(e)
         if reader.header().generation == self.keyring.current:
             return False
-        writer = _ContentWriter(self, e, e.size, lambda i: None, reader, rewrap=True)
+        writer = _ContentWriter(self, e, e.size, lambda i: None, reader, rewrap=True, extents=reader.extents())
         new = replace(e)
         md = self._prepare_meta(new)
         writer.upload(md, if_match=e.etag, if_none_match=False, progress=None)
@@ -723,7 +744,16 @@ def read_config(store: Store) -> tuple[VolumeConfig, str]:
 
 
 class FileReader:
-    """Authenticated random access to one version of a file object."""
+    """Authenticated random access to one version of a file object.
+
+    A sparse version's block map is read and checked with its header (one
+    ranged GET for both unless the map is large); its holes read as zeros
+    without a request."""
+
+    #: Bytes of a sparse object read after the header with it, in one GET.
+    MAP_PEEK = 4096
+    #: Most blocks :meth:`preload` gives (a small file read whole at open).
+    PRELOAD_BLOCKS = 1024
 
     def __init__(self, vol: Volume, e: Entry):
         self.vol = vol
@@ -731,45 +761,112 @@ class FileReader:
         self.size = e.size
         self.etag = e.etag
         self.layout = vol.layout
+        self.sparse = e.sparse
         self._cipher: FileCipher | None = None
         self._header: bytes = b""
+        self._map: BlockMap | None = None
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.entry.name.decode(errors="replace") or "/"
 
+    def _prefix_len(self) -> int:
+        """Bytes read at first access: the header, and a sparse object's map."""
+        if not self.sparse:
+            return HEADER_SIZE
+        return min(self.entry.object_size, HEADER_SIZE + MAP_LEN_SIZE + self.MAP_PEEK)
+
     def _load_header(self, raw: bytes | None = None) -> FileCipher:
+        """Open the header (and a sparse version's map) from ``raw``, the
+        start of the object, or read it."""
         with self._lock:
             if self._cipher is None:
                 if raw is None:
-                    raw = self._get(0, HEADER_SIZE)
+                    raw = self._get(0, self._prefix_len())
                 try:
-                    header, dek = open_header(raw, self.vol.keyring.kek)
+                    header, dek = open_header(bytes(raw[:HEADER_SIZE]), self.vol.keyring.kek)
                 except IntegrityError as exc:
                     raise IntegrityError(f"{self.name}: {exc}") from None
                 if header.file_id != self.entry.id:
                     raise IntegrityError(f"{self.name}: content belongs to another file")
                 if header.block_size != self.layout.block_size:
                     raise IntegrityError(f"{self.name}: block size differs from the volume's")
-                self._header = bytes(raw)
-                self._cipher = FileCipher(dek, header.file_id, self.layout, self.name)
+                cipher = FileCipher(dek, header.file_id, self.layout, self.name)
+                if self.sparse and self._map is None:
+                    self._map = self._open_map(cipher, raw[HEADER_SIZE:])
+                self._header = bytes(raw[:HEADER_SIZE])
+                self._cipher = cipher
             return self._cipher
+
+    def _open_map(self, cipher: FileCipher, prefix: bytes | memoryview) -> BlockMap:
+        """The block map of this sparse version from ``prefix``, the object's
+        bytes after the header (read further if the map is longer)."""
+        what = f"{self.name}: block map"
+        obj = self.entry.object_size
+        if len(prefix) < MAP_LEN_SIZE:
+            raise IntegrityError(f"{what}: object is shorter than its size says")
+        length = int.from_bytes(prefix[:MAP_LEN_SIZE], "big")
+        need = MAP_LEN_SIZE + length
+        if HEADER_SIZE + need > obj or length > 16 + 16 * MAX_MAP_EXTENTS + crypto.NONCE_SIZE + crypto.TAG_SIZE:
+            raise IntegrityError(f"{what}: its length is impossible")
+        if len(prefix) < need:
+            prefix = bytes(prefix) + self.read_sealed_range(HEADER_SIZE + len(prefix), HEADER_SIZE + need)
+        extents = cipher.open_map(memoryview(prefix)[MAP_LEN_SIZE:need], self.size)
+        block_map = BlockMap(self.layout, self.size, extents, HEADER_SIZE + need)
+        if block_map.end != obj:
+            raise IntegrityError(f"{what}: the object's size ({obj}) is not what its map says ({block_map.end})")
+        return block_map
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the header (and a sparse version's map) is in memory."""
+        return self._cipher is not None
+
+    def block_map(self) -> BlockMap | None:
+        """Where a sparse version's blocks are (None for a dense one)."""
+        if not self.sparse:
+            return None
+        self.cipher()
+        return self._map
+
+    def extents(self) -> list[tuple[int, int]]:
+        """The runs of blocks this version stores (a dense one: all)."""
+        block_map = self.block_map()
+        return list(block_map.extents) if block_map is not None else [(0, self.block_count())]
+
+    def is_hole(self, index: int) -> bool:
+        """Whether block ``index`` is a hole of a sparse version (zeros, not
+        stored)."""
+        block_map = self.block_map()
+        return block_map is not None and block_map.is_hole(index)
+
+    def block_range(self, index: int) -> tuple[int, int] | None:
+        """The object byte range of stored block ``index``; None for a hole."""
+        block_map = self.block_map()
+        if block_map is None:
+            return self.layout.sealed_range(index, index + 1, self.size)
+        return None if block_map.is_hole(index) else block_map.sealed_range(index, index + 1)
 
     def preload(self, body: bytes) -> list[bytes] | None:
         """Every block's plaintext from ``body``, the start of this version's
         object (as :meth:`Volume.load` read it); None if ``body`` does not
         hold the whole object."""
-        end = self.layout.object_size_for(self.size)
-        if len(body) < end:
-            return None
-        cipher = self._load_header(body[:HEADER_SIZE])
-        return cipher.open_span(0, memoryview(body)[HEADER_SIZE:end], self.size)
+        end = self.entry.object_size if self.sparse else self.layout.object_size_for(self.size)
+        if len(body) < end or self.block_count() > self.PRELOAD_BLOCKS:
+            return None  # (or holes far larger than the body, which would all become zeros here)
+        self._load_header(memoryview(body)[:end])
+        view = memoryview(body)
+        return self._open_blocks(0, self.block_count(), lambda start, stop: view[start:stop])
 
-    def adopt(self, other: "FileReader") -> None:
+    def adopt(self, other: "FileReader", same_content: bool = False) -> None:
         """Reuse ``other``'s authenticated header: same file, same DEK (a
-        version this process wrote itself, or the same object moved)."""
+        version this process wrote itself, or, ``same_content``, the same
+        object moved or given new metadata, whose block map stays)."""
         if other._cipher is not None and other.entry.id == self.entry.id:
+            if self.sparse and not (same_content and other.sparse and other._map is not None):
+                return  # (the map is read with the header)
+            self._map = other._map if self.sparse else None
             self._cipher, self._header = other._cipher, other._header
 
     def cipher(self) -> FileCipher:
@@ -785,9 +882,6 @@ class FileReader:
 
     def block_count(self) -> int:
         return self.layout.block_count(self.size)
-
-    def read_sealed(self, first: int, stop: int) -> bytes:
-        return self.read_sealed_range(*self.layout.sealed_range(first, stop, self.size))
 
     def _get(self, start: int, end: int) -> bytes:
         """Bytes of *this* version of the object: never a mix of two."""
@@ -805,11 +899,33 @@ class FileReader:
 
     def read_blocks(self, first: int, stop: int) -> list[bytes]:
         """Plaintext of blocks ``first..stop-1`` (clipped to the file)."""
+        return self._open_blocks(first, stop, self.read_sealed_range)
+
+    def _open_blocks(self, first: int, stop: int, fetch: Callable[[int, int], bytes | memoryview]) -> list[bytes]:
+        """Blocks ``first..stop-1`` (clipped), their stored bytes from
+        ``fetch(start, end)``, one call per run of stored blocks; holes are
+        zeros."""
         stop = min(stop, self.block_count())
         if first >= stop:
             return []
         cipher = self.cipher()
-        return cipher.open_span(first, self.read_sealed(first, stop), self.size)
+        block_map = self._map if self.sparse else None
+        if block_map is None:
+            return cipher.open_span(first, fetch(*self.layout.sealed_range(first, stop, self.size)), self.size)
+        out: list[bytes] = []
+        i = first
+        while i < stop:
+            j = block_map.at_or_after(i)
+            run_first, run_stop = block_map.extents[j] if j is not None else (stop, stop)
+            if run_first > i:  # a hole up to the next stored block
+                hole_stop = min(stop, run_first)
+                out += [bytes(self.layout.plain_block_len(k, self.size)) for k in range(i, hole_stop)]
+                i = hole_stop
+                continue
+            run_stop = min(stop, run_stop)
+            out += cipher.open_span(i, fetch(*block_map.sealed_range(i, run_stop)), self.size)
+            i = run_stop
+        return out
 
     def read(self, offset: int, length: int) -> bytes:
         if offset >= self.size or length <= 0:
@@ -821,13 +937,17 @@ class FileReader:
         return data[offset - first * bs : end - first * bs]
 
     def stream(self, first: int) -> "BlockStream":
-        """Blocks ``first``, ``first+1``, … of this version from one request."""
+        """Blocks ``first``, ``first+1``, … of this (dense) version from one request."""
+        if self.sparse:
+            raise ValueError("a sparse version is read by ranges")
         return BlockStream(self, first)
 
-    def iter_chunks(self, chunk_blocks: int = 64) -> Iterator[bytes]:
-        n = self.block_count()
-        for first in range(0, n, chunk_blocks):
-            yield b"".join(self.read_blocks(first, min(n, first + chunk_blocks)))
+    def iter_chunks(self, chunk_blocks: int = 64, holes: bool = True) -> Iterator[bytes]:
+        """The plaintext in order, at most ``chunk_blocks`` blocks at a time;
+        without ``holes``, only the blocks stored (to check them all)."""
+        for a, b in self.extents() if not holes else [(0, self.block_count())]:
+            for first in range(a, b, chunk_blocks):
+                yield b"".join(self.read_blocks(first, min(b, first + chunk_blocks)))
 
 
 class BlockStream:
@@ -880,7 +1000,10 @@ class _ContentWriter:
 
     def __init__(self, vol: Volume, e: Entry, size: int, dirty_block: Callable[[int], bytes | None],
                  base: FileReader | None, rewrap: bool = False,
-                 sealed_block: Callable[[int, FileCipher], bytes | None] | None = None):
+                 sealed_block: Callable[[int, FileCipher], bytes | None] | None = None,
+                 extents: list[tuple[int, int]] | None = None):
+        if not 0 <= size <= MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG, f"file size {size} is above the maximum ({MAX_FILE_SIZE})")
         self.vol = vol
         self.e = e
         self.size = size
@@ -894,10 +1017,24 @@ class _ContentWriter:
             self.header = vol._new_header(e.id, cipher.dek) if rewrap else base.header_bytes()
         else:
             self.cipher, self.header = vol._new_key(e)
-        self.object_size = self.layout.object_size_for(size)
+        n = self.layout.block_count(size)
+        self.extents = [(0, n)] if extents is None else extents
+        #: Holes are left out: the version is stored with a block map.
+        self.sparse = self.extents != [(0, n)]
+        if self.sparse:
+            if len(self.extents) > MAX_MAP_EXTENTS:
+                raise FsError(errno.EFBIG, f"{len(self.extents)} runs of data between holes is above the "
+                                           f"maximum ({MAX_MAP_EXTENTS})")
+            self.map = self.cipher.seal_map(size, self.extents)
+            self.block_map = BlockMap(self.layout, size, self.extents, HEADER_SIZE + len(self.map))
+            self.object_size = self.block_map.end
+        else:
+            self.object_size = self.layout.object_size_for(size)
 
     def segments(self) -> Iterator[tuple]:
         yield ("bytes", self.header)
+        if self.sparse:
+            yield ("bytes", self.map)
         lay = self.layout
         n = lay.block_count(self.size)
         base_n = self.base.block_count() if self.base is not None else 0
@@ -909,15 +1046,16 @@ class _ContentWriter:
         if self.base is not None:
             same_size = self.base.size == self.size
             reusable_stop = n if same_size else min(n - 1, base_n - 1)
-        for i in range(n):
+        for i in (i for a, b in self.extents for i in range(a, b)):
             if i < n - 1 and self.sealed_block is not None:
                 sealed = self.sealed_block(i, self.cipher)
                 if sealed is not None:
                     yield ("bytes", sealed)
                     continue
             plain = self.dirty_block(i)
-            if plain is None and i < reusable_stop:
-                yield ("copy", *lay.sealed_range(i, i + 1, self.size))
+            where = self.base.block_range(i) if plain is None and i < reusable_stop else None  # type: ignore[union-attr]
+            if where is not None:
+                yield ("copy", *where)
                 continue
             if plain is None:
                 want = lay.plain_block_len(i, self.size)
@@ -980,7 +1118,9 @@ class _ContentWriter:
         part_size = self._part_size()
         upload_id = store.create_multipart(key, md)
         futures = []
-        inflight = threading.BoundedSemaphore(4)
+        # (parts grow past 8 MiB for objects over 80 GB: keep at most
+        # max(IN_FLIGHT_BYTES, one part) of them in memory)
+        inflight = threading.BoundedSemaphore(max(1, min(4, IN_FLIGHT_BYTES // part_size)))
         try:
             number = 0
             for part in _cut_parts(self._merged(), part_size):
@@ -1172,7 +1312,7 @@ class AppendStream(_WhileWritten):
         sent = self.writer.size
         try:
             self._send_rest(size, block, sealed_block)
-            new = replace(e, size=size)
+            new = replace(e, size=size, sparse=False, object_size=self.vol.layout.object_size_for(size))
             new.etag = self.writer.commit(self.vol._prepare_meta(new), if_match=if_match,
                                           if_none_match=if_none_match)
         except BaseException:
@@ -1206,9 +1346,9 @@ class PartStream(_WhileWritten):
 
     def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
         super().__init__(vol, e, cipher, header)
-        self.fields = _untimed(vol._fields(e))
+        started = replace(e, sparse=False)  # (it is written from its start, every block)
+        self.fields = _untimed(vol._fields(started))
         self.times_record = crypto.random_bytes(TIMES_NONCE_SIZE)
-        started = replace(e)
         self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(started, self.times_record))
         #: Whether the metadata the upload started with moved xattrs to x/.
         self.overflow = started.overflow
@@ -1237,7 +1377,8 @@ class PartStream(_WhileWritten):
         parts = [f.result() for f in self._futures]
         vol = self.vol
         # The record first: the completed object names it.
-        new = replace(e, size=size, overflow=self.overflow, times_record=self.times_record)
+        new = replace(e, size=size, sparse=False, object_size=vol.layout.object_size_for(size),
+                      overflow=self.overflow, times_record=self.times_record)
         vol.put_times(new, self.times_record)
         try:
             new.etag = vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match,

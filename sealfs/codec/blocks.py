@@ -17,19 +17,35 @@ truncation and appending.
 
 Offset functions are named by direction and refuse sizes that cannot occur
 rather than guessing.
+
+A *sparse* version (one with holes: blocks never written, which read as
+zeros) stores only some blocks, listed in a sealed block map after the
+header (see :class:`BlockMap` and docs/FORMAT.md, "Sparse files")::
+
+    header || u32(len(map)) || map || the stored blocks, in index order
 """
 
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..errors import IntegrityError
-from .crypto import NONCE_SIZE, TAG_SIZE, block_key, seal, unseal
+from .crypto import NONCE_SIZE, TAG_SIZE, block_key, block_map_key, seal, unseal
 from .header import HEADER_SIZE
 
 BLOCK_OVERHEAD = NONCE_SIZE + TAG_SIZE
+#: The largest plaintext size of a file (1 EiB): far beyond any store, yet
+#: every offset computed from it stays below 2**63 (the kernel's off_t).
+MAX_FILE_SIZE = 1 << 60
+#: Extents (runs of stored blocks) a block map may list: at most 16 MiB.
+MAX_MAP_EXTENTS = 1 << 20
+_MAP_HEAD = struct.Struct(">QQ")
+_EXTENT = struct.Struct(">QQ")
+_MAP_LEN = struct.Struct(">I")
+MAP_LEN_SIZE = _MAP_LEN.size
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,57 @@ class Layout:
     def plain_block_len(self, index: int, plain_size: int) -> int:
         """Plaintext bytes held by block ``index`` of a file of ``plain_size``."""
         return max(0, min(self.block_size, plain_size - index * self.block_size))
+
+
+def map_aad(file_id: bytes) -> bytes:
+    return b"sealfs block map " + file_id
+
+
+class BlockMap:
+    """Which blocks a sparse version stores, and where: ``extents`` are
+    ``(first, stop)`` runs of block indices in increasing order, neither
+    empty nor touching; every other block of the file is a hole.  Offsets
+    are of the object: the stored blocks start at ``data_start``."""
+
+    def __init__(self, layout: Layout, size: int, extents: list[tuple[int, int]], data_start: int):
+        self.layout = layout
+        self.size = size
+        self.extents = extents
+        self.data_start = data_start
+        self.starts = [a for a, _ in extents]
+        self.offsets = []
+        pos = data_start
+        for a, b in extents:
+            self.offsets.append(pos)
+            pos += self.run_bytes(a, b)
+        self.end = pos  # the object's size
+
+    def run_bytes(self, first: int, stop: int) -> int:
+        """Sealed bytes of blocks ``first..stop-1`` (the last may be short)."""
+        lay = self.layout
+        return (stop - first - 1) * lay.sealed_block_size + lay.plain_block_len(stop - 1, self.size) + BLOCK_OVERHEAD
+
+    def at_or_after(self, index: int) -> int | None:
+        """The extent holding ``index`` or, if ``index`` is a hole, the next
+        one; None when no block is stored from ``index`` on."""
+        j = bisect_right(self.starts, index) - 1
+        if j >= 0 and self.extents[j][1] > index:
+            return j
+        return j + 1 if j + 1 < len(self.extents) else None
+
+    def is_hole(self, index: int) -> bool:
+        j = self.at_or_after(index)
+        return j is None or self.extents[j][0] > index
+
+    def sealed_range(self, first: int, stop: int) -> tuple[int, int]:
+        """Object byte range of stored blocks ``first..stop-1``, which must
+        lie in one extent."""
+        j = self.at_or_after(first)
+        if j is None or not self.extents[j][0] <= first < stop <= self.extents[j][1]:
+            raise ValueError(f"blocks {first}..{stop} are not stored together")
+        a = self.extents[j][0]
+        start = self.offsets[j] + (first - a) * self.layout.sealed_block_size
+        return start, start + self.run_bytes(first, stop)
 
 
 def block_aad(file_id: bytes, index: int, last: bool) -> bytes:
@@ -141,6 +208,37 @@ class FileCipher:
             index += 1
             pos += size
         return out
+
+    def seal_map(self, size: int, extents: list[tuple[int, int]], nonce: bytes | None = None) -> bytes:
+        """The block map of a sparse version of ``size`` bytes storing
+        ``extents``, with its length in front, as it follows the header."""
+        if len(extents) > MAX_MAP_EXTENTS:
+            raise ValueError("too many extents")
+        plain = _MAP_HEAD.pack(size, len(extents)) + b"".join(_EXTENT.pack(a, b) for a, b in extents)
+        sealed = seal(block_map_key(self.dek, self.file_id), plain, map_aad(self.file_id), nonce)
+        return _MAP_LEN.pack(len(sealed)) + sealed
+
+    def open_map(self, sealed: bytes | memoryview, size: int) -> list[tuple[int, int]]:
+        """The extents of the block map ``sealed`` (without its length),
+        which must be of a file of ``size`` bytes."""
+        what = f"{self.name} block map"
+        plain = unseal(block_map_key(self.dek, self.file_id), sealed, map_aad(self.file_id), what)
+        if len(plain) < _MAP_HEAD.size:
+            raise IntegrityError(f"{what}: too short")
+        mapped, count = _MAP_HEAD.unpack_from(plain)
+        if mapped != size:
+            raise IntegrityError(f"{what}: the file's size ({size}) is not the one sealed with its blocks ({mapped})")
+        if count > MAX_MAP_EXTENTS or len(plain) != _MAP_HEAD.size + count * _EXTENT.size:
+            raise IntegrityError(f"{what}: malformed")
+        n = self.layout.block_count(size)
+        extents, prev = [], -1
+        for k in range(count):
+            a, b = _EXTENT.unpack_from(plain, _MAP_HEAD.size + k * _EXTENT.size)
+            if not prev < a < b <= n:
+                raise IntegrityError(f"{what}: extents out of order or out of the file")
+            extents.append((a, b))
+            prev = b
+        return extents
 
     def seal_all(self, data: bytes | memoryview) -> list[bytes]:
         """Seal a whole file's contents, block by block (used for small

@@ -26,6 +26,7 @@ LABEL_NAME = b"sealfs v1 name key"
 LABEL_CONFIG_MAC = b"sealfs v1 config authentication key"
 LABEL_KEYRING = b"sealfs v1 keyring key"
 LABEL_BLOCK = b"sealfs v1 block key "  # followed by the block index, u64 big-endian
+LABEL_BLOCK_MAP = b"sealfs v1 block map key"
 LABEL_PASSPHRASE_SLOT = b"sealfs v1 passphrase slot key"
 LABEL_KEYFILE_SLOT = b"sealfs v1 key file slot key"
 LABEL_KMS_SLOT = b"sealfs v1 kms slot key"
@@ -48,6 +49,11 @@ def hkdf(key: bytes, *, salt: bytes, info: bytes, length: int = KEY_SIZE) -> byt
 def block_key(dek: bytes, file_id: bytes, index: int) -> bytes:
     """The AES-256-GCM key of block ``index`` of the file ``file_id``."""
     return hkdf(dek, salt=file_id, info=LABEL_BLOCK + struct.pack(">Q", index))
+
+
+def block_map_key(dek: bytes, file_id: bytes) -> bytes:
+    """The AES-256-GCM key of the block map of a sparse version of ``file_id``."""
+    return hkdf(dek, salt=file_id, info=LABEL_BLOCK_MAP)
 
 
 def random_bytes(n: int) -> bytes:

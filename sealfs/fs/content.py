@@ -8,18 +8,25 @@ which unchanged blocks are reused as ciphertext.
 
 Truncation invalidates base blocks without touching the store: only blocks
 below ``_valid_base`` may still come from the base; later ones are holes
-(zeros) unless written again.
+(zeros) unless written again.  A hole costs nothing: it reads as zeros
+without memory or a request, and the next version leaves it out (it is
+stored sparse, see :meth:`FileContent.extents`), so truncating to any size
+up to MAX_FILE_SIZE is cheap; beyond it, EFBIG.
 
 Not thread-safe by itself: the filesystem core holds the node's lock.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import threading
+import weakref
 from concurrent.futures import Future
 from typing import Callable
 
-from ..errors import IntegrityError, PreconditionFailed, StoreError, WouldBlock
+from ..codec.blocks import MAX_FILE_SIZE
+from ..errors import FsError, IntegrityError, PreconditionFailed, StoreError, WouldBlock
 from ..volume import AppendStream, BlockStream, Entry, FileReader, PartStream, Volume
 from .cache import BlockCache
 from .spool import Spool
@@ -37,10 +44,34 @@ log = logging.getLogger(__name__)
 SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
 
 
+class DirtyBudget:
+    """The dirty blocks in memory of all files of a mount together: past
+    ``limit`` bytes, a write spills its own file's blocks to the spool (as
+    past the file's own ``dirty_limit``), so that many files written at
+    once do not hold many times one file's budget."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._files: weakref.WeakSet[FileContent] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, content: FileContent) -> None:
+        with self._lock:
+            self._files.add(content)
+
+    def over(self) -> bool:
+        with self._lock:
+            files = list(self._files)
+        return sum(len(c.dirty) * c.block_size for c in files) > self.limit
+
+
 class FileContent:
     def __init__(self, vol: Volume, entry: Entry, cache: BlockCache, spool_dir: str, dirty_limit: int,
-                 new: bool = False):
+                 new: bool = False, budget: DirtyBudget | None = None):
         self.vol = vol
+        self.budget = budget
+        if budget is not None:
+            budget.add(self)
         self.cache = cache
         self.spool_dir = spool_dir
         self.dirty_limit = dirty_limit
@@ -80,7 +111,7 @@ class FileContent:
         local changes, read the base from its new key/etag."""
         old = self.base
         reader = self.vol.reader(entry)
-        reader.adopt(old)
+        reader.adopt(old, same_content=True)
         size, changed, valid = self.size, self.changed, self._valid_base
         self._set_base(reader)
         if changed:
@@ -127,7 +158,7 @@ class FileContent:
         # seek starts a new stream (on S3 each GET costs a request, on moto
         # a copy of the whole object).
         behind = stream is not None and index < stream.next
-        if self._window >= STREAM_AFTER_BLOCKS and not behind:
+        if self._window >= STREAM_AFTER_BLOCKS and not behind and not self.base.sparse:
             try:
                 if stream is not None and index <= stream.next + self._window:
                     first = stream.next
@@ -213,8 +244,39 @@ class FileContent:
                 raise WouldBlock
             return parts.block(index)
         if index < self._valid_base:
+            if self.base.sparse:
+                if nowait and not self.base.loaded:
+                    raise WouldBlock  # (its block map is read with its header)
+                if self.base.is_hole(index):
+                    return bytes(self._block_len(index))
             return self._fits(self._base_block(index, nowait), index)
         return bytes(self._block_len(index))
+
+    def extents(self) -> list[tuple[int, int]]:
+        """The runs of blocks (``(first, stop)``, in order) that the next
+        version stores: those written here and those kept from the base.
+        The others are holes: unless the runs cover every block, the
+        version is stored sparse (see Volume.write_content)."""
+        n = self.vol.layout.block_count(self.size)
+        if self.size == 0:
+            return [(0, 1)]  # (the empty last block of an empty file)
+        runs = [(a, min(b, self._valid_base)) for a, b in self.base.extents() if a < self._valid_base]
+        if self._parts is not None:
+            runs.append((0, self._parts.next_block))
+        written = set(self.dirty)
+        if self.spool is not None:
+            written.update(self.spool.indices())
+        runs += [(i, i + 1) for i in written]
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(runs):
+            b = min(b, n)
+            if a >= b:
+                continue
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
 
     @property
     def idle(self) -> bool:
@@ -249,9 +311,13 @@ class FileContent:
     def write(self, offset: int, data: bytes | memoryview, nowait: bool = False) -> int:
         bs = self.block_size
         view = memoryview(data)
-        end = offset + len(view)
         if not len(view):
             return 0
+        if offset + len(view) > MAX_FILE_SIZE:  # (as the kernel does at its own limit: a short write)
+            if offset >= MAX_FILE_SIZE:
+                raise FsError(errno.EFBIG, f"write beyond the maximum file size ({MAX_FILE_SIZE})")
+            view = view[: MAX_FILE_SIZE - offset]
+        end = offset + len(view)
         if nowait and not self._writes_in_memory(offset, end):
             raise WouldBlock
         new_size = max(self.size, end)
@@ -302,7 +368,7 @@ class FileContent:
                 except WouldBlock:
                     return False
         touched = set(range(first, last + 1))
-        if len(self.dirty.keys() | touched) * bs > self.dirty_limit:
+        if len(self.dirty.keys() | touched) * bs > self.dirty_limit or (self.budget is not None and self.budget.over()):
             return False
         return not (self._rewritten_in_parts()
                     and max(self.size, end) > self._parts_class().blocks_per_part(self.vol) * bs)
@@ -319,6 +385,9 @@ class FileContent:
         return self._valid_base == 0 and self._stream_parts and self._parts_class() is not None
 
     def truncate(self, new_size: int) -> None:
+        if not 0 <= new_size <= MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG if new_size > 0 else errno.EINVAL,
+                          f"size {new_size} is outside 0 to the maximum file size, {MAX_FILE_SIZE}")
         bs = self.block_size
         if self._parts is not None and new_size <= self._parts.next_block * bs:
             self._abort_parts()  # a sent block would become the last, or go
@@ -339,8 +408,10 @@ class FileContent:
 
     def _spill(self) -> None:
         """Move dirty blocks to the encrypted spool while over budget (the
-        highest block, likely still being appended to, stays)."""
-        if len(self.dirty) * self.block_size <= self.dirty_limit:
+        highest block, likely still being appended to, stays), or while
+        the files of the mount together are over theirs."""
+        if len(self.dirty) * self.block_size <= self.dirty_limit and (
+                len(self.dirty) <= 1 or self.budget is None or not self.budget.over()):
             return
         spool = self._spool()
         top = max(self.dirty)
@@ -438,6 +509,8 @@ class FileContent:
         metadata.  PreconditionFailed if the stored object changed under us
         (another mount wrote it); local changes are then kept."""
         cond = {"if_match": None, "if_none_match": True} if self.unstored else {"if_match": self.base.etag}
+        if self._parts is not None and self.extents() != [(0, self.vol.layout.block_count(self.size))]:
+            self._abort_parts()  # it has holes: stored sparse, by write_content
         if self._parts is not None:
             try:
                 new = self._parts.finish(entry, self.size, self.block, sealed_block=self._sealed_block, **cond)
@@ -450,7 +523,7 @@ class FileContent:
         else:
             new = self.vol.write_content(
                 entry, self.size, self._dirty_block, base=self.base, progress=progress,
-                sealed_block=self._sealed_block, **cond
+                sealed_block=self._sealed_block, extents=self.extents(), **cond
             )
         reader = self.vol.reader(new)
         reader.adopt(self.base)

@@ -48,10 +48,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
+from ..codec.blocks import MAX_FILE_SIZE
 from ..errors import FsError, NotFound, PreconditionFailed, SealfsError, WouldBlock
 from ..volume import KIND_FILE, ROOT_ID, Entry, Volume, check_name, now_ns
 from .cache import BlockCache
-from .content import FileContent
+from .content import DirtyBudget, FileContent
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ ROOT_INO = 1
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_SIZE_MAX = 65536
+#: The dirty blocks in memory of all files together: this many times
+#: dirty_size (see DirtyBudget).
+DIRTY_TOTAL_FACTOR = 4
+#: All xattrs of one entry together, names and values: a bound on what one
+#: entry costs in memory wherever it is held (nodes, listings).
+XATTR_TOTAL_MAX = 2 * 1024 * 1024
 #: Files up to this size opened for reading are read whole at open (in the
 #: request that revalidates them).
 OPEN_READ_BYTES = 256 * 1024
@@ -121,10 +128,12 @@ class Attr:
     mtime_ns: int
     ctime_ns: int
     blksize: int
+    #: Bytes the file takes in the store, if not its size (a sparse version).
+    stored: int | None = None
 
     @property
     def blocks(self) -> int:
-        return -(-self.size // 512)
+        return -(-(self.size if self.stored is None else self.stored) // 512)
 
 
 @dataclass
@@ -178,6 +187,7 @@ class Filesystem:
         vol.store.defer_sync()
         self.opts = options or Options()
         self.cache = BlockCache(self.opts.cache_bytes)
+        self.dirty_budget = DirtyBudget(DIRTY_TOTAL_FACTOR * self.opts.dirty_bytes)
         self._lock = threading.Lock()
         root = vol.root()
         self._nodes: dict[int, Node] = {ROOT_INO: Node(ROOT_INO, root, ROOT_INO, lookups=1)}
@@ -291,8 +301,11 @@ class Filesystem:
             nlink = 2 + node.subdirs
         else:
             nlink = 0 if node.orphan else 1
+        # (a sparse version as stored: its object size; with changes not yet
+        # uploaded, the size, as for any file)
+        stored = e.object_size if e.sparse and (node.content is None or not node.content.changed) else None
         return Attr(node.ino, e.mode, nlink, e.uid, e.gid, size, e.mtime_ns, e.mtime_ns, e.ctime_ns,
-                    self.vol.layout.block_size)
+                    self.vol.layout.block_size, stored)
 
     def incref(self, ino: int, n: int = 1) -> None:
         with self._lock:
@@ -412,6 +425,8 @@ class Filesystem:
                     raise FsError(errno.EISDIR, "is a directory")
                 if not e.is_file:
                     raise FsError(errno.EINVAL, "not a regular file")
+                if size > MAX_FILE_SIZE:  # (before any state is made for it)
+                    raise FsError(errno.EFBIG, f"size {size} is above the maximum file size, {MAX_FILE_SIZE}")
                 content = self._content(node)
                 content.truncate(size)
                 changes["mtime_ns"] = mtime_ns if mtime_ns is not None else t
@@ -782,7 +797,7 @@ class Filesystem:
             # name to another mount; what is written to it now becomes
             # another conflict copy at its next flush)
             node.content = FileContent(self.vol, node.entry, self.cache, self.spool_dir, self.opts.dirty_bytes,
-                                       new=node.unstored or not node.entry.etag)
+                                       new=node.unstored or not node.entry.etag, budget=self.dirty_budget)
         return node.content
 
     def _new_handle(self, node: Node, flags: int) -> int:
@@ -960,7 +975,7 @@ class Filesystem:
             new = replace(self.vol.new_file_entry(parent_id, cname, e.mode, e.uid, e.gid),
                           mtime_ns=e.mtime_ns, xattrs=dict(e.xattrs))
             try:
-                self.vol.write_content(new, content.size, block, if_none_match=True)
+                self.vol.write_content(new, content.size, block, if_none_match=True, extents=content.extents())
             except PreconditionFailed:
                 continue  # the name is taken
             return cname
@@ -1054,7 +1069,13 @@ class Filesystem:
             raise FsError(errno.ERANGE, "attribute name too long")
         if len(value) > XATTR_SIZE_MAX:
             raise FsError(errno.E2BIG, "attribute value too large")
-        self._change_xattrs(ino, lambda x: x.__setitem__(name, bytes(value)))
+
+        def put(xattrs: dict[bytes, bytes]) -> None:
+            xattrs[name] = bytes(value)
+            if sum(len(k) + len(v) for k, v in xattrs.items()) > XATTR_TOTAL_MAX:
+                raise FsError(errno.ENOSPC, f"an entry's attributes are limited to {XATTR_TOTAL_MAX} bytes in all")
+
+        self._change_xattrs(ino, put)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()

@@ -8,6 +8,11 @@ what the spool holds is what the store will hold: plaintext never touches
 the local disk, a crash leaves nothing a reader of the bucket could not
 read anyway, and at upload a whole block goes out as it is, without being
 opened and sealed again (see :meth:`Spool.sealed`).
+
+Blocks go to slots of the spool file in the order they arrive (a freed
+slot is used again), not at an offset computed from their index: a block
+written a petabyte into a sparse file takes one slot, not a petabyte of
+file offsets.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ class Spool:
         self.cipher = cipher
         self.block_size = cipher.layout.block_size
         self.slot = self.block_size + BLOCK_OVERHEAD
-        #: index -> (sealed length, sealed as a last block: a partial one)
-        self._blocks: dict[int, tuple[int, bool]] = {}
+        #: index -> (slot, sealed length, sealed as a last block: a partial one)
+        self._blocks: dict[int, tuple[int, int, bool]] = {}
+        self._free: list[int] = []
+        self._slots = 0
         os.makedirs(directory, mode=0o700, exist_ok=True)
         try:
             self._fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -43,7 +50,7 @@ class Spool:
     def is_full(self, index: int) -> bool:
         """Whether block ``index`` is here and holds a whole block."""
         stored = self._blocks.get(index)
-        return stored is not None and not stored[1]
+        return stored is not None and not stored[2]
 
     def indices(self) -> list[int]:
         return sorted(self._blocks)
@@ -53,15 +60,22 @@ class Spool:
         self._write(index, self.cipher.seal_block(index, partial, plain), partial)
 
     def _write(self, index: int, sealed: bytes, partial: bool) -> None:
+        old = self._blocks.get(index)
+        slot = old[0] if old is not None else self._free[-1] if self._free else self._slots
         try:
-            written = os.pwrite(self._fd, sealed, index * self.slot)
+            written = os.pwrite(self._fd, sealed, slot * self.slot)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise FsError(errno.ENOSPC, "cache directory is full") from None
             raise FsError(errno.EIO, f"cannot write the spool: {exc.strerror}") from None
         if written != len(sealed):
             raise FsError(errno.ENOSPC, "short write to the spool (cache directory full?)")
-        self._blocks[index] = (len(sealed), partial)
+        if old is None:
+            if self._free:
+                self._free.pop()
+            else:
+                self._slots += 1
+        self._blocks[index] = (slot, len(sealed), partial)
 
     def put_sealed(self, index: int, sealed: bytes) -> None:
         """Block ``index`` as this spool's cipher sealed it, whole and not
@@ -69,11 +83,11 @@ class Spool:
         self._write(index, sealed, False)
 
     def _read(self, index: int) -> bytes:
-        length, _ = self._blocks[index]
-        return os.pread(self._fd, length, index * self.slot)
+        slot, length, _ = self._blocks[index]
+        return os.pread(self._fd, length, slot * self.slot)
 
     def get(self, index: int) -> bytes:
-        return self.cipher.open_block(index, self._blocks[index][1], self._read(index))
+        return self.cipher.open_block(index, self._blocks[index][2], self._read(index))
 
     def sealed(self, index: int, cipher: FileCipher) -> bytes | None:
         """Block ``index`` as stored by ``cipher`` as a whole, not-last
@@ -84,11 +98,13 @@ class Spool:
         return self._read(index)
 
     def discard(self, index: int) -> None:
-        self._blocks.pop(index, None)
+        stored = self._blocks.pop(index, None)
+        if stored is not None:
+            self._free.append(stored[0])
 
     def discard_from(self, index: int) -> None:
         for i in [i for i in self._blocks if i >= index]:
-            del self._blocks[i]
+            self.discard(i)
 
     def close(self) -> None:
         if self._fd >= 0:
