@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 
 from .codec import crypto
 from .codec.blocks import FileCipher, Layout
-from .codec.header import HEADER_SIZE, open_header, peek_header, seal_header
+from .codec.header import HEADER_HASH_SIZE, HEADER_SIZE, header_hash, open_header, peek_header, seal_header
 from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
 from .errors import ConfigError, FsError, IntegrityError, NotFound, PreconditionFailed, SealfsError, UsageError
@@ -141,6 +141,13 @@ class Entry:
     #: holds its mtime and ctime (set on versions uploaded in parts, whose
     #: metadata is fixed before their last write); None: times are in ``m``.
     times_record: bytes | None = None
+    #: The identity (codec.header.header_hash) of the header of the file
+    #: version this metadata belongs to (``hh``); None on entries written
+    #: before version binding, and on directories and symlinks.
+    header_hash: bytes | None = None
+    #: The entry's version number (``vn``), one more on every new version
+    #: of its object; 0 on entries written before version numbers.
+    version: int = 0
     #: (LastModified, the store's clock) in whole seconds when this entry
     #: was read with a HEAD or GET: see :meth:`Volume.unchanged`.  Not
     #: carried by ``dataclasses.replace``: a changed entry proves nothing.
@@ -220,6 +227,10 @@ class Volume:
     def _fields(self, e: Entry) -> dict:
         f = {"k": e.kind, "id": e.id.hex(), "mode": e.mode, "uid": e.uid, "gid": e.gid,
              "mt": e.mtime_ns, "ct": e.ctime_ns}
+        if e.header_hash is not None:
+            f["hh"] = e.header_hash.hex()
+        if e.version:
+            f["vn"] = e.version
         if e.xattrs:
             f["x"] = {_b64(k): _b64(v) for k, v in sorted(e.xattrs.items())}
         return f
@@ -273,6 +284,14 @@ class Volume:
                                   "overflow metadata"))
             e.xattrs = {_unb64(k): _unb64(v) for k, v in f.get("x", {}).items()}
             e.times_record = _times_nonce(f)
+            if "hh" in f:
+                e.header_hash = bytes.fromhex(f["hh"])
+                if len(e.header_hash) != HEADER_HASH_SIZE or kind != KIND_FILE:
+                    raise ValueError("hh")
+            if "vn" in f:
+                e.version = f["vn"]
+                if type(e.version) is not int or e.version < 1:
+                    raise ValueError("vn")
             if e.times_record is not None:
                 e.mtime_ns, e.ctime_ns = self._recorded_times(e.id, e.times_record, what)
         except (KeyError, ValueError, TypeError):
@@ -288,9 +307,11 @@ class Volume:
         return e
 
     def _prepare_meta(self, e: Entry, record: bytes | None = None) -> dict[str, str]:
-        """User metadata for ``e`` (its times in times record ``record`` if
+        """User metadata for ``e`` as a new version of its object (its
+        version number one more; its times in times record ``record`` if
         given, see :meth:`put_times`); writes its overflow object first if
         needed."""
+        e.version += 1
         md, blob = self._user_metadata(e, record)
         e.overflow = blob is not None
         e.times_record = record
@@ -528,6 +549,7 @@ class Volume:
         """A new empty regular file; EEXIST if the name is taken."""
         e = self._new_entry(parent_id, name, KIND_FILE, mode, uid, gid)
         cipher, header = self._new_key(e)
+        e.header_hash = header_hash(header)
         return self._create(e, header + cipher.seal_block(0, True, b""))
 
     def _new_key(self, e: Entry) -> tuple[FileCipher, bytes]:
@@ -536,18 +558,44 @@ class Volume:
         return FileCipher(dek, e.id, self.layout, e.name.decode(errors="replace")), self._new_header(e.id, dek)
 
     def _new_header(self, file_id: bytes, dek: bytes) -> bytes:
+        """A header for a new version of file ``file_id``: sealed anew under
+        the current generation (a fresh wrap nonce), bound to the metadata
+        that names it (docs/FORMAT.md, "Version binding")."""
         g = self.keyring.current
-        return seal_header(self.keyring.kek(g), block_size=self.layout.block_size, generation=g, file_id=file_id, dek=dek)
+        return seal_header(self.keyring.kek(g), block_size=self.layout.block_size, generation=g, file_id=file_id,
+                           dek=dek, bound=True)
 
     def set_meta(self, e: Entry, **changes) -> Entry:
         """Change metadata fields of ``e`` (mode, uid, gid, mtime_ns,
-        ctime_ns, xattrs, ...) with a server-side copy; content untouched.
-        NotFound if the entry is gone; PreconditionFailed if its object is
-        no longer the version ``e`` has: never a removed directory back,
-        never this metadata on another file's contents."""
+        ctime_ns, xattrs, ...); content untouched.  A directory's or a
+        symlink's object is written anew with a server-side copy; a file's
+        gets a new header (its metadata is bound to it, see
+        :meth:`_rewrite`).  NotFound if the entry is gone;
+        PreconditionFailed if its object is no longer the version ``e``
+        has: never a removed directory back, never this metadata on another
+        file's contents."""
         new = replace(e, **changes)
+        if new.is_file:
+            return self._rewrite(e, new)
         md = self._prepare_meta(new)
         new.etag = self._write_entry_object(e.key, new, md, if_match=e.etag or None)
+        self._drop_side_objects(e, new)
+        return new
+
+    def _rewrite(self, e: Entry, new: Entry) -> Entry:
+        """Store ``new`` (``e`` with other metadata) as a new version of file
+        ``e``'s object, If-Match ``e``'s etag: the same data key and blocks
+        (copied as they are, server-side where the store can) under a new
+        header, so that no earlier metadata of the file opens with this
+        version's content.  The header is sealed under the current
+        generation (this is also how :meth:`rekey_file` re-wraps).  It
+        costs a GET and a PUT of the object, or, when the object is uploaded
+        in parts, of its first part plus a server-side copy of the rest."""
+        writer = _ContentWriter(self, new, e.size, lambda i: None, self.reader(e))
+        new.size = e.size
+        new.header_hash = header_hash(writer.header)
+        md = self._prepare_meta(new)
+        new.etag = writer.upload(md, if_match=e.etag or None, if_none_match=False, progress=None)
         self._drop_side_objects(e, new)
         return new
 
@@ -674,7 +722,7 @@ class Volume:
         object's etag is no longer ``if_match``.
         """
         writer = _ContentWriter(self, e, size, dirty_block, base, sealed_block=sealed_block)
-        new = replace(e, size=size)
+        new = replace(e, size=size, header_hash=header_hash(writer.header))
         md = self._prepare_meta(new)
         new.etag = writer.upload(md, if_match=if_match, if_none_match=if_none_match, progress=progress)
         self._drop_side_objects(e, new)
@@ -684,14 +732,9 @@ class Volume:
         """Re-wrap a file's DEK under the current generation, rewriting only
         the header (the blocks are copied server-side where the store can).
         Returns False if it already used the current generation."""
-        reader = self.reader(e)
-        if reader.header().generation == self.keyring.current:
+        if self.reader(e).header().generation == self.keyring.current:
             return False
-        writer = _ContentWriter(self, e, e.size, lambda i: None, reader, rewrap=True)
-        new = replace(e)
-        md = self._prepare_meta(new)
-        writer.upload(md, if_match=e.etag, if_none_match=False, progress=None)
-        self._drop_side_objects(e, new)
+        self._rewrite(e, replace(e))
         return True
 
 
@@ -752,9 +795,21 @@ class FileReader:
                     raise IntegrityError(f"{self.name}: content belongs to another file")
                 if header.block_size != self.layout.block_size:
                     raise IntegrityError(f"{self.name}: block size differs from the volume's")
+                self._check_binding(header, raw)
                 self._header = bytes(raw)
                 self._cipher = FileCipher(dek, header.file_id, self.layout, self.name)
             return self._cipher
+
+    def _check_binding(self, header, raw: bytes | memoryview) -> None:
+        """The entry's metadata and this header are of one version of the
+        file (docs/FORMAT.md, "Version binding")."""
+        named = self.entry.header_hash
+        if named is not None and named != header_hash(raw):
+            raise IntegrityError(f"{self.name}: its metadata is of another version of its content "
+                                 "(older metadata put back on it?)")
+        if named is None and header.bound:
+            raise IntegrityError(f"{self.name}: its content is bound to metadata that names it, and its "
+                                 "metadata does not (older metadata put back on it?)")
 
     def preload(self, body: bytes) -> list[bytes] | None:
         """Every block's plaintext from ``body``, the start of this version's
@@ -778,10 +833,6 @@ class FileReader:
     def header(self):
         self.cipher()
         return peek_header(self._header)
-
-    def header_bytes(self) -> bytes:
-        self.cipher()
-        return self._header
 
     def block_count(self) -> int:
         return self.layout.block_count(self.size)
@@ -879,7 +930,7 @@ class _ContentWriter:
     """
 
     def __init__(self, vol: Volume, e: Entry, size: int, dirty_block: Callable[[int], bytes | None],
-                 base: FileReader | None, rewrap: bool = False,
+                 base: FileReader | None,
                  sealed_block: Callable[[int, FileCipher], bytes | None] | None = None):
         self.vol = vol
         self.e = e
@@ -888,10 +939,9 @@ class _ContentWriter:
         self.sealed_block = sealed_block
         self.base = base
         self.layout = vol.layout
-        if base is not None:
-            cipher = base.cipher()
-            self.cipher = cipher
-            self.header = vol._new_header(e.id, cipher.dek) if rewrap else base.header_bytes()
+        if base is not None:  # (a new header for the new version: same data key)
+            self.cipher = base.cipher()
+            self.header = vol._new_header(e.id, self.cipher.dek)
         else:
             self.cipher, self.header = vol._new_key(e)
         self.object_size = self.layout.object_size_for(size)
@@ -1030,8 +1080,8 @@ def _times_nonce(fields: dict) -> bytes | None:
 
 
 def _untimed(fields: dict) -> dict:
-    """Entry metadata fields without the times."""
-    return {k: v for k, v in fields.items() if k not in ("mt", "ct")}
+    """Entry metadata fields without the times and what names the version."""
+    return {k: v for k, v in fields.items() if k not in ("mt", "ct", "hh", "vn")}
 
 
 def _cut_parts(segments: Iterator[tuple], part_size: int) -> Iterator[list[tuple]]:
@@ -1078,11 +1128,13 @@ class _WhileWritten:
     #: returns (else :meth:`block` and :meth:`sealed` read them back).
     keeps_sent = True
 
-    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
+    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher):
         self.vol = vol
         self.key = e.key
         self.cipher = cipher
-        self.header = header
+        #: The new version's header (same data key, sealed anew).
+        self.header = vol._new_header(e.id, cipher.dek)
+        self.header_hash = header_hash(self.header)
         self.part_blocks = self.blocks_per_part(vol)
         self.next_block = 0
 
@@ -1146,8 +1198,8 @@ class AppendStream(_WhileWritten):
     #: Bytes appended at a time.
     APPEND_BYTES = 1024 * 1024
 
-    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
-        super().__init__(vol, e, cipher, header)
+    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher):
+        super().__init__(vol, e, cipher)
         self.writer = vol.store.open_put(e.key)
 
     @staticmethod
@@ -1172,7 +1224,7 @@ class AppendStream(_WhileWritten):
         sent = self.writer.size
         try:
             self._send_rest(size, block, sealed_block)
-            new = replace(e, size=size)
+            new = replace(e, size=size, header_hash=self.header_hash)
             new.etag = self.writer.commit(self.vol._prepare_meta(new), if_match=if_match,
                                           if_none_match=if_none_match)
         except BaseException:
@@ -1204,14 +1256,15 @@ class PartStream(_WhileWritten):
 
     MAX_IN_FLIGHT = 4
 
-    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
-        super().__init__(vol, e, cipher, header)
+    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher):
+        super().__init__(vol, e, cipher)
         self.fields = _untimed(vol._fields(e))
         self.times_record = crypto.random_bytes(TIMES_NONCE_SIZE)
-        started = replace(e)
+        started = replace(e, header_hash=self.header_hash)
         self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(started, self.times_record))
         #: Whether the metadata the upload started with moved xattrs to x/.
         self.overflow = started.overflow
+        self.version = started.version
         self._futures: list = []
 
     @staticmethod
@@ -1237,7 +1290,8 @@ class PartStream(_WhileWritten):
         parts = [f.result() for f in self._futures]
         vol = self.vol
         # The record first: the completed object names it.
-        new = replace(e, size=size, overflow=self.overflow, times_record=self.times_record)
+        new = replace(e, size=size, overflow=self.overflow, times_record=self.times_record,
+                      header_hash=self.header_hash, version=self.version)
         vol.put_times(new, self.times_record)
         try:
             new.etag = vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match,
@@ -1247,11 +1301,9 @@ class PartStream(_WhileWritten):
             vol._delete_side_object(times_key(new.id, self.times_record))
             raise
         if _untimed(vol._fields(new)) != self.fields:
-            # Changed while written (a chmod, say): the metadata needs a copy.
-            final = replace(new)
-            final.etag = vol.store.copy(self.key, self.key, vol._prepare_meta(final))
-            vol._drop_side_objects(new, final)
-            new = final
+            # Changed while written (a chmod, say): the metadata needs a new
+            # version (a new header: see Volume._rewrite).
+            new = vol._rewrite(new, replace(new, times_record=None))
         vol._drop_side_objects(e, new)
         return new
 

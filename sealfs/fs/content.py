@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..errors import IntegrityError, PreconditionFailed, StoreError, WouldBlock
 from ..volume import AppendStream, BlockStream, Entry, FileReader, PartStream, Volume
-from .cache import BlockCache
+from .cache import BlockCache, block_key
 from .spool import Spool
 
 #: Readahead starts at one block and doubles on sequential reads up to this.
@@ -98,7 +98,7 @@ class FileContent:
 
     def _cache_key(self, index: int) -> tuple:
         """The block cache's key of block ``index`` of the base."""
-        return (self.base.entry.id, self.base.etag, index)
+        return block_key(self.base.entry.id, self.base.etag, self.base.entry.header_hash, index)
 
     def _base_block(self, index: int, nowait: bool = False) -> bytes:
         key = self._cache_key(index)
@@ -400,7 +400,7 @@ class FileContent:
         ):
             try:
                 if self._parts is None:
-                    self._parts = cls(self.vol, self.base.entry, self.base.cipher(), self.base.header_bytes())
+                    self._parts = cls(self.vol, self.base.entry, self.base.cipher())
                 self._parts.send(self.block, self._sealed_block)
             except StoreError as exc:
                 # The store cannot take it now (or the version we opened is
