@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -142,8 +143,9 @@ class Entry:
     #: metadata is fixed before their last write); None: times are in ``m``.
     times_record: bytes | None = None
     #: The identity (codec.header.header_hash) of the header of the file
-    #: version this metadata belongs to (``hh``); None on entries written
-    #: before version binding, and on directories and symlinks.
+    #: version this metadata belongs to, or of the body of the symlink
+    #: version (``hh``); None on entries written before version binding,
+    #: and on directories.
     header_hash: bytes | None = None
     #: The entry's version number (``vn``), one more on every new version
     #: of its object; 0 on entries written before version numbers.
@@ -286,7 +288,7 @@ class Volume:
             e.times_record = _times_nonce(f)
             if "hh" in f:
                 e.header_hash = bytes.fromhex(f["hh"])
-                if len(e.header_hash) != HEADER_HASH_SIZE or kind != KIND_FILE:
+                if len(e.header_hash) != HEADER_HASH_SIZE or kind == KIND_DIR:
                     raise ValueError("hh")
             if "vn" in f:
                 e.version = f["vn"]
@@ -532,13 +534,26 @@ class Volume:
         e = self._new_entry(parent_id, name, KIND_LINK, 0o777, uid, gid)
         e.target = target
         e.size = len(target)
-        return self._create(e, self.meta.seal_bytes(target, _link_aad(e.id)))
+        return self._create(e, self._link_body(e))
+
+    def _link_body(self, e: Entry) -> bytes:
+        """A new body for symlink ``e`` (its target sealed anew, bound to
+        the metadata that names it: docs/FORMAT.md, "Version binding");
+        sets ``e.header_hash``."""
+        body = self.meta.seal_bytes(e.target, _link_aad(e.id, bound=True))  # type: ignore[arg-type]
+        e.header_hash = _body_hash(body)
+        return body
 
     def readlink(self, e: Entry) -> bytes:
         """The target of symlink ``e`` (fetched once, then kept on the entry)."""
         if e.target is None:
             blob = self.store.get(e.key)
-            e.target = self.meta.open_bytes(blob, _link_aad(e.id), f"symlink {e.key}")
+            what = f"symlink {e.name.decode(errors='replace')}"
+            if e.header_hash is not None and _body_hash(blob) != e.header_hash:
+                raise IntegrityError(f"{what}: its metadata is of another version of its target "
+                                     "(older metadata put back on it?)")
+            # (metadata without hh does not open a bound body: a downgrade)
+            e.target = self.meta.open_bytes(blob, _link_aad(e.id, bound=e.header_hash is not None), what)
         return e.target
 
     def new_file_entry(self, parent_id: bytes, name: bytes, mode: int, uid: int, gid: int) -> Entry:
@@ -567,9 +582,9 @@ class Volume:
 
     def set_meta(self, e: Entry, **changes) -> Entry:
         """Change metadata fields of ``e`` (mode, uid, gid, mtime_ns,
-        ctime_ns, xattrs, ...); content untouched.  A directory's or a
-        symlink's object is written anew with a server-side copy; a file's
-        gets a new header (its metadata is bound to it, see
+        ctime_ns, xattrs, ...); content untouched.  A directory's empty
+        object is written anew; a file's gets a new header and a symlink's
+        its target sealed anew, since their metadata is bound to them (see
         :meth:`_rewrite`).  NotFound if the entry is gone;
         PreconditionFailed if its object is no longer the version ``e``
         has: never a removed directory back, never this metadata on another
@@ -577,6 +592,13 @@ class Volume:
         new = replace(e, **changes)
         if new.is_file:
             return self._rewrite(e, new)
+        if new.is_link:  # a new body too, as for a file (the target is small)
+            new.target = self.readlink(e)
+            body = self._link_body(new)
+            md = self._prepare_meta(new)
+            new.etag = self.store.put(new.key, body, md, if_match=e.etag or None)
+            self._drop_side_objects(e, new)
+            return new
         md = self._prepare_meta(new)
         new.etag = self._write_entry_object(e.key, new, md, if_match=e.etag or None)
         self._drop_side_objects(e, new)
@@ -738,8 +760,13 @@ class Volume:
         return True
 
 
-def _link_aad(entry_id: bytes) -> bytes:
-    return b"sealfs symlink " + entry_id
+def _link_aad(entry_id: bytes, *, bound: bool) -> bytes:
+    return (b"sealfs bound symlink " if bound else b"sealfs symlink ") + entry_id
+
+
+def _body_hash(body: bytes) -> bytes:
+    """The identity of one sealed symlink body (``hh``, as a header's for a file)."""
+    return hashlib.sha256(body).digest()[:HEADER_HASH_SIZE]
 
 
 def _json_bytes(obj: dict) -> bytes:

@@ -29,13 +29,13 @@ CONFIG = json.loads((Path(__file__).parent / "vectors" / "config.json").read_tex
 KEY = KeyFile("k", os.urandom(64))
 
 
-def vector_volume(tmp_path: Path, obj: bytes, m: str) -> Volume:
+def vector_volume(tmp_path: Path, key: str, obj: bytes, m: str) -> Volume:
     """The volume of config.json with the root of binding.json and one
-    entry, hello.txt, whose object is ``obj`` with metadata ``m``."""
+    entry, whose object ``key`` is ``obj`` with metadata ``m``."""
     store = LocalStore(str(tmp_path / "store"), create=True)
     store.put("sealfs.json", CONFIG["config"].encode())
     store.put("root", b"", {"m": VECTORS["root"]["m"]})
-    store.put(VECTORS["object_key"], obj, {"m": m})
+    store.put(key, obj, {"m": m})
     key_file = KeyFile("volume.key", bytes.fromhex(CONFIG["credentials"]["key_file"]))
     return Volume.open(store, [key_file])
 
@@ -48,18 +48,28 @@ def test_binding_vectors_name_their_headers():
         assert bytes.fromhex(v["object"])[:HEADER_SIZE] == header
     v1, v2 = VECTORS["versions"]
     assert v1["object"][2 * HEADER_SIZE:] == v2["object"][2 * HEADER_SIZE:]  # the same block under both
+    for v in VECTORS["symlink"]["versions"]:
+        assert v["fields"]["hh"] == hashlib.sha256(bytes.fromhex(v["body"])).hexdigest()[:32]
 
 
 @pytest.mark.parametrize("case", VECTORS["cases"], ids=lambda c: c["name"])
 def test_binding_vector_reads_as_expected(tmp_path, case):
-    vol = vector_volume(tmp_path, bytes.fromhex(case["object"]), case["m"])
+    vol = vector_volume(tmp_path, case["object_key"], bytes.fromhex(case["object"]), case["m"])
     try:
-        e = vol.lookup(ROOT_ID, b"hello.txt")  # the metadata opens on its own in every case
+        e = vol.lookup(ROOT_ID, case["entry"].encode())  # the metadata opens on its own in every case
+        if e.is_link:
+            def read():
+                return vol.readlink(e)
+            expected = VECTORS["symlink"]["target"].encode()
+        else:
+            def read():
+                return vol.reader(e).read(0, 1 << 20)
+            expected = bytes.fromhex(VECTORS["plaintext"])
         if case["expect"] == "success":
-            assert vol.reader(e).read(0, 1 << 20) == bytes.fromhex(VECTORS["plaintext"])
+            assert read() == expected
         else:
             with pytest.raises(IntegrityError):
-                vol.reader(e).read(0, 1 << 20)
+                read()
     finally:
         vol.close()
 
@@ -150,3 +160,21 @@ def test_rekey_rebinds(vol):
     vol.store.copy(now.key, now.key, old_md)  # the metadata before the rekey, on the re-wrapped content
     with pytest.raises(IntegrityError, match="another version"):
         vol.reader(vol.lookup(ROOT_ID, b"f")).read(0, 3)
+
+
+def test_a_symlink_is_bound_to_its_body(vol):
+    link = vol.symlink(ROOT_ID, b"l", b"target", 0, 0)
+    assert link.header_hash is not None and link.version == 1
+    old_md = vol.store.head(link.key).metadata
+    new = vol.set_meta(link, uid=5)  # lchown: the target sealed anew
+    assert new.header_hash != link.header_hash and new.version == 2
+    seen = vol.lookup(ROOT_ID, b"l")
+    assert vol.readlink(seen) == b"target" and seen.uid == 5
+    vol.store.copy(seen.key, seen.key, old_md)  # the earlier metadata on the current body
+    stale = vol.lookup(ROOT_ID, b"l")
+    assert stale.uid == 0
+    with pytest.raises(IntegrityError, match="another version"):
+        vol.readlink(stale)
+    from sealfs.fsck import check
+
+    assert [(p, "another version" in why) for p, why in check(vol).damaged] == [("/l", True)]

@@ -26,7 +26,7 @@ import pytest
 from conftest import raises_errno, sealfs  # tests/fs/conftest.py
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import HEADER_SIZE as LOCAL_PREFIX
-from sealfs.volume import ROOT_ID, Volume
+from sealfs.volume import Volume
 
 
 class Hands:
