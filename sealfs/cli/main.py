@@ -531,6 +531,9 @@ def cmd_fsck(args) -> int:
         print(f"WARNING   {line}")
     for f in findings:
         print(f"{f.what:<11} {f.path}: {f.message}")
+    print(f"{report.files} files ({report.bytes} bytes), {report.dirs} directories, {report.links} symlinks checked; "
+          f"{len(report.damaged)} damaged, {len(report.leftovers)} leftovers"
+          + (f" ({report.repaired} removed)" if args.repair else "") + f", {len(report.warnings)} warnings")
     if since is not None:
         print(f"since the record of {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(since[0]))}: "
               f"{len(since[1])} entries recorded, {len(findings)} rolled back or deleted")
@@ -540,9 +543,6 @@ def cmd_fsck(args) -> int:
         else:
             rollback.write(args.record, record)
             print(f"recorded {len(report.entries)} entries in {args.record}")
-    print(f"{report.files} files ({report.bytes} bytes), {report.dirs} directories, {report.links} symlinks checked; "
-          f"{len(report.damaged)} damaged, {len(report.leftovers)} leftovers"
-          + (f" ({report.repaired} removed)" if args.repair else "") + f", {len(report.warnings)} warnings")
     if report.damaged or findings:
         return ExitCode.INTEGRITY
     if report.warnings or (report.leftovers and not args.repair):

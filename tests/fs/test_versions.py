@@ -127,7 +127,7 @@ BOUND_FAILURE = r"ERROR.*integrity failure in (open|read|setattr).*secret\.txt: 
 
 
 @pytest.mark.parametrize("change", ["chmod", "chown"])
-def test_old_metadata_on_the_current_content_is_an_integrity_failure(mounted, hands, change):
+def test_old_metadata_on_the_current_content_is_an_integrity_failure(mounted, hands, change, tmp_path):
     p = mounted.path / "secret.txt"
     data = os.urandom(100_000)
     p.write_bytes(data)
@@ -150,6 +150,8 @@ def test_old_metadata_on_the_current_content_is_an_integrity_failure(mounted, ha
     out = proc.stdout.decode()
     assert proc.returncode == 4, out + proc.stderr.decode()
     assert re.search(r"^DAMAGED +/secret\.txt: .*another version", out, re.M), out
+    proc = fsck(mounted, "--record", str(tmp_path / "rec"))  # never a record of a damaged volume
+    assert proc.returncode == 4 and not (tmp_path / "rec").exists() and b"not written" in proc.stdout
     # a metadata change on the mount does not make the mixture a version either
     with raises_errno(errno.EIO):
         os.chmod(p, 0o640)
