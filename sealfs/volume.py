@@ -604,7 +604,7 @@ class Volume:
         self._drop_side_objects(e, new)
         return new
 
-    def _rewrite(self, e: Entry, new: Entry) -> Entry:
+    def _rewrite(self, e: Entry, new: Entry, reader: "FileReader | None" = None) -> Entry:
         """Store ``new`` (``e`` with other metadata) as a new version of file
         ``e``'s object, If-Match ``e``'s etag: the same data key and blocks
         (copied as they are, server-side where the store can) under a new
@@ -612,8 +612,9 @@ class Volume:
         version's content.  The header is sealed under the current
         generation (this is also how :meth:`rekey_file` re-wraps).  It
         costs a GET and a PUT of the object, or, when the object is uploaded
-        in parts, of its first part plus a server-side copy of the rest."""
-        writer = _ContentWriter(self, new, e.size, lambda i: None, self.reader(e))
+        in parts, of its first part plus a server-side copy of the rest.
+        ``reader``: one of ``e`` already open (its header authenticated)."""
+        writer = _ContentWriter(self, new, e.size, lambda i: None, reader or self.reader(e))
         new.size = e.size
         new.header_hash = header_hash(writer.header)
         md = self._prepare_meta(new)
@@ -754,9 +755,10 @@ class Volume:
         """Re-wrap a file's DEK under the current generation, rewriting only
         the header (the blocks are copied server-side where the store can).
         Returns False if it already used the current generation."""
-        if self.reader(e).header().generation == self.keyring.current:
+        reader = self.reader(e)
+        if reader.header().generation == self.keyring.current:
             return False
-        self._rewrite(e, replace(e))
+        self._rewrite(e, replace(e), reader)
         return True
 
 
