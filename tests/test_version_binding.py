@@ -178,3 +178,15 @@ def test_a_symlink_is_bound_to_its_body(vol):
     from sealfs.fsck import check
 
     assert [(p, "another version" in why) for p, why in check(vol).damaged] == [("/l", True)]
+
+
+def test_rotate_and_rekey_bind_every_old_file(vol, monkeypatch):
+    olds = [written_by_an_older_sealfs(vol, monkeypatch, f"f{i}".encode(), os.urandom(5000 + i)) for i in range(3)]
+    assert all(e.header_hash is None for e in olds)
+    vol.config.rotate(vol.keyring)
+    vol.save_config()
+    assert all(vol.rekey_file(e) for e in olds)
+    for i in range(3):
+        e = vol.lookup(ROOT_ID, f"f{i}".encode())
+        assert e.header_hash is not None and e.version == 1 and vol.reader(e).header().bound
+        assert len(vol.reader(e).read(0, 1 << 20)) == 5000 + i
