@@ -48,6 +48,9 @@ class Report:
     #: other findings that need a person (two names of one directory or file)
     warnings: list[str] = field(default_factory=list)
     repaired: int = 0
+    #: (path, entry) of every reachable entry whose metadata opened, the
+    #: root first (for ``--record`` and ``--since``: sealfs.rollback)
+    entries: list[tuple[str, Entry]] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -79,6 +82,7 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     except (IntegrityError, NotFound) as exc:
         report.damaged.append(("/", f"root directory entry: {exc}"))
         return report
+    report.entries.append(("/", root))
     stack = [(root, "/")]
     while stack:
         d, path = stack.pop()
@@ -88,6 +92,7 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
 
         for e in vol.listdir(d.id, on_error=bad):
             child = path.rstrip("/") + "/" + e.name.decode(errors="replace")
+            report.entries.append((child, e))
             entry_ids.add(e.id)
             if e.times_record is not None:
                 times_keys.add(times_key(e.id, e.times_record))

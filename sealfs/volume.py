@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from typing import Callable, Iterator
 
 from .codec import crypto
 from .codec.blocks import MAP_LEN_SIZE, MAX_FILE_SIZE, MAX_MAP_EXTENTS, BlockMap, FileCipher, Layout
-from .codec.header import HEADER_SIZE, open_header, peek_header, seal_header
+from .codec.header import HEADER_HASH_SIZE, HEADER_SIZE, header_hash, open_header, peek_header, seal_header
 from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
 from .errors import ConfigError, FsError, IntegrityError, NotFound, PreconditionFailed, SealfsError, UsageError
@@ -148,6 +149,14 @@ class Entry:
     sparse: bool = False
     #: The size of the object this entry was read from or written as.
     object_size: int = 0
+    #: The identity (codec.header.header_hash) of the header of the file
+    #: version this metadata belongs to, or of the body of the symlink
+    #: version (``hh``); None on entries written before version binding,
+    #: and on directories.
+    header_hash: bytes | None = None
+    #: The entry's version number (``vn``), one more on every new version
+    #: of its object; 0 on entries written before version numbers.
+    version: int = 0
     #: (LastModified, the store's clock) in whole seconds when this entry
     #: was read with a HEAD or GET: see :meth:`Volume.unchanged`.  Not
     #: carried by ``dataclasses.replace``: a changed entry proves nothing.
@@ -227,6 +236,10 @@ class Volume:
     def _fields(self, e: Entry) -> dict:
         f = {"k": e.kind, "id": e.id.hex(), "mode": e.mode, "uid": e.uid, "gid": e.gid,
              "mt": e.mtime_ns, "ct": e.ctime_ns}
+        if e.header_hash is not None:
+            f["hh"] = e.header_hash.hex()
+        if e.version:
+            f["vn"] = e.version
         if e.xattrs:
             f["x"] = {_b64(k): _b64(v) for k, v in sorted(e.xattrs.items())}
         if e.kind == KIND_FILE and e.sparse:
@@ -282,6 +295,14 @@ class Volume:
                                   "overflow metadata"))
             e.xattrs = {_unb64(k): _unb64(v) for k, v in f.get("x", {}).items()}
             e.times_record = _times_nonce(f)
+            if "hh" in f:
+                e.header_hash = bytes.fromhex(f["hh"])
+                if len(e.header_hash) != HEADER_HASH_SIZE or kind == KIND_DIR:
+                    raise ValueError("hh")
+            if "vn" in f:
+                e.version = f["vn"]
+                if type(e.version) is not int or e.version < 1:
+                    raise ValueError("vn")
             if e.times_record is not None:
                 e.mtime_ns, e.ctime_ns = self._recorded_times(e.id, e.times_record, what)
         except (KeyError, ValueError, TypeError):
@@ -304,9 +325,11 @@ class Volume:
         return e
 
     def _prepare_meta(self, e: Entry, record: bytes | None = None) -> dict[str, str]:
-        """User metadata for ``e`` (its times in times record ``record`` if
+        """User metadata for ``e`` as a new version of its object (its
+        version number one more; its times in times record ``record`` if
         given, see :meth:`put_times`); writes its overflow object first if
         needed."""
+        e.version += 1
         md, blob = self._user_metadata(e, record)
         e.overflow = blob is not None
         e.times_record = record
@@ -527,13 +550,26 @@ class Volume:
         e = self._new_entry(parent_id, name, KIND_LINK, 0o777, uid, gid)
         e.target = target
         e.size = len(target)
-        return self._create(e, self.meta.seal_bytes(target, _link_aad(e.id)))
+        return self._create(e, self._link_body(e))
+
+    def _link_body(self, e: Entry) -> bytes:
+        """A new body for symlink ``e`` (its target sealed anew, bound to
+        the metadata that names it: docs/FORMAT.md, "Version binding");
+        sets ``e.header_hash``."""
+        body = self.meta.seal_bytes(e.target, _link_aad(e.id, bound=True))  # type: ignore[arg-type]
+        e.header_hash = _body_hash(body)
+        return body
 
     def readlink(self, e: Entry) -> bytes:
         """The target of symlink ``e`` (fetched once, then kept on the entry)."""
         if e.target is None:
             blob = self.store.get(e.key)
-            e.target = self.meta.open_bytes(blob, _link_aad(e.id), f"symlink {e.key}")
+            what = f"symlink {e.name.decode(errors='replace')}"
+            if e.header_hash is not None and _body_hash(blob) != e.header_hash:
+                raise IntegrityError(f"{what}: its metadata is of another version of its target "
+                                     "(older metadata put back on it?)")
+            # (metadata without hh does not open a bound body: a downgrade)
+            e.target = self.meta.open_bytes(blob, _link_aad(e.id, bound=e.header_hash is not None), what)
         return e.target
 
     def new_file_entry(self, parent_id: bytes, name: bytes, mode: int, uid: int, gid: int) -> Entry:
@@ -544,6 +580,7 @@ class Volume:
         """A new empty regular file; EEXIST if the name is taken."""
         e = self._new_entry(parent_id, name, KIND_FILE, mode, uid, gid)
         cipher, header = self._new_key(e)
+        e.header_hash = header_hash(header)
         return self._create(e, header + cipher.seal_block(0, True, b""))
 
     def _new_key(self, e: Entry) -> tuple[FileCipher, bytes]:
@@ -552,18 +589,55 @@ class Volume:
         return FileCipher(dek, e.id, self.layout, e.name.decode(errors="replace")), self._new_header(e.id, dek)
 
     def _new_header(self, file_id: bytes, dek: bytes) -> bytes:
+        """A header for a new version of file ``file_id``: sealed anew under
+        the current generation (a fresh wrap nonce), bound to the metadata
+        that names it (docs/FORMAT.md, "Version binding")."""
         g = self.keyring.current
-        return seal_header(self.keyring.kek(g), block_size=self.layout.block_size, generation=g, file_id=file_id, dek=dek)
+        return seal_header(self.keyring.kek(g), block_size=self.layout.block_size, generation=g, file_id=file_id,
+                           dek=dek, bound=True)
 
     def set_meta(self, e: Entry, **changes) -> Entry:
         """Change metadata fields of ``e`` (mode, uid, gid, mtime_ns,
-        ctime_ns, xattrs, ...) with a server-side copy; content untouched.
-        NotFound if the entry is gone; PreconditionFailed if its object is
-        no longer the version ``e`` has: never a removed directory back,
-        never this metadata on another file's contents."""
+        ctime_ns, xattrs, ...); content untouched.  A directory's empty
+        object is written anew; a file's gets a new header and a symlink's
+        its target sealed anew, since their metadata is bound to them (see
+        :meth:`_rewrite`).  NotFound if the entry is gone;
+        PreconditionFailed if its object is no longer the version ``e``
+        has: never a removed directory back, never this metadata on another
+        file's contents."""
         new = replace(e, **changes)
+        if new.is_file:
+            return self._rewrite(e, new)
+        if new.is_link:  # a new body too, as for a file (the target is small)
+            new.target = self.readlink(e)
+            body = self._link_body(new)
+            md = self._prepare_meta(new)
+            new.etag = self.store.put(new.key, body, md, if_match=e.etag or None)
+            self._drop_side_objects(e, new)
+            return new
         md = self._prepare_meta(new)
         new.etag = self._write_entry_object(e.key, new, md, if_match=e.etag or None)
+        self._drop_side_objects(e, new)
+        return new
+
+    def _rewrite(self, e: Entry, new: Entry, reader: "FileReader | None" = None) -> Entry:
+        """Store ``new`` (``e`` with other metadata) as a new version of file
+        ``e``'s object, If-Match ``e``'s etag: the same data key and blocks
+        (copied as they are, server-side where the store can) under a new
+        header, so that no earlier metadata of the file opens with this
+        version's content.  The header is sealed under the current
+        generation (this is also how :meth:`rekey_file` re-wraps).  It
+        costs a GET and a PUT of the object, or, when the object is uploaded
+        in parts, of its first part plus a server-side copy of the rest.
+        ``reader``: one of ``e`` already open (its header authenticated)."""
+        reader = reader or self.reader(e)
+        writer = _ContentWriter(self, new, e.size, lambda i: None, reader, extents=reader.extents())
+        new.size = e.size
+        new.sparse = writer.sparse
+        new.object_size = writer.object_size
+        new.header_hash = header_hash(writer.header)
+        md = self._prepare_meta(new)
+        new.etag = writer.upload(md, if_match=e.etag or None, if_none_match=False, progress=None)
         self._drop_side_objects(e, new)
         return new
 
@@ -695,7 +769,8 @@ class Volume:
         object's etag is no longer ``if_match``.
         """
         writer = _ContentWriter(self, e, size, dirty_block, base, sealed_block=sealed_block, extents=extents)
-        new = replace(e, size=size, sparse=writer.sparse, object_size=writer.object_size)
+        new = replace(e, size=size, sparse=writer.sparse, object_size=writer.object_size,
+                      header_hash=header_hash(writer.header))
         md = self._prepare_meta(new)
         new.etag = writer.upload(md, if_match=if_match, if_none_match=if_none_match, progress=progress)
         self._drop_side_objects(e, new)
@@ -708,16 +783,17 @@ class Volume:
         reader = self.reader(e)
         if reader.header().generation == self.keyring.current:
             return False
-        writer = _ContentWriter(self, e, e.size, lambda i: None, reader, rewrap=True, extents=reader.extents())
-        new = replace(e)
-        md = self._prepare_meta(new)
-        writer.upload(md, if_match=e.etag, if_none_match=False, progress=None)
-        self._drop_side_objects(e, new)
+        self._rewrite(e, replace(e), reader)
         return True
 
 
-def _link_aad(entry_id: bytes) -> bytes:
-    return b"sealfs symlink " + entry_id
+def _link_aad(entry_id: bytes, *, bound: bool) -> bytes:
+    return (b"sealfs bound symlink " if bound else b"sealfs symlink ") + entry_id
+
+
+def _body_hash(body: bytes) -> bytes:
+    """The identity of one sealed symlink body (``hh``, as a header's for a file)."""
+    return hashlib.sha256(body).digest()[:HEADER_HASH_SIZE]
 
 
 def _json_bytes(obj: dict) -> bytes:
@@ -792,6 +868,7 @@ class FileReader:
                     raise IntegrityError(f"{self.name}: content belongs to another file")
                 if header.block_size != self.layout.block_size:
                     raise IntegrityError(f"{self.name}: block size differs from the volume's")
+                self._check_binding(header, raw)
                 cipher = FileCipher(dek, header.file_id, self.layout, self.name)
                 if self.sparse and self._map is None:
                     self._map = self._open_map(cipher, raw[HEADER_SIZE:])
@@ -848,6 +925,17 @@ class FileReader:
             return self.layout.sealed_range(index, index + 1, self.size)
         return None if block_map.is_hole(index) else block_map.sealed_range(index, index + 1)
 
+    def _check_binding(self, header, raw: bytes | memoryview) -> None:
+        """The entry's metadata and this header are of one version of the
+        file (docs/FORMAT.md, "Version binding")."""
+        named = self.entry.header_hash
+        if named is not None and named != header_hash(raw):
+            raise IntegrityError(f"{self.name}: its metadata is of another version of its content "
+                                 "(older metadata put back on it?)")
+        if named is None and header.bound:
+            raise IntegrityError(f"{self.name}: its content is bound to metadata that names it, and its "
+                                 "metadata does not (older metadata put back on it?)")
+
     def preload(self, body: bytes) -> list[bytes] | None:
         """Every block's plaintext from ``body``, the start of this version's
         object (as :meth:`Volume.load` read it); None if ``body`` does not
@@ -875,10 +963,6 @@ class FileReader:
     def header(self):
         self.cipher()
         return peek_header(self._header)
-
-    def header_bytes(self) -> bytes:
-        self.cipher()
-        return self._header
 
     def block_count(self) -> int:
         return self.layout.block_count(self.size)
@@ -999,7 +1083,7 @@ class _ContentWriter:
     """
 
     def __init__(self, vol: Volume, e: Entry, size: int, dirty_block: Callable[[int], bytes | None],
-                 base: FileReader | None, rewrap: bool = False,
+                 base: FileReader | None,
                  sealed_block: Callable[[int, FileCipher], bytes | None] | None = None,
                  extents: list[tuple[int, int]] | None = None):
         if not 0 <= size <= MAX_FILE_SIZE:
@@ -1011,10 +1095,9 @@ class _ContentWriter:
         self.sealed_block = sealed_block
         self.base = base
         self.layout = vol.layout
-        if base is not None:
-            cipher = base.cipher()
-            self.cipher = cipher
-            self.header = vol._new_header(e.id, cipher.dek) if rewrap else base.header_bytes()
+        if base is not None:  # (a new header for the new version: same data key)
+            self.cipher = base.cipher()
+            self.header = vol._new_header(e.id, self.cipher.dek)
         else:
             self.cipher, self.header = vol._new_key(e)
         n = self.layout.block_count(size)
@@ -1170,8 +1253,8 @@ def _times_nonce(fields: dict) -> bytes | None:
 
 
 def _untimed(fields: dict) -> dict:
-    """Entry metadata fields without the times."""
-    return {k: v for k, v in fields.items() if k not in ("mt", "ct")}
+    """Entry metadata fields without the times and what names the version."""
+    return {k: v for k, v in fields.items() if k not in ("mt", "ct", "hh", "vn")}
 
 
 def _cut_parts(segments: Iterator[tuple], part_size: int) -> Iterator[list[tuple]]:
@@ -1218,11 +1301,13 @@ class _WhileWritten:
     #: returns (else :meth:`block` and :meth:`sealed` read them back).
     keeps_sent = True
 
-    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
+    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher):
         self.vol = vol
         self.key = e.key
         self.cipher = cipher
-        self.header = header
+        #: The new version's header (same data key, sealed anew).
+        self.header = vol._new_header(e.id, cipher.dek)
+        self.header_hash = header_hash(self.header)
         self.part_blocks = self.blocks_per_part(vol)
         self.next_block = 0
 
@@ -1286,8 +1371,8 @@ class AppendStream(_WhileWritten):
     #: Bytes appended at a time.
     APPEND_BYTES = 1024 * 1024
 
-    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
-        super().__init__(vol, e, cipher, header)
+    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher):
+        super().__init__(vol, e, cipher)
         self.writer = vol.store.open_put(e.key)
 
     @staticmethod
@@ -1312,7 +1397,8 @@ class AppendStream(_WhileWritten):
         sent = self.writer.size
         try:
             self._send_rest(size, block, sealed_block)
-            new = replace(e, size=size, sparse=False, object_size=self.vol.layout.object_size_for(size))
+            new = replace(e, size=size, sparse=False, object_size=self.vol.layout.object_size_for(size),
+                          header_hash=self.header_hash)
             new.etag = self.writer.commit(self.vol._prepare_meta(new), if_match=if_match,
                                           if_none_match=if_none_match)
         except BaseException:
@@ -1344,14 +1430,16 @@ class PartStream(_WhileWritten):
 
     MAX_IN_FLIGHT = 4
 
-    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher, header: bytes):
-        super().__init__(vol, e, cipher, header)
-        started = replace(e, sparse=False)  # (it is written from its start, every block)
+    def __init__(self, vol: Volume, e: Entry, cipher: FileCipher):
+        super().__init__(vol, e, cipher)
+        # (it is written from its start, every block)
+        started = replace(e, sparse=False, header_hash=self.header_hash)
         self.fields = _untimed(vol._fields(started))
         self.times_record = crypto.random_bytes(TIMES_NONCE_SIZE)
         self.upload_id = vol.store.create_multipart(e.key, vol._prepare_meta(started, self.times_record))
         #: Whether the metadata the upload started with moved xattrs to x/.
         self.overflow = started.overflow
+        self.version = started.version
         self._futures: list = []
 
     @staticmethod
@@ -1378,7 +1466,8 @@ class PartStream(_WhileWritten):
         vol = self.vol
         # The record first: the completed object names it.
         new = replace(e, size=size, sparse=False, object_size=vol.layout.object_size_for(size),
-                      overflow=self.overflow, times_record=self.times_record)
+                      overflow=self.overflow, times_record=self.times_record, header_hash=self.header_hash,
+                      version=self.version)
         vol.put_times(new, self.times_record)
         try:
             new.etag = vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match,
@@ -1388,11 +1477,9 @@ class PartStream(_WhileWritten):
             vol._delete_side_object(times_key(new.id, self.times_record))
             raise
         if _untimed(vol._fields(new)) != self.fields:
-            # Changed while written (a chmod, say): the metadata needs a copy.
-            final = replace(new)
-            final.etag = vol.store.copy(self.key, self.key, vol._prepare_meta(final))
-            vol._drop_side_objects(new, final)
-            new = final
+            # Changed while written (a chmod, say): the metadata needs a new
+            # version (a new header: see Volume._rewrite).
+            new = vol._rewrite(new, replace(new, times_record=None))
         vol._drop_side_objects(e, new)
         return new
 

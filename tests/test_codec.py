@@ -797,7 +797,8 @@ def test_header_of_an_unknown_generation_is_refused():
         (8, b"\x00", "version 0"),
         (9, b"\x0b", "invalid"),  # 2 KiB blocks
         (9, b"\x15", "invalid"),  # 2 MiB blocks
-        (10, b"\x00\x01", "invalid"),  # reserved bits
+        (10, b"\x00\x02", "invalid"),  # flags no reader knows
+        (10, b"\x80\x00", "invalid"),
     ],
 )
 def test_header_with_bad_fixed_fields_is_refused_before_unwrapping(offset, value, message):
@@ -806,6 +807,17 @@ def test_header_with_bad_fixed_fields_is_refused_before_unwrapping(offset, value
         peek_header(bad)
     with pytest.raises(IntegrityError):
         open_header(bad, kek_lookup(KEYS))
+
+
+def test_the_bound_flag_is_authenticated_both_ways():
+    """Setting or clearing FLAG_BOUND on a sealed header (to downgrade a
+    bound file to the unbound form, or the reverse) fails the unwrap."""
+    bound = seal_header(KEK1, block_size=BS, generation=1, file_id=FILE_ID_A, dek=DEK_A, bound=True)
+    assert peek_header(bound).bound and not peek_header(HEADER).bound
+    assert open_header(bound, kek_lookup(KEYS))[1] == DEK_A
+    for forged in (patched(bound, 10, b"\x00\x00"), patched(HEADER, 10, b"\x00\x01")):
+        with pytest.raises(IntegrityError, match="authentication failed"):
+            open_header(forged, kek_lookup(KEYS))
 
 
 def test_truncated_header_is_refused():

@@ -138,3 +138,67 @@ def test_damaged_local_object_files_affect_only_their_entries(volume, store_kind
     assert proc.returncode == 4, proc.stderr
     out = (proc.stdout + proc.stderr).decode()
     assert out.count("damaged") >= 3, out
+
+
+# -- --record / --since (sealfs.rollback) --------------------------------------------------------
+
+
+def test_a_record_sees_rollbacks_and_deletions_not_renames_or_new_versions(store, tmp_path):
+    from sealfs import rollback
+
+    vol = _volume(store)
+    link = vol.resolve("/link", follow=False)
+    old_link = store.get_object(link.key)
+    vol.set_meta(link, uid=5)
+    f0, f1 = vol.resolve("/docs/f0"), vol.resolve("/docs/f1")
+    report = check(vol)
+    assert report.clean and [p for p, _ in report.entries][0] == "/" and len(report.entries) == 9
+    path = str(tmp_path / "rec")
+    rollback.write(path, rollback.make(vol, report.entries))
+    made, recorded = rollback.read(vol, path)
+    assert abs(made - time.time()) < 3600 and len(recorded) == 9
+
+    # moving forward is not reported: a rename, a new version, a new file
+    vol.rename(f0, ROOT_ID, b"moved")
+    vol.write_content(f1, 3, lambda i: b"new", base=vol.reader(f1), if_match=f1.etag)
+    vol.mkdir(ROOT_ID, b"new", 0o755, 0, 0)
+    assert rollback.compare(recorded, check(vol).entries) == []
+
+    body, info = old_link
+    store.put(link.key, body, info.metadata)  # the symlink as it was before its lchown
+    sub = vol.resolve("/docs/sub")
+    store.delete(sub.key)  # a directory entry removed
+    report = check(vol)
+    found = {(f.what, f.path) for f in rollback.compare(recorded, report.entries)}
+    assert found == {("ROLLED BACK", "/link"), ("DELETED", "/docs/sub")}, found
+
+
+def test_a_record_is_sealed_and_bound_to_its_volume(store, tmp_path):
+    from sealfs import rollback
+    from sealfs.errors import IntegrityError, UsageError
+    from sealfs.store.local import LocalStore
+
+    vol = _volume(store)
+    vol.create_file(vol.resolve("/docs").id, b"payroll-secret", 0o600, 0, 0)
+    path = tmp_path / "rec"
+    rollback.write(str(path), rollback.make(vol, check(vol).entries))
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    doc = path.read_text()
+    assert "payroll" not in doc and "/docs" not in doc
+    record = doc.split('"record": "')[1].split('"')[0]
+    i = len(record) // 2
+    path.write_text(doc.replace(record, record[:i] + ("A" if record[i] != "A" else "B") + record[i + 1:]))
+    try:
+        rollback.read(vol, str(path))
+        raise AssertionError("a modified record was read")
+    except IntegrityError as exc:
+        assert "does not authenticate" in str(exc)
+    other = Volume.create(LocalStore(str(tmp_path / "other"), create=True), KeyFile("k", os.urandom(64)),
+                          block_size=4096)
+    rollback.write(str(path), rollback.make(other, check(other).entries))
+    try:
+        rollback.read(vol, str(path))
+        raise AssertionError("another volume's record was read")
+    except UsageError as exc:
+        assert "another volume" in str(exc)
+    other.close()

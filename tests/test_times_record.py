@@ -100,15 +100,21 @@ def test_a_file_written_in_parts_has_its_last_write_time(vols, tmp_path):
     assert other.store.calls == {"head": 1}
 
 
-def test_a_metadata_change_while_writing_is_a_copy_and_no_record(vols, tmp_path):
+def test_a_metadata_change_while_writing_is_a_new_version_and_no_record(vols, tmp_path):
+    """The metadata of the completed upload is replaced by a version of its
+    own (a new header: docs/FORMAT.md, "Version binding"), not by a copy
+    with other metadata on the same content."""
     vol, other = vols
     e, content, data = written_not_closed(vol, tmp_path)
     vol.store.calls.clear()
     new = content.upload(replace(e, mode=e.mode & ~0o777 | 0o600))
     content.close()
-    assert vol.store.calls.get("copy") == 1 and new.times_record is None and times_objects(vol) == []
+    assert vol.store.calls.get("complete_multipart") == 2 and "copy" not in vol.store.calls
+    assert new.times_record is None and times_objects(vol) == []
     seen = other.lookup(ROOT_ID, b"big")
     assert seen.mode & 0o777 == 0o600 and seen.mtime_ns == new.mtime_ns and seen.times_record is None
+    assert seen.header_hash == new.header_hash and seen.version == new.version
+    assert other.reader(seen).read(0, len(data)) == data
 
 
 @pytest.mark.parametrize("change", ["chmod", "rename", "rewrite", "rewrite in parts", "remove", "unlink while open"])
@@ -184,17 +190,22 @@ def test_a_record_removed_by_a_newer_version_meanwhile_is_read_again(vols, tmp_p
     assert seen.mode & 0o777 == 0o600 and seen.etag == replaced[0].etag and seen.times_record is None
 
 
-def test_a_failed_metadata_copy_leaves_the_file_readable(vols, tmp_path, monkeypatch):
-    """A chmod while the file was written needs a copy after the upload
-    completes; if that copy fails, the completed version still has its
+def test_a_failed_metadata_rewrite_leaves_the_file_readable(vols, tmp_path, monkeypatch):
+    """A chmod while the file was written needs a new version after the
+    upload completes; if that fails, the completed version still has its
     times record (written before the completion), so it reads."""
     vol, other = vols
     e, content, data = written_not_closed(vol, tmp_path)
+    real = vol.store.complete_multipart
+    completions = []
 
-    def copy_fails(*args, **kwargs):
-        raise StoreUnavailable("the store went away")
+    def second_fails(*args, **kwargs):
+        completions.append(args[0])
+        if len(completions) > 1:
+            raise StoreUnavailable("the store went away")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(vol.store, "copy", copy_fails)
+    monkeypatch.setattr(vol.store, "complete_multipart", second_fails)
     with pytest.raises(StoreError):
         content.upload(replace(e, mode=e.mode & ~0o777 | 0o600, mtime_ns=e.mtime_ns + 5))
     content.close()

@@ -522,8 +522,11 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_fsck(args) -> int:
+    from .. import rollback
     from ..fsck import check
 
+    if args.record and args.repair:
+        raise UsageError("--record records the state as found: run --repair first, then --record")
     vol = _volume(args)
     meters: list[Progress] = []
 
@@ -531,8 +534,13 @@ def cmd_fsck(args) -> int:
         meters.append(Progress(total, "fsck"))
         return meters[-1]
 
+    findings: list = []
     try:
+        since = rollback.read(vol, args.since) if args.since else None
         report = check(vol, repair=args.repair, threads=max(1, args.threads), progress=progress)
+        if since is not None:
+            findings = rollback.compare(since[1], report.entries)
+        record = rollback.make(vol, report.entries) if args.record else None
     finally:
         vol.close()
         for meter in meters:
@@ -543,10 +551,21 @@ def cmd_fsck(args) -> int:
         print(f"{'REMOVED ' if args.repair else 'LEFTOVER'}  {what}: {why}")
     for line in report.warnings:
         print(f"WARNING   {line}")
+    for f in findings:
+        print(f"{f.what:<11} {f.path}: {f.message}")
     print(f"{report.files} files ({report.bytes} bytes), {report.dirs} directories, {report.links} symlinks checked; "
           f"{len(report.damaged)} damaged, {len(report.leftovers)} leftovers"
           + (f" ({report.repaired} removed)" if args.repair else "") + f", {len(report.warnings)} warnings")
-    if report.damaged:
+    if since is not None:
+        print(f"since the record of {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(since[0]))}: "
+              f"{len(since[1])} entries recorded, {len(findings)} rolled back or deleted")
+    if record is not None:
+        if report.damaged or findings:
+            print(f"record {args.record} not written: the volume has damaged, rolled back or deleted entries")
+        else:
+            rollback.write(args.record, record)
+            print(f"recorded {len(report.entries)} entries in {args.record}")
+    if report.damaged or findings:
         return ExitCode.INTEGRITY
     if report.warnings or (report.leftovers and not args.repair):
         return ExitCode.FAILURE
@@ -697,6 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true",
                    help="remove leftovers nothing refers to (never a damaged object)")
     p.add_argument("--threads", type=int, default=8, metavar="N", help="files checked in parallel (default 8)")
+    p.add_argument("--record", metavar="FILE",
+                   help="write the state of every entry (sealed) to FILE, for a later --since")
+    p.add_argument("--since", metavar="FILE",
+                   help="report entries rolled back to an older version or deleted since the record FILE (exit 4)")
     _key_flags(p)
     p.set_defaults(func=cmd_fsck)
 

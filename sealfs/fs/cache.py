@@ -1,13 +1,19 @@
 """A bounded cache of decrypted blocks, shared by every open file.
 
-Keys include the object's etag, so a new version of a file never hits the
-blocks of an old one; old entries simply age out.
+Keys include the object's etag and the header its metadata names, so a new
+version of a file never hits the blocks of an old one, nor a version whose
+metadata was put back from another one; old entries simply age out.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+
+
+def block_key(file_id: bytes, etag: str, header_hash: bytes | None, index: int) -> tuple:
+    """The cache key of block ``index`` of one version of a file."""
+    return (file_id, etag, header_hash, index)
 
 
 class BlockCache:

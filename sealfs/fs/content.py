@@ -28,7 +28,7 @@ from typing import Callable
 from ..codec.blocks import MAX_FILE_SIZE
 from ..errors import FsError, IntegrityError, PreconditionFailed, StoreError, WouldBlock
 from ..volume import AppendStream, BlockStream, Entry, FileReader, PartStream, Volume
-from .cache import BlockCache
+from .cache import BlockCache, block_key
 from .spool import Spool
 
 #: Readahead starts at one block and doubles on sequential reads up to this.
@@ -129,7 +129,7 @@ class FileContent:
 
     def _cache_key(self, index: int) -> tuple:
         """The block cache's key of block ``index`` of the base."""
-        return (self.base.entry.id, self.base.etag, index)
+        return block_key(self.base.entry.id, self.base.etag, self.base.entry.header_hash, index)
 
     def _base_block(self, index: int, nowait: bool = False) -> bytes:
         key = self._cache_key(index)
@@ -207,11 +207,11 @@ class FileContent:
         if stream.next - self._next_block > self._window // 2:
             return  # far enough ahead already
         stop = min(self._valid_base, stream.next + self._window)
-        start, file_id, etag = stream.next, self.base.entry.id, self.base.etag
+        start, base = stream.next, self.base
 
         def work() -> None:
             for i, data in enumerate(stream.read_blocks(stop), start=start):
-                self.cache.put((file_id, etag, i), data)
+                self.cache.put(block_key(base.entry.id, base.etag, base.entry.header_hash, i), data)
 
         self._prefetch = self.vol.submit(work)
 
@@ -471,7 +471,7 @@ class FileContent:
         ):
             try:
                 if self._parts is None:
-                    self._parts = cls(self.vol, self.base.entry, self.base.cipher(), self.base.header_bytes())
+                    self._parts = cls(self.vol, self.base.entry, self.base.cipher())
                 self._parts.send(self.block, self._sealed_block)
             except StoreError as exc:
                 # The store cannot take it now (or the version we opened is
@@ -529,7 +529,7 @@ class FileContent:
         reader.adopt(self.base)
         for i, data in self.dirty.items():
             if len(data) == self.vol.layout.plain_block_len(i, self.size):
-                self.cache.put((new.id, new.etag, i), bytes(data))
+                self.cache.put(block_key(new.id, new.etag, new.header_hash, i), bytes(data))
         self.dirty.clear()
         self._drop_spool()
         self._set_base(reader)

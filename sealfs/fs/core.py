@@ -51,7 +51,7 @@ from typing import Iterable
 from ..codec.blocks import MAX_FILE_SIZE
 from ..errors import FsError, NotFound, PreconditionFailed, SealfsError, WouldBlock
 from ..volume import KIND_FILE, ROOT_ID, Entry, Volume, check_name, now_ns
-from .cache import BlockCache
+from .cache import BlockCache, block_key
 from .content import DirtyBudget, FileContent
 
 log = logging.getLogger(__name__)
@@ -469,7 +469,9 @@ class Filesystem:
                     if not node.entry.is_dir:  # (the kernel looks the name up again)
                         raise FsError(errno.ESTALE, f"{node.entry.name!r} was replaced by another mount")
                     raise NotFound("another directory took the name") from None
-                stored = self.vol.set_meta(replace(node.entry, etag=fresh.etag))
+                # (our metadata on the version stored now: its content)
+                stored = self.vol.set_meta(replace(node.entry, etag=fresh.etag, size=fresh.size,
+                                                   header_hash=fresh.header_hash, version=fresh.version))
         except NotFound:
             raise FsError(errno.ENOENT, "file was removed meanwhile") from None
         self._stored(node, stored)
@@ -855,7 +857,7 @@ class Filesystem:
                 # for the open and the reads after it.
                 e = node.entry
                 preload = (acc == os.O_RDONLY and not flags & os.O_TRUNC and e.size <= OPEN_READ_BYTES
-                           and self.cache.get((e.id, e.etag, 0)) is None)
+                           and self.cache.get(block_key(e.id, e.etag, e.header_hash, 0)) is None)
                 if preload:
                     fresh, body = self.vol.load(e, self.vol.layout.object_size_for(OPEN_READ_BYTES))
                 else:
@@ -864,7 +866,10 @@ class Filesystem:
                     # The name holds another file now (replaced by another
                     # mount); on ESTALE the kernel looks the name up anew.
                     raise FsError(errno.ESTALE, f"{fresh.name!r} was replaced by another mount")
-                keep = fresh.etag == node.entry.etag and not node.discarded
+                # (the same etag with metadata of another version, put
+                # back by someone, is another version: its reads fail)
+                same = (fresh.etag, fresh.header_hash) == (node.entry.etag, node.entry.header_hash)
+                keep = same and not node.discarded
                 node.discarded = False
                 if not keep:
                     self._drop_content(node)  # cached blocks and stream of the old version
