@@ -74,14 +74,16 @@ _TIMES_CACHED = 4096
 _REREADS = 8
 
 
-class _TimesGone(Exception):
-    """The times record an entry's metadata names is not in the store:
-    a newer version replaced the entry (and removed the record) between
-    reading the entry and reading its record."""
+class _SideGone(Exception):
+    """An object an entry's metadata names (its times record or its
+    overflow metadata) is not in the store: a newer version replaced the
+    entry (and removed that object) between reading the entry and reading
+    the object -- or, if it stays missing, the object was lost."""
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, what: str):
         super().__init__(key)
         self.key = key
+        self.what = what
 
 
 def dir_prefix(dir_id: bytes) -> str:
@@ -172,6 +174,15 @@ class Volume:
         self.meta = MetaCipher(keyring.meta_keys(), keyring.current)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sealfs-io")
         self._times: dict[tuple[bytes, bytes], tuple[int, int]] = {}
+        if config_etag:
+            store.watch(CONFIG_KEY, config_etag, self._is_ours)
+
+    def _is_ours(self, raw: bytes) -> bool:
+        """Whether config bytes ``raw`` are this volume's (see Store.watch)."""
+        try:
+            return VolumeConfig.parse(raw).volume_id == self.config.volume_id
+        except SealfsError:
+            return False
 
     # -- creating and opening -------------------------------------------------------
 
@@ -205,6 +216,7 @@ class Volume:
             self.config_etag = self.store.put(CONFIG_KEY, self.config.to_bytes(), if_match=self.config_etag)
         except PreconditionFailed:
             raise UsageError("the volume config was changed by someone else meanwhile; run the command again") from None
+        self.store.watch(CONFIG_KEY, self.config_etag, self._is_ours)
         self.meta = MetaCipher(self.keyring.meta_keys(), self.keyring.current)
 
     def submit(self, fn, *args):
@@ -268,14 +280,17 @@ class Volume:
                 raise ValueError("kind")
             if f.get("ov"):
                 e.overflow = True
-                blob = self.store.get(overflow_key(e.id))
+                try:
+                    blob = self.store.get(overflow_key(e.id))
+                except NotFound:
+                    raise _SideGone(overflow_key(e.id), "overflow metadata") from None
                 f.update(_json_of(self.meta.open_bytes(blob, b"sealfs overflow " + e.id, what + " overflow"),
                                   "overflow metadata"))
             e.xattrs = {_unb64(k): _unb64(v) for k, v in f.get("x", {}).items()}
             e.times_record = _times_nonce(f)
             if e.times_record is not None:
                 e.mtime_ns, e.ctime_ns = self._recorded_times(e.id, e.times_record, what)
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, AttributeError):
             raise IntegrityError(f"{what}: metadata is malformed") from None
         if kind == KIND_FILE:
             e.size = self.layout.plain_size_for(size)
@@ -306,7 +321,7 @@ class Volume:
             try:
                 blob = self.store.get(key)
             except NotFound:
-                raise _TimesGone(key) from None
+                raise _SideGone(key, "times record") from None
             f = _json_of(self.meta.open_bytes(blob, _TIMES_AAD + entry_id + nonce, what + " times"), "times record")
             times = (int(f["mt"]), int(f["ct"]))
             self._remember_times(entry_id, nonce, times)
@@ -363,8 +378,7 @@ class Volume:
         return dir_prefix(parent_id) + component, long_ct
 
     def root(self) -> Entry:
-        info = self.store.head(ROOT_KEY)
-        return self._entry_of(ROOT_ID, "", info)
+        return self._read_entry(ROOT_ID, ROOT_KEY, self.store.head)
 
     def lookup(self, parent_id: bytes, name: bytes) -> Entry:
         """The entry ``name`` in directory ``parent_id``; ENOENT if absent."""
@@ -397,18 +411,18 @@ class Volume:
                     info: ObjectInfo | None = None) -> Entry:
         """The entry of object ``key`` in directory ``parent_id``, from
         ``info`` if given, else from ``fetch(key)``; fetched again while the
-        times record it names went away meanwhile (the entry was replaced:
-        each version names a record of its own).  NotFound if the object is
-        gone; IntegrityError if a version's record is missing for good."""
+        times record or overflow metadata it names went away meanwhile (the
+        entry was replaced).  NotFound if the object is gone; IntegrityError
+        if what a version names is missing for good: damage, not absence."""
         missing: set[str] = set()
         while True:
             if info is None:
                 info = fetch(key)
             try:
                 return self._entry_of(parent_id, key[len(dir_prefix(parent_id)):], info)
-            except _TimesGone as gone:
+            except _SideGone as gone:
                 if gone.key in missing or len(missing) >= _REREADS:
-                    raise IntegrityError(f"entry {key}: its times record is missing") from None
+                    raise IntegrityError(f"entry {key}: its {gone.what} {gone.key} is missing") from None
                 missing.add(gone.key)
                 info = None
 
