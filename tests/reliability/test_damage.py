@@ -12,16 +12,26 @@ EIO and writes nothing, on a real mount.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import os
 import re
+import shutil
 import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from sealfs.errors import DamagedObject, IntegrityError, NotFound, StoreError, StoreUnavailable
+from sealfs.codec.header import HEADER_SIZE
+from sealfs.errors import DamagedObject, NotFound, StoreError, StoreUnavailable
 from sealfs.store.s3 import S3Store
+from sealfs.volume import ROOT_ID, dir_prefix, overflow_key
 
+from .conftest import raises_errno, sealfs
 from .faultproxy import FaultProxy
+from .test_bad_input import _local_root, log_lines, offline
 
 PFX = "pfx/"
 
@@ -210,3 +220,217 @@ def test_s3_store_replaced_under_a_watched_store(moto_s3, moto_server: str, s3_b
     assert store.get("d/a") == b"a"
     store.put("d/new", b"x", if_none_match=True)
     store.close()
+
+
+# -- on a live mount ----------------------------------------------------------------
+
+
+def _keys(vol, dir_id: bytes, names) -> dict[str, str]:
+    return {name: vol.entry_key(dir_id, name.encode())[0] for name in names}
+
+
+def _eio(call: Callable[[], object]) -> None:
+    """``call`` fails with EIO -- once the kernel's caches of attributes
+    and names (1 s) no longer answer it without asking the daemon."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            call()
+        except OSError as exc:
+            assert exc.errno == errno.EIO, exc
+            return
+        assert time.monotonic() < deadline, f"{call} kept succeeding"
+        time.sleep(0.05)
+
+
+def _wait_for_log(m, needle: str) -> None:
+    deadline = time.monotonic() + 30
+    while not log_lines(m, needle):
+        assert time.monotonic() < deadline, f"no log line with {needle!r}:\n{m.log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_one_damaged_entry_leaves_its_directory_working(make_mount, store_kind):
+    """Entries damaged in each way (sealed metadata garbled, the object cut
+    to an impossible size, its overflow metadata deleted, and on the local
+    store the object file cut inside the store's own header): each alone is
+    EIO with a log line naming it and is left out of listings; ls, find,
+    du and cat of the intact siblings work; rm -r removes every intact
+    entry and stops only at the damaged ones (rmdir: not empty), which
+    stay in the store for fsck (exit 4)."""
+    m = make_mount()
+    d = m.path / "d"
+    d.mkdir()
+    intact = {f"f{i}": os.urandom(100 + 1000 * i) for i in range(8)}
+    damaged = ["garbled-meta", "cut-short", "overflow-gone"] + (["local-header"] if store_kind == "local" else [])
+    for name, data in {**intact, **{n: b"doomed " + n.encode() for n in damaged}}.items():
+        (d / name).write_bytes(data)
+    for i in range(16):  # (far past what fits in the object's own metadata)
+        os.setxattr(d / "overflow-gone", f"user.big{i}", os.urandom(60_000))
+    (d / "sub").mkdir()
+    (d / "sub" / "inner").write_bytes(b"inner")
+    os.symlink("f1", d / "link")
+    m.unmount()
+
+    with offline(m) as vol:
+        dir_id = vol.lookup(ROOT_ID, b"d").id
+        key = _keys(vol, dir_id, damaged)
+        body, info = vol.store.get_object(key["garbled-meta"])
+        vol.store.put(key["garbled-meta"], body, {**info.metadata, "m": "AAAA" + info.metadata["m"][8:]})
+        body, info = vol.store.get_object(key["cut-short"])
+        vol.store.put(key["cut-short"], body[:HEADER_SIZE + 7], info.metadata)
+        vol.store.delete(overflow_key(vol.lookup(dir_id, b"overflow-gone").id))
+        if store_kind == "local":
+            path = _local_root(m) / "objects" / key["local-header"].replace("/", "~/")
+            assert path.is_file(), path
+            os.truncate(path, 100)
+    m.expected_log += [r"skipping damaged directory entry", r"integrity failure in \w+: "]
+    m.mount()
+
+    listed = set(os.listdir(d))
+    assert listed == set(intact) | {"sub", "link"}
+    for name in damaged:
+        with raises_errno(errno.EIO):
+            os.stat(d / name)
+        assert [line for line in log_lines(m, name) if " ERROR " in line], name
+    for name, data in intact.items():
+        assert (d / name).read_bytes() == data
+    assert os.readlink(d / "link") == "f1"
+    found = subprocess.run(["find", str(d)], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert {Path(p).name for p in found.stdout.split()} == listed | {"d", "inner"}
+    du = subprocess.run(["du", "-s", "-b", str(d)], capture_output=True, text=True)
+    assert du.returncode == 0, du.stderr
+    assert int(du.stdout.split()[0]) >= sum(map(len, intact.values()))
+
+    rm = subprocess.run(["rm", "-r", str(d)], capture_output=True, text=True)
+    assert rm.returncode != 0 and "not empty" in rm.stderr.lower(), rm.stderr
+    assert os.listdir(d) == []  # every intact entry removed
+    for name in damaged:
+        with raises_errno(errno.EIO):
+            os.stat(d / name)
+    m.unmount()
+    with offline(m) as vol:
+        assert sorted(o.key for o in vol.store.list_all(dir_prefix(dir_id))) == sorted(key.values())
+    check = sealfs("fsck", m.url, *m.store_args(), check=False)
+    assert check.returncode == 4, check.stderr
+    out = check.stdout.decode() + check.stderr.decode()
+    for name in ("garbled-meta", "cut-short", "overflow-gone"):  # (named where the name authenticates)
+        assert name in out or key[name] in out, out
+    assert "overflow metadata" in out and "is missing" in out, out
+    m.mount()
+
+
+def test_s3_answer_that_does_not_parse_on_a_live_mount(make_mount, store_kind, proxy, make_store_spec):
+    """Through the proxy, the HEAD of one entry comes back without an ETag
+    and with a garbled Last-Modified: that entry is EIO with a log line and
+    left out of the listing; its siblings are listed and read."""
+    if store_kind != "s3":
+        pytest.skip("an S3 answer")
+    m = make_mount()
+    for name in ("a", "b", "c"):
+        (m.path / name).write_bytes(name.encode() * 100)
+    m.unmount()
+    with offline(m) as vol:
+        key = vol.entry_key(ROOT_ID, b"b")[0]
+    spec = dataclasses.replace(m.spec, options={**m.spec.options, "endpoint": proxy.url})
+    garble = _header_rewrite(key, lambda h: (h.pop("etag", None), h.__setitem__("last-modified", "noon")))
+    proxy.rewrite(garble)
+    p = make_mount(spec=spec)
+    p.expected_log += [r"skipping damaged directory entry", r"integrity failure in \w+: "]
+    assert sorted(os.listdir(p.path)) == ["a", "c"]
+    with raises_errno(errno.EIO):
+        os.stat(p.path / "b")
+    assert (p.path / "a").read_bytes() == b"a" * 100
+    assert (p.path / "c").read_bytes() == b"c" * 100
+    assert log_lines(p, "ETag that does not parse")
+    proxy.clear()
+    assert (p.path / "b").read_bytes() == b"b" * 100
+
+
+def test_local_store_gone_while_mounted(make_mount, store_kind, tmp_path):
+    """The store directory deleted, moved away, or replaced by another
+    volume's store while mounted: every request is EIO with a log line
+    (never an empty volume) and nothing is written, to the old path or to
+    the other store; moved back, the same mount works again."""
+    if store_kind != "local":
+        pytest.skip("a local store directory")
+    m = make_mount()
+    (m.path / "f").write_bytes(b"kept")
+    (m.path / "d").mkdir()
+    other = make_mount()
+    (other.path / "theirs").write_bytes(b"another volume")
+    other.unmount()
+    m.remount()  # (nothing pending: the directory times are written)
+    m.expected_log += [r"local store .* (is gone|was replaced)"]
+    root, away, theirs = _local_root(m), tmp_path / "away", _local_root(other)
+
+    def every_request_fails() -> None:
+        for call in (lambda: os.listdir(m.path), lambda: os.stat(m.path / "f"), lambda: (m.path / "f").read_bytes(),
+                     lambda: os.mkdir(m.path / "new-dir"), lambda: (m.path / "new-file").write_bytes(b"x"),
+                     lambda: os.unlink(m.path / "f"), lambda: os.rename(m.path / "f", m.path / "g"),
+                     lambda: os.listdir(m.path / "d")):
+            _eio(call)
+
+    def tree(path: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+    root.rename(away)
+    every_request_fails()
+    assert not root.exists()
+    _wait_for_log(m, "is gone")
+    before = tree(theirs)
+    theirs.rename(root)  # another volume's store where ours was
+    every_request_fails()
+    assert tree(root) == before
+    _wait_for_log(m, "was replaced")
+    root.rename(theirs)
+    away.rename(root)  # ours back
+    assert sorted(os.listdir(m.path)) == ["d", "f"]
+    assert (m.path / "f").read_bytes() == b"kept"
+    shutil.copytree(root, away)  # (a copy, to put back: then deleted for good)
+    shutil.rmtree(root)
+    every_request_fails()
+    assert not root.exists()
+    shutil.copytree(away, root)  # a copy is another directory: replaced
+    every_request_fails()
+    assert tree(root) == tree(away)
+
+
+def test_s3_bucket_deleted_while_mounted(make_mount, store_kind, moto_s3):
+    """The bucket deleted while mounted: EIO; made again, empty: still
+    EIO, never an empty volume, and nothing is written into it; its
+    objects put back, the same mount works again."""
+    if store_kind != "s3":
+        pytest.skip("an S3 bucket")
+    m = make_mount()
+    (m.path / "f").write_bytes(b"kept")
+    (m.path / "d").mkdir()
+    m.remount()  # (nothing pending)
+    m.expected_log += [r"store failure in \w+: .*(does not exist|no longer holds the volume)"]
+    bucket = m.url[len("s3://"):].split("/")[0]
+    saved = {o["Key"]: moto_s3.get_object(Bucket=bucket, Key=o["Key"])
+             for o in moto_s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    saved = {k: (r["Body"].read(), r["Metadata"]) for k, r in saved.items()}
+
+    def every_request_fails() -> None:
+        for call in (lambda: os.listdir(m.path), lambda: os.stat(m.path / "f"), lambda: (m.path / "f").read_bytes(),
+                     lambda: os.mkdir(m.path / "new-dir"), lambda: (m.path / "new-file").write_bytes(b"x"),
+                     lambda: os.symlink("f", m.path / "new-link"), lambda: os.listdir(m.path / "d"),
+                     lambda: os.rename(m.path / "f", m.path / "g")):
+            _eio(call)
+
+    for k in saved:
+        moto_s3.delete_object(Bucket=bucket, Key=k)
+    moto_s3.delete_bucket(Bucket=bucket)
+    every_request_fails()
+    _wait_for_log(m, "does not exist")
+    moto_s3.create_bucket(Bucket=bucket)
+    every_request_fails()
+    _wait_for_log(m, "no longer holds the volume")
+    assert moto_s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    for k, (body, md) in saved.items():
+        moto_s3.put_object(Bucket=bucket, Key=k, Body=body, Metadata=md)
+    assert sorted(os.listdir(m.path)) == ["d", "f"]
+    assert (m.path / "f").read_bytes() == b"kept"
+    (m.path / "new-file").write_bytes(b"works again")
