@@ -618,3 +618,70 @@ def test_every_object_kind_damaged(store_spec, store_kind):
             path.write_bytes(raw)
     probe(set(), "all restored")
     store.close()
+
+
+def test_fsck_goes_on_past_a_damaged_root_entry(store_spec, tmp_path):
+    """The root's own entry object damaged: fsck says so and still checks
+    every entry below it (finding the damage deeper down), exit 4."""
+    store = store_spec.open(create=True)
+    keyfile = tmp_path / "key"
+    keyfile.write_bytes(os.urandom(64))
+    vol = Volume.create(store, KeyFile(str(keyfile), keyfile.read_bytes()), block_size=4096)
+    sub = vol.mkdir(ROOT_ID, b"dir", 0o755, 0, 0)
+    for parent, name in ((ROOT_ID, b"top"), (sub.id, b"deep"), (sub.id, b"fine")):
+        e = vol.new_file_entry(parent, name, 0o600, 0, 0)
+        vol.write_content(e, 5000, lambda i: bytes([i + 1]) * (4096 if i == 0 else 904), if_none_match=True)
+    body, info = store.get_object("root")
+    store.put("root", body, {"m": info.metadata["m"][:-6] + "AAAAAA"})
+    deep = vol.lookup(sub.id, b"deep")
+    raw, info = store.get_object(deep.key)
+    store.put(deep.key, raw[:-1] + bytes([raw[-1] ^ 1]), info.metadata)
+    report = fsck.check(vol)
+    vol.close()
+    where = [w for w, _ in report.damaged]
+    assert where[0] == "/" and "root directory entry" in report.damaged[0][1], report.damaged
+    assert where[1:] == ["/dir/deep"], report.damaged
+    assert (report.files, report.dirs) == (3, 2)
+    opts = [f"keyfile={keyfile}"] + [f"{k}={v}" for k, v in store_spec.options.items()]
+    proc = sealfs("fsck", store_spec.url, "-o", ",".join(opts), check=False)
+    assert proc.returncode == 4, proc.stderr
+    out = proc.stdout.decode()
+    assert "root directory entry" in out and "/dir/deep" in out, out
+
+
+def test_s3_answer_fields_fuzzed(proxy: FaultProxy, s3_bucket: str) -> None:
+    """Any text in the ETag, Last-Modified, Content-Length, Content-Range
+    and user-metadata headers of one object's answers, and in the fields of
+    its listing entry: DamagedObject or an answer, never another exception;
+    a listing lists its neighbours as they are."""
+    from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+
+    store = S3Store(s3_bucket, "pfx", endpoint=proxy.url, path_style=True, max_attempts=1, read_timeout=1,
+                    call_timeout=2)
+    etags = {k: store.put(k, b"0123456789", {"m": "v"}) for k in ("d/a", "d/b", "d/c")}
+    header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=40)
+    xml_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="<>&"), max_size=40)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck),
+              phases=[Phase.explicit, Phase.generate])
+    @given(st.sampled_from(["etag", "last-modified", "content-length", "content-range", "x-amz-meta-m"]),
+           header_text, st.sampled_from(["Size", "ETag", "LastModified", "Key"]), xml_text)
+    def fuzzed(header: str, value: str, field: str, text: str) -> None:
+        proxy.rewrite(_header_rewrite("d/b", _set(header, value)))
+        calls = [lambda: store.head("d/b")]
+        if header != "content-length":  # (on a GET it frames the body: see above)
+            calls.append(lambda: store.get_object("d/b", 4))
+        for call in calls:
+            try:
+                call()
+            except DamagedObject:
+                pass
+        proxy.rewrite(_listing_rewrite(lambda x: re.sub(f"<{field}>[^<]*</{field}>", lambda _: f"<{field}>{text}</{field}>", x)
+                                       if f"<Key>{PFX}d/b</Key>" in x else x))
+        listed = {o.key: o for o in store.list("d/").objects}
+        for key in ("d/a", "d/c"):
+            assert (listed[key].size, listed[key].etag) == (10, etags[key])
+
+    fuzzed()
+    proxy.clear()
+    store.close()
