@@ -43,7 +43,7 @@ from .codec.blocks import FileCipher, Layout
 from .codec.header import HEADER_SIZE, open_header, peek_header, seal_header
 from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
-from .errors import ConfigError, FsError, IntegrityError, NotFound, PreconditionFailed, SealfsError, UsageError
+from .errors import ConfigError, DamagedObject, FsError, IntegrityError, NotFound, PreconditionFailed, SealfsError, UsageError
 from .keys.slots import CONFIG_KEY, Credential, Keyring, VolumeConfig, create as create_config
 from .store.base import MAX_METADATA_BYTES, MAX_PARTS, ObjectInfo, Store
 
@@ -733,6 +733,8 @@ def read_config(store: Store) -> tuple[VolumeConfig, str]:
         raw, info = store.get_object(CONFIG_KEY)
     except NotFound:
         raise ConfigError(f"no sealfs volume at {store.url} (create one with: sealfs init {store.url})") from None
+    except DamagedObject as exc:
+        raise ConfigError(f"the volume config at {store.url} is damaged: {exc}") from None
     return VolumeConfig.parse(raw), info.etag
 
 

@@ -71,8 +71,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Self
+from typing import Self
 from urllib.parse import urlsplit
 
 KINDS = ("drop", "lost_reply", "reset", "truncate", "delay", "error500", "error503", "slowdown")
@@ -179,7 +180,7 @@ class FaultProxy:
         self.set_rules()
         self.rewrite(None)
 
-    def rewrite(self, fn: "Rewrite | None") -> None:
+    def rewrite(self, fn: Rewrite | None) -> None:
         """Pass every answer from upstream through ``fn(method, path,
         status, headers, body)``, which returns the (status, headers, body)
         to send instead (headers as a list of (name, value)); None: stop."""
