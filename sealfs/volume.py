@@ -43,7 +43,16 @@ from .codec.blocks import FileCipher, Layout
 from .codec.header import HEADER_SIZE, open_header, peek_header, seal_header
 from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
-from .errors import ConfigError, DamagedObject, FsError, IntegrityError, NotFound, PreconditionFailed, SealfsError, UsageError
+from .errors import (
+    ConfigError,
+    DamagedObject,
+    FsError,
+    IntegrityError,
+    NotFound,
+    PreconditionFailed,
+    SealfsError,
+    UsageError,
+)
 from .keys.slots import CONFIG_KEY, Credential, Keyring, VolumeConfig, create as create_config
 from .store.base import MAX_METADATA_BYTES, MAX_PARTS, ObjectInfo, Store
 
@@ -422,7 +431,7 @@ class Volume:
                 return self._entry_of(parent_id, key[len(dir_prefix(parent_id)):], info)
             except _SideGone as gone:
                 if gone.key in missing or len(missing) >= _REREADS:
-                    raise IntegrityError(f"entry {key}: its {gone.what} {gone.key} is missing") from None
+                    raise IntegrityError(f"entry {key}: its {gone.what} is missing ({gone.key})") from None
                 missing.add(gone.key)
                 info = None
 

@@ -55,6 +55,21 @@ Etags are handed to callers without S3's quotes and sent back quoted, as
 HTTP's If-Match wants them.  A 409 ``ConditionalRequestConflict`` (a
 conditional write raced another) is a lost conditional write, like 412.
 
+Answers that do not parse.  An answer about one object (HEAD, GET, the
+answer to a write) whose ETag, Last-Modified, Content-Length,
+Content-Range or user metadata does not parse raises DamagedObject, an
+integrity error of that object, never a KeyError or ValueError: botocore's
+parser is given :class:`_Parser`, which keeps a number or date that does
+not parse as None, and each field is checked here.  In a listing, such an
+entry is given with what parses (size -1, etag "" when unknown: a caller
+that needs them reads the object) and one without a usable key is left
+out, each with a log line, so one bad entry never fails a listing.
+
+A bucket deleted and made again.  See :meth:`S3Store.watch`: once a
+volume is opened, the store checks the volume config whenever an answer
+could come from a new, empty bucket of the same name, and before every
+write that could create an object there.
+
 Where moto (the test server) is more lenient than S3, the limits are
 enforced here: user metadata size (:func:`~sealfs.store.base.check_metadata`),
 part numbers 1..10000, part order.  moto ignores ``If-Match`` on
@@ -416,13 +431,9 @@ class S3Store(Store):
             return ObjectInfo(key=key, **_info_fields(o, "Size", "listing entry"))
         except DamagedObject as exc:
             log.warning("S3 listing of %s: object %s: %s (read it to check it)", self.url, key, exc)
-            fields = {"size": o.get("Size"), "etag": o.get("ETag"), "mtime": o.get("LastModified")}
-            return ObjectInfo(
-                key=key,
-                size=fields["size"] if isinstance(fields["size"], int) and fields["size"] >= 0 else -1,
-                etag=_unquote(fields["etag"]) if isinstance(fields["etag"], str) and _unquote(fields["etag"]) else "",
-                mtime=fields["mtime"].timestamp() if hasattr(fields["mtime"], "timestamp") else 0.0,
-            )
+            size = _size_field(o.get("Size"))
+            return ObjectInfo(key=key, size=-1 if size is None else size, etag=_etag_field(o.get("ETag")) or "",
+                              mtime=_mtime_field(o.get("LastModified")) or 0.0)
 
     def _listed_prefix(self, p: dict) -> str | None:
         text = p.get("Prefix")
@@ -891,30 +902,42 @@ def _multipart_etag(parts: list[tuple[int, str]]) -> str | None:
     return f"{hashlib.md5(md5s, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
+def _size_field(value: object) -> int | None:
+    """A size from an S3 answer, or None if it does not parse (see _Parser)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _etag_field(value: object) -> str | None:
+    if not isinstance(value, str) or not value.isprintable() or not _unquote(value):
+        return None
+    return _unquote(value)
+
+
+def _mtime_field(value: object) -> float | None:
+    try:
+        return value.timestamp()  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def _info_fields(answer: dict, size_field: str, what: str) -> dict:
     """size, etag and mtime of one object from an S3 answer (a HEAD or
     GET's, or a listing entry), checked: DamagedObject if one does not
     parse."""
-    size = answer.get(size_field)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise DamagedObject(f"{what}: S3 gave a size that does not parse")
-    etag = answer.get("ETag")
-    if not isinstance(etag, str) or not _unquote(etag) or not etag.isprintable():
-        raise DamagedObject(f"{what}: S3 gave an ETag that does not parse")
-    mtime = answer.get("LastModified")
-    try:
-        seconds = mtime.timestamp()
-    except (AttributeError, ValueError, OverflowError, OSError):
-        raise DamagedObject(f"{what}: S3 gave a Last-Modified time that does not parse") from None
-    return {"size": size, "etag": _unquote(etag), "mtime": seconds}
+    fields = {"size": _size_field(answer.get(size_field)), "etag": _etag_field(answer.get("ETag")),
+              "mtime": _mtime_field(answer.get("LastModified"))}
+    for name, header in (("size", "size"), ("etag", "ETag"), ("mtime", "Last-Modified time")):
+        if fields[name] is None:
+            raise DamagedObject(f"{what}: S3 gave a{'n' if header[0] == 'E' else ''} {header} that does not parse")
+    return fields
 
 
-def _etag_of(answer: dict, what: str) -> str:
+def _etag_of(answer: dict | None, what: str) -> str:
     """The etag of the object a write made, from S3's answer to it."""
-    etag = answer.get("ETag") if isinstance(answer, dict) else None
-    if not isinstance(etag, str) or not _unquote(etag) or not etag.isprintable():
+    etag = _etag_field(answer.get("ETag")) if isinstance(answer, dict) else None
+    if etag is None:
         raise DamagedObject(f"{what}: S3's answer to the write gave an ETag that does not parse")
-    return _unquote(etag)
+    return etag
 
 
 def _quote(etag: str) -> str:

@@ -28,7 +28,15 @@ import pytest
 
 from sealfs import fsck
 from sealfs.codec.header import HEADER_SIZE
-from sealfs.errors import BadKeyError, ConfigError, DamagedObject, IntegrityError, NotFound, StoreError, StoreUnavailable
+from sealfs.errors import (
+    BadKeyError,
+    ConfigError,
+    DamagedObject,
+    IntegrityError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from sealfs.keys.slots import CONFIG_KEY, KeyFile
 from sealfs.store.s3 import S3Store
 from sealfs.volume import ROOT_ID, Volume, dir_prefix, overflow_key, times_key
@@ -654,7 +662,8 @@ def test_s3_answer_fields_fuzzed(proxy: FaultProxy, s3_bucket: str) -> None:
     and user-metadata headers of one object's answers, and in the fields of
     its listing entry: DamagedObject or an answer, never another exception;
     a listing lists its neighbours as they are."""
-    from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
 
     store = S3Store(s3_bucket, "pfx", endpoint=proxy.url, path_style=True, max_attempts=1, read_timeout=1,
                     call_timeout=2)
@@ -676,8 +685,12 @@ def test_s3_answer_fields_fuzzed(proxy: FaultProxy, s3_bucket: str) -> None:
                 call()
             except DamagedObject:
                 pass
-        proxy.rewrite(_listing_rewrite(lambda x: re.sub(f"<{field}>[^<]*</{field}>", lambda _: f"<{field}>{text}</{field}>", x)
-                                       if f"<Key>{PFX}d/b</Key>" in x else x))
+        def garble(x: str) -> str:
+            if f"<Key>{PFX}d/b</Key>" not in x:
+                return x
+            return re.sub(f"<{field}>[^<]*</{field}>", lambda _: f"<{field}>{text}</{field}>", x)
+
+        proxy.rewrite(_listing_rewrite(garble))
         listed = {o.key: o for o in store.list("d/").objects}
         for key in ("d/a", "d/c"):
             assert (listed[key].size, listed[key].etag) == (10, etags[key])
