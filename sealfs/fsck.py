@@ -23,12 +23,13 @@ damaged object (the evidence, and maybe all that is left of a file).
 from __future__ import annotations
 
 import errno
+import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from .errors import FsError, IntegrityError, NotFound, SealfsError
-from .volume import ROOT_ID, Entry, Volume, times_key
+from .volume import KIND_DIR, ROOT_ID, ROOT_KEY, Entry, Volume, times_key
 
 LOST_AND_FOUND = b"lost+found"
 #: Multipart uploads younger than this may belong to a running mount.
@@ -80,9 +81,11 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     try:
         root = vol.root()
     except (IntegrityError, NotFound) as exc:
-        report.damaged.append(("/", f"root directory entry: {exc}"))
-        return report
-    report.entries.append(("/", root))
+        damaged(ROOT_KEY, IntegrityError(f"root directory entry: {exc}"), "/")
+        # (the root's entries are found by its fixed id: check them all the same)
+        root = Entry(ROOT_ID, b"", ROOT_KEY, KIND_DIR, ROOT_ID, stat.S_IFDIR, 0, 0, 0, 0)
+    else:
+        report.entries.append(("/", root))
     stack = [(root, "/")]
     while stack:
         d, path = stack.pop()

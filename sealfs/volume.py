@@ -44,7 +44,16 @@ from .codec.blocks import MAP_LEN_SIZE, MAX_FILE_SIZE, MAX_MAP_EXTENTS, BlockMap
 from .codec.header import HEADER_HASH_SIZE, HEADER_SIZE, header_hash, open_header, peek_header, seal_header
 from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
-from .errors import ConfigError, FsError, IntegrityError, NotFound, PreconditionFailed, SealfsError, UsageError
+from .errors import (
+    ConfigError,
+    DamagedObject,
+    FsError,
+    IntegrityError,
+    NotFound,
+    PreconditionFailed,
+    SealfsError,
+    UsageError,
+)
 from .keys.slots import CONFIG_KEY, Credential, Keyring, VolumeConfig, create as create_config
 from .store.base import MAX_METADATA_BYTES, MAX_PARTS, ObjectInfo, Store
 
@@ -77,14 +86,16 @@ _TIMES_CACHED = 4096
 _REREADS = 8
 
 
-class _TimesGone(Exception):
-    """The times record an entry's metadata names is not in the store:
-    a newer version replaced the entry (and removed the record) between
-    reading the entry and reading its record."""
+class _SideGone(Exception):
+    """An object an entry's metadata names (its times record or its
+    overflow metadata) is not in the store: a newer version replaced the
+    entry (and removed that object) between reading the entry and reading
+    the object -- or, if it stays missing, the object was lost."""
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, what: str):
         super().__init__(key)
         self.key = key
+        self.what = what
 
 
 def dir_prefix(dir_id: bytes) -> str:
@@ -188,6 +199,15 @@ class Volume:
         self.meta = MetaCipher(keyring.meta_keys(), keyring.current)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sealfs-io")
         self._times: dict[tuple[bytes, bytes], tuple[int, int]] = {}
+        if config_etag:
+            store.watch(CONFIG_KEY, config_etag, self._is_ours)
+
+    def _is_ours(self, raw: bytes) -> bool:
+        """Whether config bytes ``raw`` are this volume's (see Store.watch)."""
+        try:
+            return VolumeConfig.parse(raw).volume_id == self.config.volume_id
+        except SealfsError:
+            return False
 
     # -- creating and opening -------------------------------------------------------
 
@@ -221,6 +241,7 @@ class Volume:
             self.config_etag = self.store.put(CONFIG_KEY, self.config.to_bytes(), if_match=self.config_etag)
         except PreconditionFailed:
             raise UsageError("the volume config was changed by someone else meanwhile; run the command again") from None
+        self.store.watch(CONFIG_KEY, self.config_etag, self._is_ours)
         self.meta = MetaCipher(self.keyring.meta_keys(), self.keyring.current)
 
     def submit(self, fn, *args):
@@ -290,7 +311,10 @@ class Volume:
                 raise ValueError("kind")
             if f.get("ov"):
                 e.overflow = True
-                blob = self.store.get(overflow_key(e.id))
+                try:
+                    blob = self.store.get(overflow_key(e.id))
+                except NotFound:
+                    raise _SideGone(overflow_key(e.id), "overflow metadata") from None
                 f.update(_json_of(self.meta.open_bytes(blob, b"sealfs overflow " + e.id, what + " overflow"),
                                   "overflow metadata"))
             e.xattrs = {_unb64(k): _unb64(v) for k, v in f.get("x", {}).items()}
@@ -305,7 +329,7 @@ class Volume:
                     raise ValueError("vn")
             if e.times_record is not None:
                 e.mtime_ns, e.ctime_ns = self._recorded_times(e.id, e.times_record, what)
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, AttributeError):
             raise IntegrityError(f"{what}: metadata is malformed") from None
         e.object_size = size
         if kind == KIND_FILE and "sz" in f:
@@ -345,7 +369,7 @@ class Volume:
             try:
                 blob = self.store.get(key)
             except NotFound:
-                raise _TimesGone(key) from None
+                raise _SideGone(key, "times record") from None
             f = _json_of(self.meta.open_bytes(blob, _TIMES_AAD + entry_id + nonce, what + " times"), "times record")
             times = (int(f["mt"]), int(f["ct"]))
             self._remember_times(entry_id, nonce, times)
@@ -402,8 +426,7 @@ class Volume:
         return dir_prefix(parent_id) + component, long_ct
 
     def root(self) -> Entry:
-        info = self.store.head(ROOT_KEY)
-        return self._entry_of(ROOT_ID, "", info)
+        return self._read_entry(ROOT_ID, ROOT_KEY, self.store.head)
 
     def lookup(self, parent_id: bytes, name: bytes) -> Entry:
         """The entry ``name`` in directory ``parent_id``; ENOENT if absent."""
@@ -436,18 +459,18 @@ class Volume:
                     info: ObjectInfo | None = None) -> Entry:
         """The entry of object ``key`` in directory ``parent_id``, from
         ``info`` if given, else from ``fetch(key)``; fetched again while the
-        times record it names went away meanwhile (the entry was replaced:
-        each version names a record of its own).  NotFound if the object is
-        gone; IntegrityError if a version's record is missing for good."""
+        times record or overflow metadata it names went away meanwhile (the
+        entry was replaced).  NotFound if the object is gone; IntegrityError
+        if what a version names is missing for good: damage, not absence."""
         missing: set[str] = set()
         while True:
             if info is None:
                 info = fetch(key)
             try:
                 return self._entry_of(parent_id, key[len(dir_prefix(parent_id)):], info)
-            except _TimesGone as gone:
+            except _SideGone as gone:
                 if gone.key in missing or len(missing) >= _REREADS:
-                    raise IntegrityError(f"entry {key}: its times record is missing") from None
+                    raise IntegrityError(f"entry {key}: its {gone.what} is missing ({gone.key})") from None
                 missing.add(gone.key)
                 info = None
 
@@ -816,6 +839,8 @@ def read_config(store: Store) -> tuple[VolumeConfig, str]:
         raw, info = store.get_object(CONFIG_KEY)
     except NotFound:
         raise ConfigError(f"no sealfs volume at {store.url} (create one with: sealfs init {store.url})") from None
+    except DamagedObject as exc:
+        raise ConfigError(f"the volume config at {store.url} is damaged: {exc}") from None
     return VolumeConfig.parse(raw), info.etag
 
 

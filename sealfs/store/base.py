@@ -34,7 +34,7 @@ The contract, for every backend:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -330,6 +330,19 @@ class Store(abc.ABC):
     def remove_temporary(self, name: str) -> None:
         """Remove one of :meth:`temporaries` (a store must not be writing it)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no temporary files")
+
+    def watch(self, key: str, etag: str, ours: Callable[[bytes], bool]) -> None:
+        """Object ``key`` (now with ``etag``) says whose store this is (a
+        volume's config): from now on, whenever an answer could come from
+        a store emptied or replaced behind this one's back (an S3 bucket
+        deleted and made again: a missing object, a lost conditional
+        write, an empty listing) and before every write that is not
+        conditional on an object's etag, make sure ``key`` is still there
+        with ``etag`` or bytes that ``ours`` accepts, else raise
+        :class:`~sealfs.errors.StoreUnavailable`: never read the new
+        namespace as an empty volume nor write into it.  A local store
+        checks the identity of its directory on every call instead, and
+        ignores this."""
 
     def check(self) -> None:
         """Raise :class:`~sealfs.errors.StoreError` (with a message saying

@@ -55,6 +55,21 @@ Etags are handed to callers without S3's quotes and sent back quoted, as
 HTTP's If-Match wants them.  A 409 ``ConditionalRequestConflict`` (a
 conditional write raced another) is a lost conditional write, like 412.
 
+Answers that do not parse.  An answer about one object (HEAD, GET, the
+answer to a write) whose ETag, Last-Modified, Content-Length,
+Content-Range or user metadata does not parse raises DamagedObject, an
+integrity error of that object, never a KeyError or ValueError: botocore's
+parser is given :class:`_Parser`, which keeps a number or date that does
+not parse as None, and each field is checked here.  In a listing, such an
+entry is given with what parses (size -1, etag "" when unknown: a caller
+that needs them reads the object) and one without a usable key is left
+out, each with a log line, so one bad entry never fails a listing.
+
+A bucket deleted and made again.  See :meth:`S3Store.watch`: once a
+volume is opened, the store checks the volume config whenever an answer
+could come from a new, empty bucket of the same name, and before every
+write that could create an object there.
+
 Where moto (the test server) is more lenient than S3, the limits are
 enforced here: user metadata size (:func:`~sealfs.store.base.check_metadata`),
 part numbers 1..10000, part order.  moto ignores ``If-Match`` on
@@ -71,16 +86,19 @@ import hashlib
 import logging
 import random
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
 import botocore.exceptions as bce
+import botocore.parsers
+import botocore.session
 import urllib3.exceptions
 from botocore.config import Config
 
-from ..errors import NotFound, PreconditionFailed, StoreError, StoreUnavailable
+from ..errors import DamagedObject, NotFound, PreconditionFailed, StoreError, StoreUnavailable
 from .base import (
     MAX_KEY_BYTES,
     MAX_PARTS,
@@ -162,6 +180,34 @@ class _Stream:
             self._body = None
 
 
+class _Parser(botocore.parsers.RestXMLParser):
+    """botocore's S3 answer parser, except that a number or a date that
+    does not parse is kept as None instead of failing the whole answer: a
+    listing with one garbled entry still lists the others, and S3Store
+    checks each field it uses (see :func:`_info_fields`)."""
+
+    def _handle_integer(self, shape, text):
+        try:
+            return super()._handle_integer(shape, text)
+        except (ValueError, TypeError):
+            return None
+
+    _handle_long = _handle_integer
+
+    def _handle_timestamp(self, shape, text):
+        try:
+            return super()._handle_timestamp(shape, text)
+        except (ValueError, TypeError, OverflowError):
+            return None
+
+
+class _Parsers(botocore.parsers.ResponseParserFactory):
+    def create_parser(self, protocol_name):
+        if protocol_name == "rest-xml":
+            return _Parser(**self._defaults)
+        return super().create_parser(protocol_name)
+
+
 class S3Store(Store):
     """The objects under ``prefix`` in an S3 bucket.
 
@@ -221,7 +267,11 @@ class S3Store(Store):
         #: A call gave up without an answer from the server, and no answer
         #: came since: retry nothing (see "Retries" above).
         self._unreachable = False
-        session = boto3.session.Session()
+        #: See :meth:`watch`: (key, etag, whether its bytes are ours).
+        self._watched: tuple[str, str, Callable[[bytes], bool]] | None = None
+        core = botocore.session.get_session()
+        core.register_component("response_parser_factory", _Parsers())
+        session = boto3.session.Session(botocore_session=core)
 
         def client(read_timeout: float, call_timeout: float):
             config = Config(
@@ -259,6 +309,34 @@ class S3Store(Store):
     def close(self) -> None:
         self._client.close()
         self._slow_client.close()
+
+    def watch(self, key: str, etag: str, ours: Callable[[bytes], bool]) -> None:
+        """See :meth:`Store.watch`.  The check is one HEAD of ``key`` (and a
+        GET when its etag changed, by a key command): made on a missing
+        object, a lost conditional write, an empty first listing page, and
+        before every write not conditional on an etag (new files,
+        directories and symlinks, times records, overflow metadata,
+        multipart uploads)."""
+        self._watched = (key, etag, ours)
+
+    def _check_watched(self) -> None:
+        watched = self._watched
+        if watched is None:
+            return
+        key, etag, ours = watched
+        gone = (f"{self.url} no longer holds the volume this store was opened with (its {key} is "
+                "{}): refusing to use it, so as not to read an empty volume or write into another bucket")
+        try:
+            info = self.head(key)
+            if info.etag != etag:
+                data, info = self.get_object(key)
+                if not ours(data):
+                    raise StoreUnavailable(gone.format("another volume's"))
+                self._watched = (key, info.etag, ours)
+        except NotFound:
+            raise StoreUnavailable(gone.format("gone: the bucket was emptied, or deleted and made again")) from None
+        except DamagedObject:
+            raise StoreUnavailable(gone.format("damaged")) from None
 
     # -- reading -----------------------------------------------------------
     def get(self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None) -> bytes:
@@ -319,26 +397,51 @@ class S3Store(Store):
             "Bucket": self.bucket,
             "Prefix": self._prefix + prefix,
             "MaxKeys": min(max_keys, 1000),
+            # (asked for here, not left to botocore, which would decode the
+            # keys itself and fail the whole listing on an entry with none)
+            "EncodingType": "url",
         }
         if delimiter is not None:
             args["Delimiter"] = delimiter
         if token is not None:
             args["ContinuationToken"] = token
         response = self._call("listing", prefix or None, self._client.list_objects_v2, **args)
-        strip = len(self._prefix)
-        return ListPage(
-            objects=[
-                ObjectInfo(
-                    key=o["Key"][strip:],
-                    size=o["Size"],
-                    etag=_unquote(o["ETag"]),
-                    mtime=o["LastModified"].timestamp(),
-                )
-                for o in response.get("Contents", [])
-            ],
-            prefixes=[p["Prefix"][strip:] for p in response.get("CommonPrefixes", [])],
+        page = ListPage(
+            objects=[o for o in map(self._listed, response.get("Contents") or []) if o is not None],
+            prefixes=[p for p in (self._listed_prefix(p) for p in response.get("CommonPrefixes") or []) if p],
             next_token=response.get("NextContinuationToken") if response.get("IsTruncated") else None,
         )
+        if not page.objects and not page.prefixes and token is None:
+            self._check_watched()  # (an empty answer: maybe a bucket made again, empty)
+        return page
+
+    def _listed(self, o: dict) -> ObjectInfo | None:
+        """One object of a listing.  Its fields that do not parse are not
+        the listing's failure: a key that does not parse is left out (with a
+        log line), other fields are given as unknown (size -1, etag "",
+        mtime 0), so that a caller that needs them reads the object, which
+        fails alone if it is damaged."""
+        key = o.get("Key")
+        key = urllib.parse.unquote(key) if isinstance(key, str) else None
+        if key is None or not key.startswith(self._prefix) or len(key) == len(self._prefix):
+            log.warning("S3 listing of %s has an entry with no valid key (left out)", self.url)
+            return None
+        key = key[len(self._prefix):]
+        try:
+            return ObjectInfo(key=key, **_info_fields(o, "Size", "listing entry"))
+        except DamagedObject as exc:
+            log.warning("S3 listing of %s: object %s: %s (read it to check it)", self.url, key, exc)
+            size = _size_field(o.get("Size"))
+            return ObjectInfo(key=key, size=-1 if size is None else size, etag=_etag_field(o.get("ETag")) or "",
+                              mtime=_mtime_field(o.get("LastModified")) or 0.0)
+
+    def _listed_prefix(self, p: dict) -> str | None:
+        text = p.get("Prefix")
+        text = urllib.parse.unquote(text) if isinstance(text, str) else None
+        if text is None or not text.startswith(self._prefix) or len(text) == len(self._prefix):
+            log.warning("S3 listing of %s has a common prefix that is not valid (left out)", self.url)
+            return None
+        return text[len(self._prefix):]
 
     # -- writing -----------------------------------------------------------
     def put(
@@ -354,6 +457,8 @@ class S3Store(Store):
         args |= self._conditions(if_match, if_none_match)
         if len(data) > self.max_put_size:
             raise ValueError(f"{len(data)} bytes exceed the single-put limit of {self.max_put_size}")
+        if if_match is None:
+            self._check_watched()
         try:
             response = self._call(
                 "write", key, self._client.put_object, Body=_body(data), conditional=if_match is not None, **args
@@ -361,7 +466,7 @@ class S3Store(Store):
         except PreconditionFailed as e:
             md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
             return self._own_write_after_retry(e, key, md5, args["Metadata"], len(data))
-        return _unquote(response["ETag"])
+        return _etag_of(response, f"{key} in {self.url}")
 
     def copy(self, src: str, dst: str, metadata: dict[str, str], *, if_match: str | None = None) -> str:
         """Server-side copy.  Above ``max_put_size`` (S3: 5 GiB) the copy is
@@ -386,7 +491,7 @@ class S3Store(Store):
             Metadata=md,
             MetadataDirective="REPLACE",
         )
-        return _unquote(response["CopyObjectResult"]["ETag"])
+        return _etag_of(response.get("CopyObjectResult"), f"{dst} in {self.url}")
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self._client.delete_object, Bucket=self.bucket, Key=self._key(key))
@@ -412,6 +517,7 @@ class S3Store(Store):
 
     # -- multipart ---------------------------------------------------------
     def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        self._check_watched()
         response = self._call(
             "multipart start",
             key,
@@ -420,7 +526,10 @@ class S3Store(Store):
             Key=self._key(key),
             Metadata=check_metadata(metadata),
         )
-        return response["UploadId"]
+        upload_id = response.get("UploadId")
+        if not isinstance(upload_id, str) or not upload_id:
+            raise DamagedObject(f"{key} in {self.url}: S3's answer to a multipart start has no upload id")
+        return upload_id
 
     def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | memoryview) -> str:
         check_part_number(part_number)
@@ -435,7 +544,7 @@ class S3Store(Store):
             Body=_body(data),
             upload_id=upload_id,
         )
-        return _unquote(response["ETag"])
+        return _etag_of(response, f"part {part_number} of {key} in {self.url}")
 
     def upload_part_copy(
         self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int
@@ -477,7 +586,7 @@ class S3Store(Store):
             )
         except PreconditionFailed as e:
             return self._own_write_after_retry(e, key, _multipart_etag(parts))
-        return _unquote(response["ETag"])
+        return _etag_of(response, f"{key} in {self.url}")
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(NotFound):
@@ -498,14 +607,20 @@ class S3Store(Store):
             response = self._call(
                 "multipart listing", prefix or None, self._client.list_multipart_uploads, **args
             )
-            uploads += [
-                Upload(u["Key"][len(self._prefix) :], u["UploadId"], u["Initiated"].timestamp())
-                for u in response.get("Uploads", [])
-            ]
+            for u in response.get("Uploads") or []:
+                key, upload_id, initiated = u.get("Key"), u.get("UploadId"), u.get("Initiated")
+                if (isinstance(key, str) and key.startswith(self._prefix) and isinstance(upload_id, str)
+                        and upload_id and hasattr(initiated, "timestamp")):
+                    uploads.append(Upload(key[len(self._prefix) :], upload_id, initiated.timestamp()))
+                else:
+                    log.warning("S3 listing of the multipart uploads of %s has an entry that does not parse "
+                                "(left out)", self.url)
+            markers = response.get("NextKeyMarker"), response.get("NextUploadIdMarker")
             if not response.get("IsTruncated"):
                 return uploads
-            args["KeyMarker"] = response["NextKeyMarker"]
-            args["UploadIdMarker"] = response["NextUploadIdMarker"]
+            if not all(isinstance(m, str) for m in markers):
+                raise StoreError(f"S3 listing of the multipart uploads of {self.url} has no next marker")
+            args["KeyMarker"], args["UploadIdMarker"] = markers
 
     # -- helpers -----------------------------------------------------------
     def _key(self, key: str) -> str:
@@ -550,14 +665,25 @@ class S3Store(Store):
         return info.etag
 
     def _info(self, key: str, response: dict, *, with_metadata: bool) -> ObjectInfo:
+        """The info of ``key`` from the answer to a HEAD or GET of it;
+        DamagedObject if a field does not parse (it concerns that object
+        alone)."""
+        what = f"object {key} in {self.url}"
+        if "ContentRange" in response:  # (a ranged GET: the whole object's size)
+            whole = response["ContentRange"]
+            total = whole.rpartition("/")[2] if isinstance(whole, str) else ""
+            if not (total.isascii() and total.isdigit()):
+                raise DamagedObject(f"{what}: S3 gave a Content-Range that does not parse")
+            response = {**response, "ContentLength": int(total)}
+        metadata = response.get("Metadata", {})
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise DamagedObject(f"{what}: S3 gave user metadata that does not parse")
         return ObjectInfo(
             key=key,
-            # (of a ranged GET: the whole object's size, from Content-Range)
-            size=int(response["ContentRange"].rpartition("/")[2]) if "ContentRange" in response
-            else response["ContentLength"],
-            etag=_unquote(response["ETag"]),
-            metadata=dict(response.get("Metadata", {})) if with_metadata else None,
-            mtime=response["LastModified"].timestamp(),
+            **_info_fields(response, "ContentLength", what),
+            metadata=dict(metadata) if with_metadata else None,
             checked=_server_time(response),
         )
 
@@ -607,7 +733,7 @@ class S3Store(Store):
             upload_id=upload_id,
             **args,
         )
-        return _unquote(response["CopyPartResult"]["ETag"])
+        return _etag_of(response.get("CopyPartResult"), f"part {part_number} of {key} in {self.url}")
 
     def _copy_in_parts(self, source: ObjectInfo, dst: str, metadata: dict[str, str]) -> str:
         part_size = max(self.copy_part_size, self.min_part_size, -(-source.size // MAX_PARTS))
@@ -691,9 +817,11 @@ class S3Store(Store):
         try:
             return method(**args)
         except bce.ClientError as e:
-            raise self._client_error(
-                e, action, key, upload_id, conditional, bucket_call, time.monotonic() - started
-            ) from e
+            error = self._client_error(e, action, key, upload_id, conditional, bucket_call, time.monotonic() - started)
+            watched = self._watched
+            if isinstance(error, (NotFound, PreconditionFailed)) and watched is not None and key != watched[0]:
+                self._check_watched()
+            raise error from e
         except bce.NoCredentialsError as e:
             raise StoreError(
                 "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -772,6 +900,44 @@ def _multipart_etag(parts: list[tuple[int, str]]) -> str | None:
     if len(md5s) != 16 * len(parts):
         return None
     return f"{hashlib.md5(md5s, usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+def _size_field(value: object) -> int | None:
+    """A size from an S3 answer, or None if it does not parse (see _Parser)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _etag_field(value: object) -> str | None:
+    if not isinstance(value, str) or not value.isprintable() or not _unquote(value):
+        return None
+    return _unquote(value)
+
+
+def _mtime_field(value: object) -> float | None:
+    try:
+        return value.timestamp()  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _info_fields(answer: dict, size_field: str, what: str) -> dict:
+    """size, etag and mtime of one object from an S3 answer (a HEAD or
+    GET's, or a listing entry), checked: DamagedObject if one does not
+    parse."""
+    fields = {"size": _size_field(answer.get(size_field)), "etag": _etag_field(answer.get("ETag")),
+              "mtime": _mtime_field(answer.get("LastModified"))}
+    for name, header in (("size", "size"), ("etag", "ETag"), ("mtime", "Last-Modified time")):
+        if fields[name] is None:
+            raise DamagedObject(f"{what}: S3 gave a{'n' if header[0] == 'E' else ''} {header} that does not parse")
+    return fields
+
+
+def _etag_of(answer: dict | None, what: str) -> str:
+    """The etag of the object a write made, from S3's answer to it."""
+    etag = _etag_field(answer.get("ETag")) if isinstance(answer, dict) else None
+    if etag is None:
+        raise DamagedObject(f"{what}: S3's answer to the write gave an ETag that does not parse")
+    return etag
 
 
 def _quote(etag: str) -> str:

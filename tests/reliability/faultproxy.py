@@ -12,6 +12,9 @@ switches the proxy between behaviours from its own thread:
   accepted or sends a request (a server that is not there);
 * :meth:`FaultProxy.hang`: every request is read and never answered until
   the proxy leaves that state (a server that accepts and stalls);
+* :meth:`FaultProxy.rewrite`: every answer is passed through a function
+  that may change its status, headers and body (a garbled header, an
+  entry of a listing whose fields do not parse: answers moto never gives);
 * :meth:`FaultProxy.clear`: everything passes again.
 
 The kinds of fault, and what each one looks like to the client:
@@ -68,6 +71,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
 from urllib.parse import urlsplit
@@ -89,6 +93,10 @@ _HOP_HEADERS = frozenset(
 IDLE_TIMEOUT = 120.0
 #: How long the proxy waits for the upstream server's answer.
 UPSTREAM_TIMEOUT = 120.0
+
+
+#: See :meth:`FaultProxy.rewrite`.
+Rewrite = Callable[[str, str, int, list[tuple[str, str]], bytes], tuple[int, list[tuple[str, str]], bytes]]
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,7 @@ class FaultProxy:
         self._down = False
         self._hang = False
         self._closed = False
+        self._rewrite: Rewrite | None = None
         #: Faults injected, per kind (plus ``down`` and ``hang``).
         self.counts: Counter[str] = Counter()
         #: Requests that reached the rules, per HTTP method (not those
@@ -169,6 +178,14 @@ class FaultProxy:
     def clear(self) -> None:
         """Let everything pass."""
         self.set_rules()
+        self.rewrite(None)
+
+    def rewrite(self, fn: Rewrite | None) -> None:
+        """Pass every answer from upstream through ``fn(method, path,
+        status, headers, body)``, which returns the (status, headers, body)
+        to send instead (headers as a list of (name, value)); None: stop."""
+        with self._lock:
+            self._rewrite = fn
 
     def down(self) -> None:
         """Reset every connection and request from now on."""
@@ -326,6 +343,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             proxy._count(kind, method, self.path)
             time.sleep(rule.delay)
         status, reason, headers, answer = self._forward(method, body)
+        with proxy._lock:
+            rewrite = proxy._rewrite
+        if rewrite is not None:
+            status, headers, answer = rewrite(method, self.path, status, headers, answer)
         if kind == "lost_reply":
             proxy._count(kind, method, self.path)
             self._hangup()
