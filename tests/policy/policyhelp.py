@@ -237,11 +237,14 @@ def run_as(user: User | None, argv: list[str], *, env: dict | None = None, wrapp
 
 
 def wait_exec(pid: int, exe: str) -> None:
-    """Until process ``pid`` runs ``exe`` (it may be a wrapper first: setpriv)."""
+    """Until process ``pid`` runs ``exe`` (it may be a wrapper first:
+    setpriv) and its exec is done (the kernel names the new executable
+    before it lays out the new program's environment, which reads empty
+    until then)."""
     deadline = time.monotonic() + RELOAD_TIMEOUT
     while True:
         try:
-            if os.readlink(f"/proc/{pid}/exe") == exe:
+            if os.readlink(f"/proc/{pid}/exe") == exe and Path(f"/proc/{pid}/environ").read_bytes():
                 return
         except OSError:
             pass

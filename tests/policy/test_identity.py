@@ -35,11 +35,13 @@ def sha(path) -> str:
 
 
 def _wait_exe(pid: int, exe: str) -> None:
-    """Until process ``pid`` has exec'd ``exe``."""
+    """Until process ``pid`` has exec'd ``exe`` and the exec is done: the
+    kernel names the new executable before it has laid out the new
+    program's arguments and environment (its environ reads empty then)."""
     deadline = time.monotonic() + WAIT
     while True:
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/exe") == exe:
+            if os.readlink(f"/proc/{pid}/exe") == exe and Path(f"/proc/{pid}/environ").read_bytes():
                 return
         assert time.monotonic() < deadline, f"process {pid} did not exec {exe}"
         time.sleep(0.01)
