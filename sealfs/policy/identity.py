@@ -139,6 +139,9 @@ HANDLE_CACHE_ENTRIES = 128
 #: Above this many threads, only the calling thread and the thread-group
 #: leader are checked for a tracer.
 MAX_THREADS_SCANNED = 256
+#: Looks at the executable mappings of one process while they keep
+#: changing under the look (then its identity has a code problem).
+MAPS_LOOKS = 3
 #: Processes (exec keys) remembered as having been traced.  When full,
 #: entries of processes that are gone are dropped first, then the oldest.
 TRACED_ENTRIES = 65536
@@ -904,12 +907,9 @@ class Identifier:
                 # a new virtual size with the same executable mappings (the heap grew): nothing new to look at;
                 # the full look (every STABLE_TTL) looks at every file again, a pinned one may have changed
                 if old is None or not code_only or lines != old.code_lines:
-                    try:
-                        stable.code = mappings.inspect(base, lines, stable.exe_key,
-                                                       lambda fd: self._library_hash(fd, uid))
-                    except ProcessLookupError:
-                        raise _Gone() from None
-                stable.code_lines = lines
+                    stable.code, lines = self._inspect(base, h, lines, stable.exe_key, uid)
+                # (a look that a changing mapping spoilt is made again at the next request)
+                stable.code_lines = None if stable.code.problem == mappings.CHANGED else lines
             elif h.maps_fd is not None:
                 return None  # exec'd (or exited) since h was opened
             else:
@@ -926,6 +926,25 @@ class Identifier:
             os.close(base)
         h.stable = stable
         return stable
+
+    def _inspect(self, base: int, h: _Handles, lines: list, exe_key: tuple[int, int] | None,
+                 uid: int) -> tuple[Code, list]:
+        """:func:`mappings.inspect` of the executable ``lines`` of maps, and
+        again on maps read anew while a mapping changed under a look (up to
+        :data:`MAPS_LOOKS` looks; what each saw is kept): (the code, the
+        lines it is of)."""
+        code = None
+        for _ in range(MAPS_LOOKS):
+            try:
+                found = mappings.inspect(base, lines, exe_key, lambda fd: self._library_hash(fd, uid))
+            except ProcessLookupError:
+                raise _Gone() from None
+            code = found.merged(code)
+            maps = h.maps() if found.problem == mappings.CHANGED else b""
+            if not maps:  # (none changed; or it exec'd or exited: the caller sees that)
+                break
+            lines = mappings.executable_lines(maps)
+        return code, lines
 
     def forget(self) -> None:
         """Gather the exec-stable part of every process again at its next
