@@ -549,9 +549,10 @@ class Identifier:
         self.needs_hash = None
         self._handles: OrderedDict[int, _Handles] = OrderedDict()
         self._lock = threading.Lock()
-        #: exec key of a process -> (the first tracer seen on it, its tgid,
-        #: its start time).
-        self._traced: OrderedDict[tuple, tuple[int, int, int]] = OrderedDict()
+        #: (tgid, leader start time) of a process -> (the first tracer seen
+        #: on it since its exec, its tgid, its start time, the layout of its
+        #: memory and its executable's (st_dev, st_ino) then).
+        self._traced: OrderedDict[tuple, tuple] = OrderedDict()
         #: how many keys of _traced each tgid has (a cheap first test).
         self._traced_tgids: dict[int, int] = {}
         #: Whether to find out :attr:`Identity.dumpable` (a ``stat`` per
@@ -582,7 +583,7 @@ class Identifier:
                 return Identity(pid, uid, gid, start_time=before.start_time,
                                 problem="the pid was reused, or the process exec'd, while it was being identified")
             tracer = self._tracer(pid, status)
-            since = self._traced_since_exec(pid, before, status, tracer)
+            since = self._traced_since_exec(pid, before, status, tracer, stable.exe_key)
             dumpable = self._dumpable(pid, status)
         except _Gone:
             return Identity(pid, uid, gid, problem="the process exited before it could be identified")
@@ -629,6 +630,9 @@ class Identifier:
                 # it was opened: then a new layout tells the exec (with address randomisation on)
                 if h.layout == st.layout and (h.maps_fd is None or h.same_exec()):
                     return st, status, h  # (the caller releases h)
+                if h.maps_fd is not None and not h.same_exec() and status.tgid == pid:
+                    with self._lock:  # it exec'd (a live process whose maps read empty): a new program
+                        self._forget_traced((pid, st.start_time))
             except (ProcessLookupError, _Gone):
                 pass
             except BaseException:
@@ -802,32 +806,39 @@ class Identifier:
             raise _Gone()
         return st.st_uid != 0
 
-    def _traced_since_exec(self, pid: int, st: _Stat, status: _Status, tracer: int) -> int:
+    def _traced_since_exec(self, pid: int, st: _Stat, status: _Status, tracer: int,
+                           exe_key: tuple[int, int] | None) -> int:
         """The first tracer seen on the process of thread ``pid`` since its
         exec (``tracer`` now, remembered; or one remembered), 0 if none.
 
-        The memory is keyed by the exec key of the process (its tgid, the
-        start time of its leader, and the layout of its memory, which is the
-        same for every thread: it is of their shared memory), so that a
-        tracer seen on one thread counts for every thread, and an exec (a
-        new key) starts afresh.  A thread group's leader pid stays taken as
-        long as any thread of the group lives, so its key cannot be another
-        process's meanwhile."""
+        The memory is per process: keyed by its tgid and the start time of
+        its leader, so that a tracer seen on one thread counts for every
+        thread.  A thread group's leader pid stays taken as long as any
+        thread of the group lives, so its key cannot be another process's
+        meanwhile.  It is forgotten at an exec: one that the held ``maps``
+        saw (:meth:`_live`), or one that both changed the layout of the
+        memory (the same for every thread) and runs another executable
+        (``exe_key``).  Not at a new layout alone: any process may set its
+        own (``prctl(PR_SET_MM, PR_SET_MM_MAP)``, which a tracer can make it
+        call before it detaches), only not its executable."""
         tgid = status.tgid or pid
         with self._lock:
             known = tgid in self._traced_tgids
         if not tracer and not known:
             return 0
         start = st.start_time if tgid == pid else self._leader_stat(tgid).start_time
-        key = self._exec_key(tgid, start, st.layout)
+        key = (tgid, start)
         with self._lock:
             first = self._traced.get(key)
             if first is not None:
-                self._traced.move_to_end(key)
-                return first[0]
+                seen_layout, seen_exe = first[3], first[4]
+                if seen_layout == st.layout or None in (seen_exe, exe_key) or seen_exe == exe_key:
+                    self._traced.move_to_end(key)
+                    return first[0]
+                self._forget_traced(key)  # exec'd another program
             if not tracer:
                 return 0
-            self._traced[key] = (tracer, tgid, start)
+            self._traced[key] = (tracer, tgid, start, st.layout, exe_key)
             self._traced_tgids[tgid] = self._traced_tgids.get(tgid, 0) + 1
             full = len(self._traced) > TRACED_ENTRIES
         if full:
@@ -843,7 +854,7 @@ class Identifier:
         with self._lock:
             entries = list(self._traced.items())
         gone = []
-        for key, (_, tgid, start) in entries:
+        for key, (_, tgid, start, *_) in entries:
             try:
                 alive = self._leader_stat(tgid).start_time == start
             except (_Gone, OSError, ValueError):
@@ -869,15 +880,6 @@ class Identifier:
             self._traced_tgids.pop(tgid, None)
 
     # -- exec-stable part -----------------------------------------------------------------
-
-    @staticmethod
-    def _exec_key(tgid: int, start_time: int, layout: tuple[int, ...]) -> tuple:
-        """The key of the memory of tracers for one program run by one
-        process: its tgid, its leader's start time and the layout of its
-        memory (the same for every thread).  Without address randomisation
-        an exec may keep the layout: then a tracer seen before the exec is
-        still remembered after it (the safe side)."""
-        return (tgid, start_time, layout)
 
     def _gather(self, pid: int, before: _Stat, h: _Handles, uid: int, *, code_only: bool) -> _Stable | None:
         """Gather the exec-stable part (``code_only``: only the executable

@@ -243,3 +243,144 @@ allow = ["read", "list"]
     stolen = run_as(lab.attacker, [str(check), target, "guess"],
                     wrapper=["env", "LD_BIND_NOW=1", f"LD_PRELOAD={lib}"])
     assert "the vanishing secret" not in stolen.stdout, "the preload read the secret through the allowed program"
+
+
+# A tracer of the workload's uid: attaches, says so, waits for a line,
+# then makes the process call prctl(PR_SET_MM, PR_SET_MM_MAP) (allowed to
+# any process for itself: checkpoint/restore) with its own layout but one
+# byte less of environment, and detaches.
+INJECT_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/prctl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+/* inject PID: attach to PID, say "attached", wait for a line on stdin, then
+   make PID call prctl(PR_SET_MM, PR_SET_MM_MAP) with its own layout but
+   one byte less of environment, and detach. */
+static pid_t pid;
+static unsigned long at;  /* a syscall instruction in the process */
+static int fail(const char *what) { fprintf(stderr, "inject: %s: %s\n", what, strerror(errno)); return 1; }
+static long call(struct user_regs_struct *saved, long nr, long a, long b, long c, long d) {
+    struct user_regs_struct r = *saved;
+    int st;
+    r.rip = at; r.rax = nr; r.orig_rax = -1; r.rdi = a; r.rsi = b; r.rdx = c; r.r10 = d; r.r8 = 0; r.r9 = 0;
+    if (ptrace(PTRACE_SETREGS, pid, 0, &r) || ptrace(PTRACE_SINGLESTEP, pid, 0, 0) || waitpid(pid, &st, 0) != pid
+        || ptrace(PTRACE_GETREGS, pid, 0, &r)) return -1;
+    return (long)r.rax;
+}
+int main(int argc, char **argv) {
+    struct user_regs_struct saved;
+    unsigned long f[64] = {0};
+    char buf[4096], line[16], name[64];
+    int st;
+    pid = atoi(argv[1]);
+    if (ptrace(PTRACE_ATTACH, pid, 0, 0) || waitpid(pid, &st, 0) != pid) return fail("attach");
+    puts("attached"); fflush(stdout);
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    if (ptrace(PTRACE_GETREGS, pid, 0, &saved)) return fail("getregs");
+    errno = 0;
+    long word = ptrace(PTRACE_PEEKTEXT, pid, (void *)(saved.rip - 2), 0);
+    if (errno || (word & 0xffff) != 0x050f) { fprintf(stderr, "inject: not in a syscall\n"); return 1; }
+    at = saved.rip - 2;
+    snprintf(name, sizeof name, "/proc/%d/stat", (int)pid);
+    FILE *s = fopen(name, "r");
+    if (!s || !fgets(buf, sizeof buf, s)) return fail("stat");
+    char *p = strrchr(buf, ')') + 2;
+    int i = 3;
+    for (char *t = strtok(p, " "); t && i < 64; t = strtok(0, " ")) f[i++] = strtoul(t, 0, 10);
+    struct prctl_mm_map m = {0};
+    m.start_code = f[26]; m.end_code = f[27]; m.start_stack = f[28]; m.start_data = f[45]; m.end_data = f[46];
+    m.start_brk = f[47]; m.arg_start = f[48]; m.arg_end = f[49]; m.env_start = f[50]; m.env_end = f[51] - 1;
+    m.exe_fd = (unsigned)-1;
+    m.brk = (unsigned long)call(&saved, SYS_brk, 0, 0, 0, 0);
+    unsigned long where = (saved.rsp - 8192) & ~15UL;
+    for (size_t o = 0; o < sizeof m; o += sizeof(long)) {
+        long w = 0;
+        memcpy(&w, (char *)&m + o, sizeof m - o < sizeof w ? sizeof m - o : sizeof w);
+        if (ptrace(PTRACE_POKEDATA, pid, (void *)(where + o), (void *)w)) return fail("poke");
+    }
+    long r = call(&saved, SYS_prctl, PR_SET_MM, PR_SET_MM_MAP, (long)where, sizeof m);
+    if (ptrace(PTRACE_SETREGS, pid, 0, &saved) || ptrace(PTRACE_DETACH, pid, 0, 0)) return fail("detach");
+    printf("prctl %ld\n", r); fflush(stdout);
+    return r == 0 ? 0 : 2;
+}
+"""
+
+
+def test_a_tracer_that_was_seen_cannot_make_the_process_forget_it(lab):
+    """The memory of tracers was keyed by the layout of the process's
+    memory (stat fields 26-28, 45-51) to tell execs apart, and any process
+    may set that layout for itself (PR_SET_MM_MAP): a tracer seen at a
+    request made the process call it before detaching, and the process was
+    untraced again."""
+    import os
+    import subprocess
+
+    inject = lab.own / "inject"
+    if not inject.exists():
+        _cc(inject, INJECT_C)
+        os.chown(inject, lab.attacker.uid, lab.attacker.gid)
+    ident = Identifier(stable_ttl=0)
+    text = policy(lab, exe=f'"{lab.prog("waiter")}"', untraced="true")
+    with attack(lab.attacker, [lab.prog("waiter")]) as p:
+        assert verdict(text, identify(p, lab.attacker, ident)) is None, "control: untraced, it is in the workload"
+        before = Path(f"/proc/{p.pid}/stat").read_text()
+        tracer = subprocess.Popen(["setpriv", f"--reuid={lab.attacker.uid}", f"--regid={lab.attacker.gid}",
+                                   "--clear-groups", str(inject), str(p.pid)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=CLEAN_ENV)
+        try:
+            assert tracer.stdout.readline() == "attached\n"
+            seen = identify(p, lab.attacker, ident)
+            assert seen.traced and "traced" in verdict(text, seen)
+            tracer.stdin.write("go\n")
+            tracer.stdin.flush()
+            assert tracer.stdout.readline() == "prctl 0\n", "the injected prctl failed"
+        finally:
+            tracer.stdin.close()
+            assert tracer.wait(timeout=60) == 0
+        assert Path(f"/proc/{p.pid}/stat").read_text().split()[50] != before.split()[50], \
+            "control: the layout (env_end) changed"
+        later = identify(p, lab.attacker, ident)
+    assert not later.traced, "control: the tracer is gone"
+    why = verdict(text, later)
+    assert why and "since it started its program" in why, later.describe()
+
+
+def test_a_tracer_is_forgotten_at_an_exec_of_the_same_program(lab):
+    """The other side of the memory of tracers kept across a new layout: an
+    exec that the daemon saw (the process's held maps reads empty) starts
+    afresh, also of the very same file."""
+    import os
+    import subprocess
+
+    inject = lab.own / "inject"
+    if not inject.exists():
+        _cc(inject, INJECT_C)
+        os.chown(inject, lab.attacker.uid, lab.attacker.gid)
+    ident = Identifier(stable_ttl=0)
+    execer = lab.prog("execer")
+    with attack(lab.attacker, [execer, execer]) as p:
+        tracer = subprocess.Popen(["setpriv", f"--reuid={lab.attacker.uid}", f"--regid={lab.attacker.gid}",
+                                   "--clear-groups", str(inject), str(p.pid)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=CLEAN_ENV)
+        try:
+            assert tracer.stdout.readline() == "attached\n"
+            assert identify(p, lab.attacker, ident).traced
+        finally:
+            tracer.stdin.close()  # it exits without injecting: detached
+            tracer.wait(timeout=60)
+        assert identify(p, lab.attacker, ident).traced_since_exec, "control: remembered"
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"ready\n", "it did not exec itself"
+        again = identify(p, lab.attacker, ident)
+    assert again.valid and again.exe == execer
+    assert not again.traced_since_exec, again.describe()
