@@ -316,6 +316,9 @@ class _Handles:
         self.stable: _Stable | None = None
         #: The layout (:class:`_Stat`) seen first through these handles.
         self.layout: tuple[int, ...] | None = None
+        #: What handles of the same process had gathered when its layout
+        #: changed with no exec seen: kept if the executable is the same.
+        self.previous: _Stable | None = None
 
     def acquire(self) -> bool:
         """Hold the descriptors open for one request (False: evicted)."""
@@ -617,10 +620,13 @@ class Identifier:
         opened for, so once it is gone or has exec'd they fail or read
         empty, even if its pid was reused; then they are opened afresh,
         once."""
+        carry = None
         for fresh in (False, True):
             h = self._handles_of(pid, fresh)
             if not h.acquire():  # evicted meanwhile
                 continue
+            if fresh:
+                h.previous = carry
             try:
                 st = _parse_stat(os.pread(h.stat_fd, 65536, 0))
                 status = _parse_status(os.pread(h.status_fd, 65536, 0))
@@ -630,9 +636,12 @@ class Identifier:
                 # it was opened: then a new layout tells the exec (with address randomisation on)
                 if h.layout == st.layout and (h.maps_fd is None or h.same_exec()):
                     return st, status, h  # (the caller releases h)
-                if h.maps_fd is not None and not h.same_exec() and status.tgid == pid:
-                    with self._lock:  # it exec'd (a live process whose maps read empty): a new program
-                        self._forget_traced((pid, st.start_time))
+                if h.maps_fd is not None and not h.same_exec():
+                    if status.tgid == pid:
+                        with self._lock:  # it exec'd (a live process whose maps read empty): a new program
+                            self._forget_traced((pid, st.start_time))
+                else:  # a new layout, and no exec seen: a vfork child's, or one the process set itself
+                    carry = h.stable
             except (ProcessLookupError, _Gone):
                 pass
             except BaseException:
@@ -902,6 +911,9 @@ class Identifier:
                 stable = dataclasses.replace(old, last=None)
             else:
                 stable = self._gather_stable(base, now, uid)
+                if old is None and h.previous is not None and h.previous.exe_key == stable.exe_key:
+                    # a new layout with no exec seen (prctl PR_SET_MM_MAP may set it): the same program, maybe
+                    old = h.previous
             stable.vsize = before.vsize
             maps = b"" if h.maps_fd is None else h.maps()
             if maps:

@@ -384,3 +384,34 @@ def test_a_tracer_is_forgotten_at_an_exec_of_the_same_program(lab):
         again = identify(p, lab.attacker, ident)
     assert again.valid and again.exe == execer
     assert not again.traced_since_exec, again.describe()
+
+
+def test_a_loader_variable_seen_once_stays_seen_after_a_new_layout(lab):
+    """What one look at an exec saw (a loader variable, erased since) was
+    kept with the descriptors of that exec, which a new layout of the
+    memory replaced (to tell a vfork child's exec): the process could set
+    its own layout (PR_SET_MM_MAP, here by a tracer that makes it) and be
+    seen afresh."""
+    import os
+    import subprocess
+
+    inject = lab.own / "inject"
+    if not inject.exists():
+        _cc(inject, INJECT_C)
+        os.chown(inject, lab.attacker.uid, lab.attacker.gid)
+    ident = Identifier(stable_ttl=0)
+    text = policy(lab, exe=f'"{lab.prog("eraser")}"', no_preload="true")
+    with attack(lab.attacker, [lab.prog("eraser")], env={"LD_LIBRARY_PATH": str(lab.own)}) as p:
+        assert identify(p, lab.attacker, ident).preload == ("LD_LIBRARY_PATH",)
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"erased\n"
+        assert b"LD_LIBRARY_PATH" not in Path(f"/proc/{p.pid}/environ").read_bytes()
+        assert "LD_LIBRARY_PATH" in verdict(text, identify(p, lab.attacker, ident)), "control: seen once, kept"
+        tracer = subprocess.run(["setpriv", f"--reuid={lab.attacker.uid}", f"--regid={lab.attacker.gid}",
+                                 "--clear-groups", str(inject), str(p.pid)], input="go\n", capture_output=True,
+                                text=True, env=CLEAN_ENV, timeout=60)
+        assert tracer.stdout.endswith("prctl 0\n"), tracer
+        later = identify(p, lab.attacker, ident)
+    why = verdict(text, later)
+    assert why and "LD_LIBRARY_PATH" in why, later.describe()
