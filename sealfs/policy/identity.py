@@ -74,7 +74,7 @@ refused rather than read, one file is hashed once at a time, and only a
 few threads may be hashing at once, fewer for any one uid.  A caller past
 a limit gets an invalid identity (:attr:`Identity.problem` says which
 limit), so every decision on it is a denial with that reason in the audit
-line (a library not hashed for a limit counts as not pinned).  What
+line (a library not hashed for a limit refuses that look only).  What
 only an ``execve`` can change (exe, cmdline, environ, the mappings; and
 the cgroup, which rarely moves) is kept per exec of a process for
 :data:`STABLE_TTL` seconds; the mappings are read again when the virtual
@@ -922,8 +922,9 @@ class Identifier:
                 # the full look (every STABLE_TTL) looks at every file again, a pinned one may have changed
                 if old is None or not code_only or lines != old.code_lines:
                     stable.code, lines = self._inspect(base, h, lines, stable.exe_key, uid)
-                # (a look that a changing mapping spoilt is made again at the next request)
-                stable.code_lines = None if stable.code.problem == mappings.CHANGED else lines
+                # (a look with a problem, such as a changing mapping or a library not hashed, is made again at the
+                # next request)
+                stable.code_lines = None if stable.code.problem else lines
             elif h.maps_fd is not None:
                 return None  # exec'd (or exited) since h was opened
             else:
@@ -1012,13 +1013,15 @@ class Identifier:
         except HashRefused as exc:
             raise _NotHashed(f"the {kind} {path} was not hashed: {exc}") from None
 
-    def _library_hash(self, fd: int, uid: int) -> str | None:
-        """The hash of a mapped library not root's, None past a limit of the
-        hash cache (then it counts as not pinned: refused)."""
+    def _library_hash(self, fd: int, uid: int) -> str:
+        """The hash of a mapped library not root's; past a limit of the hash
+        cache :class:`mappings.Unhashed` (that look is a refusal, and the
+        next one hashes it again: a spent budget is not held against the
+        process for the rest of its exec)."""
         try:
             return self.hashes.of_fd(fd, uid)
-        except HashRefused:
-            return None
+        except HashRefused as exc:
+            raise mappings.Unhashed(str(exc)) from None
 
     def _exe(self, base: int, uid: int) -> tuple[str | None, bool, bool, str | None, tuple[int, int] | None]:
         """(path, deleted, replaced, sha256, (st_dev, st_ino)) of the running

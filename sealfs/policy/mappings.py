@@ -42,6 +42,14 @@ _DELETED = " (deleted)"
 #: :attr:`Code.problem` of a look during which a mapping changed (a range
 #: of ``maps`` had no ``map_files`` entry any more): the caller looks again.
 CHANGED = "its executable mappings changed while they were looked at"
+
+
+class Unhashed(Exception):
+    """Raised by the ``hash_fd`` of :func:`inspect` for a file not hashed
+    because of a limit (``str()`` says which): that look has a problem,
+    and the file is looked at again at the next one."""
+
+
 #: Foreign files larger than this are not hashed (so never pinned): hashing
 #: is work the caller chooses the size of.
 HASH_LIMIT = 256 << 20
@@ -84,8 +92,12 @@ def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, 
     A range of ``lines`` that has no ``map_files`` entry any more was
     unmapped, moved, or split or merged with its neighbour (``mprotect`` of
     a part of it) since maps was read: the file may still be mapped, so
-    the result has the problem :data:`CHANGED` (and what was seen)."""
+    the result has the problem :data:`CHANGED` (and what was seen).  A
+    file that ``hash_fd`` did not hash for a limit (:class:`Unhashed`) is
+    left out, with a problem that names it: it is neither pinned nor
+    unreadable, only not known yet."""
     changed = False
+    unhashed = None
     foreign: list[tuple[str, str | None, bool]] = []
     memory_only: list[str] = []
     seen: set[tuple[int, int]] = set()
@@ -114,9 +126,13 @@ def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, 
             memory_only.append(f"memory-only file {path}")
             continue
         name = path.removesuffix(_DELETED)
-        digest = _hash(base, link, hash_fd) if st.st_size <= HASH_LIMIT else None
+        try:
+            digest = _hash(base, link, hash_fd) if st.st_size <= HASH_LIMIT else None
+        except Unhashed as exc:
+            unhashed = f"the library {name} was not hashed: {exc}"
+            continue
         foreign.append((name, digest, key == exe_key))
-    return Code(tuple(foreign), tuple(memory_only), CHANGED if changed else None)
+    return Code(tuple(foreign), tuple(memory_only), CHANGED if changed else unhashed)
 
 
 def _trusted(base: int, link: str, st: os.stat_result) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sealfs.policy.identity import Identifier
+from sealfs.policy.rules import parse_policy
 
 from .policyhelp import CLEAN_ENV, assert_ok, run_as, sha256_of
 from .test_code_identity import _cc, attack, identify, lab, policy, verdict  # noqa: F401  (lab: a fixture)
@@ -415,3 +416,31 @@ def test_a_loader_variable_seen_once_stays_seen_after_a_new_layout(lab):
         later = identify(p, lab.attacker, ident)
     why = verdict(text, later)
     assert why and "LD_LIBRARY_PATH" in why, later.describe()
+
+
+def test_a_library_not_hashed_for_the_budget_is_hashed_at_a_later_request(lab):
+    """A pinned library that could not be hashed because the hashing budget
+    was spent (by any user: eight hashes in progress in all) was kept as
+    "unreadable" with what the look saw, which stays for the exec: the
+    workload was refused until it exec'd again, long after the budget was
+    free.  Here the budget is spent by setting it to none, then given back."""
+    import hashlib
+
+    from sealfs.policy.identity import HashCache
+
+    lib = lab.mine("libplain.so")
+    digest = hashlib.sha256(Path(lib).read_bytes()).hexdigest()
+    text = policy(lab, exe=f'"{lab.prog("dlopener")}"', no_preload="true",
+                  libraries=f'{{"{lib}" = "{digest}"}}')
+    hashes = HashCache(jobs=0)
+    ident = Identifier(stable_ttl=0, hashes=hashes)
+    ident.needs_hash = parse_policy(text).needs_hash  # (as the Guard sets it: no exe hash is needed)
+    with attack(lab.attacker, [lab.prog("dlopener"), lib]) as p:
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"loaded\n"
+        spent = identify(p, lab.attacker, ident)
+        assert verdict(text, spent), "control: refused while the budget is spent"
+        hashes.jobs = 8
+        later = identify(p, lab.attacker, ident)
+    assert verdict(text, later) is None, later.describe()
