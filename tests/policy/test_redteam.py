@@ -7,6 +7,7 @@ policy parsed from TOML."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from sealfs.policy.rules import parse_policy
 from .policyhelp import CLEAN_ENV, assert_ok, run_as, sha256_of
 from .test_code_identity import _cc, attack, identify, lab, policy, verdict  # noqa: F401  (lab: a fixture)
 
+PYTHON = os.path.realpath("/usr/bin/python3")
+PERL = os.path.realpath("/usr/bin/perl")
 #: Looks at one process, each with a new Identifier (as after an exec).
 ATTEMPTS = 300
 
@@ -444,3 +447,74 @@ def test_a_library_not_hashed_for_the_budget_is_hashed_at_a_later_request(lab):
         hashes.jobs = 8
         later = identify(p, lab.attacker, ident)
     assert verdict(text, later) is None, later.describe()
+
+
+# -- a script workload that names no interpreter ------------------------------------------------
+
+APP_PY = "print('ready', flush=True)\nimport sys\nsys.stdin.read()\n"
+# A perl module of the attacker's, loaded (PERL5OPT=-Mevil) before perl reads the script.
+EVIL_PM = "package evil; $| = 1; print \"ready\\n\"; my $l = <STDIN>; 1;\n"
+
+
+def _script_lab(lab) -> tuple[Path, str]:
+    import hashlib
+
+    script = lab.bin / "app.py"
+    script.write_text(APP_PY)
+    script.chmod(0o644)
+    digest = hashlib.sha256(script.read_bytes()).hexdigest()
+    return script, policy(lab, script=f'"{script}"', script_sha256=f'"{digest}"')
+
+
+def test_a_program_named_like_an_interpreter_cannot_claim_a_script(lab):
+    """A script workload without exe (the man page's business example) took
+    the word of any program whose name looks like an interpreter's: a
+    program of the attacker's copied to ~/python3 and given the pinned
+    script as its first argument was in the workload."""
+    import os
+    import shutil
+
+    script, text = _script_lab(lab)
+    fake = lab.own / "python3"
+    shutil.copy(lab.prog("waiter"), fake)
+    os.chown(fake, lab.attacker.uid, lab.attacker.gid)
+    assert any("names a script but not its interpreter" in w for w in parse_policy(text).warnings)
+    with attack(lab.attacker, [PYTHON, str(script)]) as p:
+        assert verdict(text, identify(p, lab.attacker)) is None, "control: root's python running the script"
+    with attack(lab.attacker, [str(fake), str(script)]) as p:
+        i = identify(p, lab.attacker)
+    assert i.script == str(script) and i.script_sha256, "control: the script is what the fake interpreter shows"
+    why = verdict(text, i)
+    assert why and "is not root's" in why, i.describe()
+
+
+@pytest.mark.xfail(strict=True, reason="out of reach without exe: a script workload that names no interpreter "
+                   "is claimed by any root interpreter that runs the caller's code first (PERL5OPT=-M, node -r); "
+                   "the policy warns, and naming the interpreter in exe closes it (see the next test)")
+def test_perl_loading_a_module_of_the_callers_cannot_claim_a_python_script(lab):
+    script, text = _script_lab(lab)
+    _write_evil_pm(lab)
+    with attack(lab.attacker, [PERL, str(script)], env={"PERL5LIB": str(lab.own), "PERL5OPT": "-Mevil"}) as p:
+        i = identify(p, lab.attacker)
+    assert i.script == str(script), "control: perl shows the python script"
+    assert verdict(text, i), "perl ran the attacker's module as the python script's workload"
+
+
+def test_a_script_workload_that_names_its_interpreter_refuses_another(lab):
+    script, text = _script_lab(lab)
+    text = text.replace("[[rule]]", f'exe = "{PYTHON}"\n\n[[rule]]', 1)
+    assert not any("names a script but not its interpreter" in w for w in parse_policy(text).warnings)
+    _write_evil_pm(lab)
+    with attack(lab.attacker, [PERL, str(script)], env={"PERL5LIB": str(lab.own), "PERL5OPT": "-Mevil"}) as p:
+        i = identify(p, lab.attacker)
+    assert i.script == str(script)
+    why = verdict(text, i)
+    assert why and "exe" in why, i.describe()
+
+
+def _write_evil_pm(lab) -> None:
+    import os
+
+    pm = lab.own / "evil.pm"
+    pm.write_text(EVIL_PM)
+    os.chown(pm, lab.attacker.uid, lab.attacker.gid)
