@@ -74,7 +74,7 @@ refused rather than read, one file is hashed once at a time, and only a
 few threads may be hashing at once, fewer for any one uid.  A caller past
 a limit gets an invalid identity (:attr:`Identity.problem` says which
 limit), so every decision on it is a denial with that reason in the audit
-line (a library not hashed for a limit counts as not pinned).  What
+line (a library not hashed for a limit refuses that look only).  What
 only an ``execve`` can change (exe, cmdline, environ, the mappings; and
 the cgroup, which rarely moves) is kept per exec of a process for
 :data:`STABLE_TTL` seconds; the mappings are read again when the virtual
@@ -139,6 +139,9 @@ HANDLE_CACHE_ENTRIES = 128
 #: Above this many threads, only the calling thread and the thread-group
 #: leader are checked for a tracer.
 MAX_THREADS_SCANNED = 256
+#: Looks at the executable mappings of one process while they keep
+#: changing under the look (then its identity has a code problem).
+MAPS_LOOKS = 3
 #: Processes (exec keys) remembered as having been traced.  When full,
 #: entries of processes that are gone are dropped first, then the oldest.
 TRACED_ENTRIES = 65536
@@ -313,6 +316,9 @@ class _Handles:
         self.stable: _Stable | None = None
         #: The layout (:class:`_Stat`) seen first through these handles.
         self.layout: tuple[int, ...] | None = None
+        #: What handles of the same process had gathered when its layout
+        #: changed with no exec seen: kept if the executable is the same.
+        self.previous: _Stable | None = None
 
     def acquire(self) -> bool:
         """Hold the descriptors open for one request (False: evicted)."""
@@ -546,9 +552,10 @@ class Identifier:
         self.needs_hash = None
         self._handles: OrderedDict[int, _Handles] = OrderedDict()
         self._lock = threading.Lock()
-        #: exec key of a process -> (the first tracer seen on it, its tgid,
-        #: its start time).
-        self._traced: OrderedDict[tuple, tuple[int, int, int]] = OrderedDict()
+        #: (tgid, leader start time) of a process -> (the first tracer seen
+        #: on it since its exec, its tgid, its start time, the layout of its
+        #: memory and its executable's (st_dev, st_ino) then).
+        self._traced: OrderedDict[tuple, tuple] = OrderedDict()
         #: how many keys of _traced each tgid has (a cheap first test).
         self._traced_tgids: dict[int, int] = {}
         #: Whether to find out :attr:`Identity.dumpable` (a ``stat`` per
@@ -579,7 +586,7 @@ class Identifier:
                 return Identity(pid, uid, gid, start_time=before.start_time,
                                 problem="the pid was reused, or the process exec'd, while it was being identified")
             tracer = self._tracer(pid, status)
-            since = self._traced_since_exec(pid, before, status, tracer)
+            since = self._traced_since_exec(pid, before, status, tracer, stable.exe_key)
             dumpable = self._dumpable(pid, status)
         except _Gone:
             return Identity(pid, uid, gid, problem="the process exited before it could be identified")
@@ -613,10 +620,13 @@ class Identifier:
         opened for, so once it is gone or has exec'd they fail or read
         empty, even if its pid was reused; then they are opened afresh,
         once."""
+        carry = None
         for fresh in (False, True):
             h = self._handles_of(pid, fresh)
             if not h.acquire():  # evicted meanwhile
                 continue
+            if fresh:
+                h.previous = carry
             try:
                 st = _parse_stat(os.pread(h.stat_fd, 65536, 0))
                 status = _parse_status(os.pread(h.status_fd, 65536, 0))
@@ -626,6 +636,12 @@ class Identifier:
                 # it was opened: then a new layout tells the exec (with address randomisation on)
                 if h.layout == st.layout and (h.maps_fd is None or h.same_exec()):
                     return st, status, h  # (the caller releases h)
+                if h.maps_fd is not None and not h.same_exec():
+                    if status.tgid == pid:
+                        with self._lock:  # it exec'd (a live process whose maps read empty): a new program
+                            self._forget_traced((pid, st.start_time))
+                else:  # a new layout, and no exec seen: a vfork child's, or one the process set itself
+                    carry = h.stable
             except (ProcessLookupError, _Gone):
                 pass
             except BaseException:
@@ -799,32 +815,39 @@ class Identifier:
             raise _Gone()
         return st.st_uid != 0
 
-    def _traced_since_exec(self, pid: int, st: _Stat, status: _Status, tracer: int) -> int:
+    def _traced_since_exec(self, pid: int, st: _Stat, status: _Status, tracer: int,
+                           exe_key: tuple[int, int] | None) -> int:
         """The first tracer seen on the process of thread ``pid`` since its
         exec (``tracer`` now, remembered; or one remembered), 0 if none.
 
-        The memory is keyed by the exec key of the process (its tgid, the
-        start time of its leader, and the layout of its memory, which is the
-        same for every thread: it is of their shared memory), so that a
-        tracer seen on one thread counts for every thread, and an exec (a
-        new key) starts afresh.  A thread group's leader pid stays taken as
-        long as any thread of the group lives, so its key cannot be another
-        process's meanwhile."""
+        The memory is per process: keyed by its tgid and the start time of
+        its leader, so that a tracer seen on one thread counts for every
+        thread.  A thread group's leader pid stays taken as long as any
+        thread of the group lives, so its key cannot be another process's
+        meanwhile.  It is forgotten at an exec: one that the held ``maps``
+        saw (:meth:`_live`), or one that both changed the layout of the
+        memory (the same for every thread) and runs another executable
+        (``exe_key``).  Not at a new layout alone: any process may set its
+        own (``prctl(PR_SET_MM, PR_SET_MM_MAP)``, which a tracer can make it
+        call before it detaches), only not its executable."""
         tgid = status.tgid or pid
         with self._lock:
             known = tgid in self._traced_tgids
         if not tracer and not known:
             return 0
         start = st.start_time if tgid == pid else self._leader_stat(tgid).start_time
-        key = self._exec_key(tgid, start, st.layout)
+        key = (tgid, start)
         with self._lock:
             first = self._traced.get(key)
             if first is not None:
-                self._traced.move_to_end(key)
-                return first[0]
+                seen_layout, seen_exe = first[3], first[4]
+                if seen_layout == st.layout or None in (seen_exe, exe_key) or seen_exe == exe_key:
+                    self._traced.move_to_end(key)
+                    return first[0]
+                self._forget_traced(key)  # exec'd another program
             if not tracer:
                 return 0
-            self._traced[key] = (tracer, tgid, start)
+            self._traced[key] = (tracer, tgid, start, st.layout, exe_key)
             self._traced_tgids[tgid] = self._traced_tgids.get(tgid, 0) + 1
             full = len(self._traced) > TRACED_ENTRIES
         if full:
@@ -840,7 +863,7 @@ class Identifier:
         with self._lock:
             entries = list(self._traced.items())
         gone = []
-        for key, (_, tgid, start) in entries:
+        for key, (_, tgid, start, *_) in entries:
             try:
                 alive = self._leader_stat(tgid).start_time == start
             except (_Gone, OSError, ValueError):
@@ -867,15 +890,6 @@ class Identifier:
 
     # -- exec-stable part -----------------------------------------------------------------
 
-    @staticmethod
-    def _exec_key(tgid: int, start_time: int, layout: tuple[int, ...]) -> tuple:
-        """The key of the memory of tracers for one program run by one
-        process: its tgid, its leader's start time and the layout of its
-        memory (the same for every thread).  Without address randomisation
-        an exec may keep the layout: then a tracer seen before the exec is
-        still remembered after it (the safe side)."""
-        return (tgid, start_time, layout)
-
     def _gather(self, pid: int, before: _Stat, h: _Handles, uid: int, *, code_only: bool) -> _Stable | None:
         """Gather the exec-stable part (``code_only``: only the executable
         mappings again) through one ``/proc/PID`` directory handle, checking
@@ -897,6 +911,9 @@ class Identifier:
                 stable = dataclasses.replace(old, last=None)
             else:
                 stable = self._gather_stable(base, now, uid)
+                if old is None and h.previous is not None and h.previous.exe_key == stable.exe_key:
+                    # a new layout with no exec seen (prctl PR_SET_MM_MAP may set it): the same program, maybe
+                    old = h.previous
             stable.vsize = before.vsize
             maps = b"" if h.maps_fd is None else h.maps()
             if maps:
@@ -904,12 +921,10 @@ class Identifier:
                 # a new virtual size with the same executable mappings (the heap grew): nothing new to look at;
                 # the full look (every STABLE_TTL) looks at every file again, a pinned one may have changed
                 if old is None or not code_only or lines != old.code_lines:
-                    try:
-                        stable.code = mappings.inspect(base, lines, stable.exe_key,
-                                                       lambda fd: self._library_hash(fd, uid))
-                    except ProcessLookupError:
-                        raise _Gone() from None
-                stable.code_lines = lines
+                    stable.code, lines = self._inspect(base, h, lines, stable.exe_key, uid)
+                # (a look with a problem, such as a changing mapping or a library not hashed, is made again at the
+                # next request)
+                stable.code_lines = None if stable.code.problem else lines
             elif h.maps_fd is not None:
                 return None  # exec'd (or exited) since h was opened
             else:
@@ -926,6 +941,25 @@ class Identifier:
             os.close(base)
         h.stable = stable
         return stable
+
+    def _inspect(self, base: int, h: _Handles, lines: list, exe_key: tuple[int, int] | None,
+                 uid: int) -> tuple[Code, list]:
+        """:func:`mappings.inspect` of the executable ``lines`` of maps, and
+        again on maps read anew while a mapping changed under a look (up to
+        :data:`MAPS_LOOKS` looks; what each saw is kept): (the code, the
+        lines it is of)."""
+        code = None
+        for _ in range(MAPS_LOOKS):
+            try:
+                found = mappings.inspect(base, lines, exe_key, lambda fd: self._library_hash(fd, uid))
+            except ProcessLookupError:
+                raise _Gone() from None
+            code = found.merged(code)
+            maps = h.maps() if found.problem == mappings.CHANGED else b""
+            if not maps:  # (none changed; or it exec'd or exited: the caller sees that)
+                break
+            lines = mappings.executable_lines(maps)
+        return code, lines
 
     def forget(self) -> None:
         """Gather the exec-stable part of every process again at its next
@@ -979,13 +1013,15 @@ class Identifier:
         except HashRefused as exc:
             raise _NotHashed(f"the {kind} {path} was not hashed: {exc}") from None
 
-    def _library_hash(self, fd: int, uid: int) -> str | None:
-        """The hash of a mapped library not root's, None past a limit of the
-        hash cache (then it counts as not pinned: refused)."""
+    def _library_hash(self, fd: int, uid: int) -> str:
+        """The hash of a mapped library not root's; past a limit of the hash
+        cache :class:`mappings.Unhashed` (that look is a refusal, and the
+        next one hashes it again: a spent budget is not held against the
+        process for the rest of its exec)."""
         try:
             return self.hashes.of_fd(fd, uid)
-        except HashRefused:
-            return None
+        except HashRefused as exc:
+            raise mappings.Unhashed(str(exc)) from None
 
     def _exe(self, base: int, uid: int) -> tuple[str | None, bool, bool, str | None, tuple[int, int] | None]:
         """(path, deleted, replaced, sha256, (st_dev, st_ino)) of the running

@@ -39,6 +39,17 @@ KERNEL_AREAS = frozenset({"[vdso]", "[vsyscall]", "[vectors]", "[sigpage]", "[up
 # start-end perms offset dev inode [path]; only executable ones ('x' third)
 _EXEC_LINE = re.compile(rb"^([0-9a-f]+-[0-9a-f]+) ..x. [0-9a-f]+ [0-9a-f]+:[0-9a-f]+ ([0-9]+) *([^\n]*)$", re.MULTILINE)
 _DELETED = " (deleted)"
+#: :attr:`Code.problem` of a look during which a mapping changed (a range
+#: of ``maps`` had no ``map_files`` entry any more): the caller looks again.
+CHANGED = "its executable mappings changed while they were looked at"
+
+
+class Unhashed(Exception):
+    """Raised by the ``hash_fd`` of :func:`inspect` for a file not hashed
+    because of a limit (``str()`` says which): that look has a problem,
+    and the file is looked at again at the next one."""
+
+
 #: Foreign files larger than this are not hashed (so never pinned): hashing
 #: is work the caller chooses the size of.
 HASH_LIMIT = 256 << 20
@@ -56,12 +67,14 @@ class Code:
 
     def merged(self, older: Code | None) -> Code:
         """This and an older sighting of the same exec: what was ever seen
-        stays (code unmapped since still ran in this process)."""
+        stays (code unmapped since still ran in this process).  A problem
+        is this look's own: a look that failed saw nothing, so a later one
+        that succeeded knows no less than it."""
         if older is None:
             return self
         foreign = tuple(dict.fromkeys(older.foreign + self.foreign))
         memory_only = tuple(dict.fromkeys(older.memory_only + self.memory_only))
-        return Code(foreign, memory_only, self.problem or older.problem)
+        return Code(foreign, memory_only, self.problem)
 
 
 def executable_lines(maps: bytes) -> list[tuple[bytes, int, str]]:
@@ -74,7 +87,17 @@ def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, 
     """Sort the executable mappings ``lines`` (:func:`executable_lines` of
     the maps of the process whose /proc directory is the descriptor ``base``).
     ``exe_key`` is the (st_dev, st_ino) of its running executable;
-    ``hash_fd(fd)`` hashes an open file (a :class:`HashCache`)."""
+    ``hash_fd(fd)`` hashes an open file (a :class:`HashCache`).
+
+    A range of ``lines`` that has no ``map_files`` entry any more was
+    unmapped, moved, or split or merged with its neighbour (``mprotect`` of
+    a part of it) since maps was read: the file may still be mapped, so
+    the result has the problem :data:`CHANGED` (and what was seen).  A
+    file that ``hash_fd`` did not hash for a limit (:class:`Unhashed`) is
+    left out, with a problem that names it: it is neither pinned nor
+    unreadable, only not known yet."""
+    changed = False
+    unhashed = None
     foreign: list[tuple[str, str | None, bool]] = []
     memory_only: list[str] = []
     seen: set[tuple[int, int]] = set()
@@ -83,11 +106,13 @@ def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, 
             if path not in KERNEL_AREAS:
                 memory_only.append(f"anonymous executable memory {path or area.decode()}".rstrip())
             continue
-        link = "map_files/" + area.decode()
+        start, _, end = area.partition(b"-")
+        link = f"map_files/{int(start, 16):x}-{int(end, 16):x}"  # (maps pads to 8 digits, map_files does not)
         try:
             st = os.stat(link, dir_fd=base)
         except FileNotFoundError:
-            continue  # unmapped meanwhile
+            changed = True  # (never skipped: a process could keep its mapping changing)
+            continue
         except PermissionError:
             return Code(problem="cannot inspect its executable mappings (map_files needs CAP_SYS_ADMIN: run the "
                                 "daemon as root)")
@@ -101,9 +126,13 @@ def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, 
             memory_only.append(f"memory-only file {path}")
             continue
         name = path.removesuffix(_DELETED)
-        digest = _hash(base, link, hash_fd) if st.st_size <= HASH_LIMIT else None
+        try:
+            digest = _hash(base, link, hash_fd) if st.st_size <= HASH_LIMIT else None
+        except Unhashed as exc:
+            unhashed = f"the library {name} was not hashed: {exc}"
+            continue
         foreign.append((name, digest, key == exe_key))
-    return Code(tuple(foreign), tuple(memory_only))
+    return Code(tuple(foreign), tuple(memory_only), CHANGED if changed else unhashed)
 
 
 def _trusted(base: int, link: str, st: os.stat_result) -> bool:

@@ -311,6 +311,11 @@ class Workload:
             return f"script sha256 {ident.script_sha256 or '(none)'} is not {_one_of(self.script_hashes)}"
         if (self.scripts is not None or self.script_hashes is not None) and PYTHON_INTERACTIVE in ident.startup:
             return f"{PYTHON_INTERACTIVE}, so the script is not all it runs"
+        if (self.scripts is not None or self.script_hashes is not None) and self.exes is None \
+                and self.exe_hashes is None:
+            why = _unnamed_interpreter(ident)
+            if why:
+                return why
         if self.cgroups is not None and (ident.cgroup is None
                                          or not any(glob_matches(c, ident.cgroup) for c in self.cgroups)):
             return f"cgroup {ident.cgroup or '(unreadable)'} matches none of its cgroup globs"
@@ -352,6 +357,23 @@ class Workload:
         if self.no_preload and ident.startup:
             return f"{ident.startup[0]}, and the workload requires no_preload"
         return None
+
+
+def _unnamed_interpreter(ident: Identity) -> str | None:
+    """Why the interpreter of a script workload that names none (no exe,
+    no exe_sha256) does not count: it must be root's (as a library is,
+    :mod:`.mappings`), else any program named like an interpreter could
+    claim the script."""
+    if ident.exe is None:
+        return "its interpreter could not be read"
+    if ident.exe_deleted or ident.exe_replaced:
+        return f"its interpreter {ident.exe} was deleted or replaced since it started"
+    if ident.code_problem:
+        return f"{ident.code_problem}, so whether its interpreter is root's cannot be told"
+    if any(is_exe for _, _, is_exe in ident.foreign_code):
+        return (f"its interpreter {ident.exe} is not root's (owned by root, writable by no one else, on a file "
+                "system without nosuid), and the workload names no exe for its script")
+    return None
 
 
 def _one_of(values) -> str:
@@ -852,6 +874,10 @@ class _Builder:
         if not any(k in kw for k in ("uids", "gids", "exes", "exe_hashes", "scripts", "script_hashes", "cgroups")):
             raise self.error(f"workload {name!r} selects only on {'/'.join(_CONDITIONS)}, so it would match almost "
                              "every process; add a selector that says who it is (user, exe, …)", *where)
+        if ("scripts" in kw or "script_hashes" in kw) and not ("exes" in kw or "exe_hashes" in kw):
+            self.warn(f"workload {name!r} names a script but not its interpreter: any interpreter of root's may "
+                      "claim the script, and some run the caller's code before it (PERL5OPT, node -r); name the "
+                      "interpreter in exe", *where, "script")
         for p in sorted(kw.get("exes", ())):
             if os.path.islink(p):
                 target = os.path.realpath(p)
