@@ -634,9 +634,10 @@ class Identifier:
                     h.layout = st.layout
                 # a held maps that still reads is this exec's, unless the address space was shared (vfork) when
                 # it was opened: then a new layout tells the exec (with address randomisation on)
-                if h.layout == st.layout and (h.maps_fd is None or h.same_exec()):
+                exec_seen = h.maps_fd is not None and not h.same_exec()
+                if h.layout == st.layout and not exec_seen:
                     return st, status, h  # (the caller releases h)
-                if h.maps_fd is not None and not h.same_exec():
+                if exec_seen:
                     if status.tgid == pid:
                         with self._lock:  # it exec'd (a live process whose maps read empty): a new program
                             self._forget_traced((pid, st.start_time))
