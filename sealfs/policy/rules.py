@@ -309,13 +309,13 @@ class Workload:
             return f"script {ident.script or '(none)'} is not {_one_of(self.scripts)}"
         if self.script_hashes is not None and ident.script_sha256 not in self.script_hashes:
             return f"script sha256 {ident.script_sha256 or '(none)'} is not {_one_of(self.script_hashes)}"
-        if (self.scripts is not None or self.script_hashes is not None) and PYTHON_INTERACTIVE in ident.startup:
-            return f"{PYTHON_INTERACTIVE}, so the script is not all it runs"
-        if (self.scripts is not None or self.script_hashes is not None) and self.exes is None \
-                and self.exe_hashes is None:
-            why = _unnamed_interpreter(ident)
-            if why:
-                return why
+        if self.scripts is not None or self.script_hashes is not None:
+            if PYTHON_INTERACTIVE in ident.startup:
+                return f"{PYTHON_INTERACTIVE}, so the script is not all it runs"
+            if self.exes is None and self.exe_hashes is None:
+                why = _unnamed_interpreter(ident)
+                if why:
+                    return why
         if self.cgroups is not None and (ident.cgroup is None
                                          or not any(glob_matches(c, ident.cgroup) for c in self.cgroups)):
             return f"cgroup {ident.cgroup or '(unreadable)'} matches none of its cgroup globs"
