@@ -84,7 +84,8 @@ flags) stays seen until the next exec.  What can change at any moment —
 credentials, groups, tracers, dumpable — is read on every call.  A warm
 call is three ``pread`` calls (``stat``, ``status`` and one byte of
 ``maps`` stay open for the last :data:`HANDLE_CACHE_ENTRIES` processes),
-and one ``stat`` while a workload requires ``nondumpable``.
+and a ``stat`` and an ``fstat`` while a workload requires ``nondumpable``
+(for a caller whose euid is not 0).
 
 **Memory.**  Another process of the same uid may write into a dumpable
 process's memory (``/proc/PID/mem``, ``process_vm_writev``, ptrace) unless
@@ -238,7 +239,9 @@ class Identity:
     startup: tuple[str, ...] = ()
     #: False: the process is not dumpable, so the kernel refuses ptrace and
     #: /proc/PID/mem to every process without CAP_SYS_PTRACE.  None: cannot
-    #: be told (the process runs as root: its /proc files are root's anyway).
+    #: be told (the process runs as root: its /proc files are root's anyway),
+    #: or not looked at (no workload requires nondumpable:
+    #: :attr:`Identifier.check_dumpable` is off).
     dumpable: bool | None = None
     #: The first tracer seen on this process since it exec'ed its current
     #: program (by an earlier request or this one; 0 if none was ever seen).
