@@ -358,8 +358,7 @@ class SealfsOps(pyfuse3.Operations):
                     start_id = next_id
                     volatile = False
                     if caller is not None:
-                        ident, dirpath = caller
-                        path = ("" if dirpath == "/" else dirpath) + "/" + os.fsdecode(name)
+                        path = prefix + "/" + os.fsdecode(name)
                         if self.guard.may_hide(path):
                             if self.guard.hidden(ident, path):
                                 continue  # (hidden by a reload since the listing was taken)
