@@ -993,8 +993,9 @@ class Identifier:
         startup = ()
         variables_of = family
         if family == "python":
-            startup = python_startup(cmdline)
-            if python_flags(cmdline) & {"I", "E"}:
+            flags = python_flags(cmdline)
+            startup = _python_startup(flags)
+            if flags & {"I", "E"}:
                 variables_of = None  # Python ignores its PYTHON* variables then
         try:
             environ = self._read(base, "environ", limit=1 << 22)
@@ -1260,7 +1261,11 @@ def python_startup(cmdline: bytes) -> tuple[str, ...]:
     site-packages of ``$HOME`` (``.pth`` files, ``usercustomize``), which
     the environment check cannot see once that code erased its traces;
     ``-i`` reads more code from stdin after the script."""
-    flags = python_flags(cmdline)
+    return _python_startup(python_flags(cmdline))
+
+
+def _python_startup(flags: set[str]) -> tuple[str, ...]:
+    """:func:`python_startup` of the :func:`python_flags` ``flags``."""
     found = []
     if "i" in flags:
         found.append(PYTHON_INTERACTIVE)
