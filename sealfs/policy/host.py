@@ -31,7 +31,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from ..keys.sources import file_exposure
+from ..keys.sources import file_exposure, secret_file_warnings
 
 YAMA = "sys/kernel/yama/ptrace_scope"
 SUID_DUMPABLE = "sys/fs/suid_dumpable"
@@ -172,12 +172,12 @@ def report(policy=None, secrets: tuple[tuple[str, str], ...] = (), proc: str = "
             out.append(Finding("ok", f"fs.suid_dumpable = {dump}: a setuid or setgid program is not dumpable "
                                      "from its exec"))
     for what, path in secrets:
-        findings = file_exposure(path, secret=True)
-        if not os.path.exists(path):
+        warnings = secret_file_warnings(path, what)
+        exists = os.path.exists(path)
+        if not exists:
             out.append(Finding("warning", f"{what} {path} does not exist"))
-        for f in findings:
-            out.append(Finding("warning", f"{what} {path}: {f}"))
-        if os.path.exists(path) and not findings:
+        out += [Finding("warning", w) for w in warnings]
+        if exists and not warnings:
             out.append(Finding("ok", f"{what} {path}: readable and writable by trusted users only"))
     if policy is None:
         return out
