@@ -508,9 +508,10 @@ class Policy:
                         "(default deny)")
 
     def _near_misses(self, ident: Identity) -> str:
-        """For a caller in no workload: the workloads whose user/group it has
-        but whose other selectors failed, and why (a traced or tampered
-        service is then plain in the audit log)."""
+        """For a default denial (the caller is in no workload, or none of
+        its workloads is allowed the operation): the workloads whose
+        user/group it has but whose other selectors failed, and why (a
+        traced or tampered service is then plain in the audit log)."""
         misses = []
         for name, w in self.workloads.items():
             miss = w.mismatch_of(ident)
