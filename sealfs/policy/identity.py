@@ -305,7 +305,9 @@ class _Handles:
     A request holds them (:meth:`acquire`, :meth:`release`) from its first
     read to its last, so that :meth:`close` (eviction) never closes a
     descriptor in use, whose number could then be reused: the last user
-    closes them."""
+    closes them.  (:meth:`Identifier._dumpable` reads ``stat_fd`` after
+    the request released them: it holds :attr:`lock` and checks
+    :attr:`closed` instead.)"""
 
     def __init__(self, stat_fd: int, status_fd: int, maps_fd: int | None):
         self.stat_fd = stat_fd
