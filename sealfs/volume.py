@@ -40,7 +40,15 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from .codec import crypto
-from .codec.blocks import MAP_LEN_SIZE, MAX_FILE_SIZE, MAX_MAP_EXTENTS, BlockMap, FileCipher, Layout
+from .codec.blocks import (
+    MAP_LEN_SIZE,
+    MAX_FILE_SIZE,
+    MAX_MAP_EXTENTS,
+    MAX_MAP_SEALED,
+    BlockMap,
+    FileCipher,
+    Layout,
+)
 from .codec.header import HEADER_HASH_SIZE, HEADER_SIZE, header_hash, open_header, peek_header, seal_header
 from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
@@ -910,7 +918,7 @@ class FileReader:
             raise IntegrityError(f"{what}: object is shorter than its size says")
         length = int.from_bytes(prefix[:MAP_LEN_SIZE], "big")
         need = MAP_LEN_SIZE + length
-        if HEADER_SIZE + need > obj or length > 16 + 16 * MAX_MAP_EXTENTS + crypto.NONCE_SIZE + crypto.TAG_SIZE:
+        if HEADER_SIZE + need > obj or length > MAX_MAP_SEALED:
             raise IntegrityError(f"{what}: its length is impossible")
         if len(prefix) < need:
             prefix = bytes(prefix) + self.read_sealed_range(HEADER_SIZE + len(prefix), HEADER_SIZE + need)
