@@ -471,6 +471,7 @@ class Filesystem:
                     raise NotFound("another directory took the name") from None
                 # (our metadata on the version stored now: its content)
                 stored = self.vol.set_meta(replace(node.entry, etag=fresh.etag, size=fresh.size,
+                                                   sparse=fresh.sparse, object_size=fresh.object_size,
                                                    header_hash=fresh.header_hash, version=fresh.version))
         except NotFound:
             raise FsError(errno.ENOENT, "file was removed meanwhile") from None
