@@ -886,26 +886,27 @@ class FileReader:
             return HEADER_SIZE
         return min(self.entry.object_size, HEADER_SIZE + MAP_LEN_SIZE + self.MAP_PEEK)
 
-    def _load_header(self, raw: bytes | None = None) -> FileCipher:
+    def _load_header(self, raw: bytes | memoryview | None = None) -> FileCipher:
         """Open the header (and a sparse version's map) from ``raw``, the
         start of the object, or read it."""
         with self._lock:
             if self._cipher is None:
                 if raw is None:
                     raw = self._get(0, self._prefix_len())
+                head = bytes(raw[:HEADER_SIZE])
                 try:
-                    header, dek = open_header(bytes(raw[:HEADER_SIZE]), self.vol.keyring.kek)
+                    header, dek = open_header(head, self.vol.keyring.kek)
                 except IntegrityError as exc:
                     raise IntegrityError(f"{self.name}: {exc}") from None
                 if header.file_id != self.entry.id:
                     raise IntegrityError(f"{self.name}: content belongs to another file")
                 if header.block_size != self.layout.block_size:
                     raise IntegrityError(f"{self.name}: block size differs from the volume's")
-                self._check_binding(header, raw)
+                self._check_binding(header, head)
                 cipher = FileCipher(dek, header.file_id, self.layout, self.name)
                 if self.sparse and self._map is None:
                     self._map = self._open_map(cipher, raw[HEADER_SIZE:])
-                self._header = bytes(raw[:HEADER_SIZE])
+                self._header = head
                 self._cipher = cipher
             return self._cipher
 
@@ -976,8 +977,8 @@ class FileReader:
         end = self.entry.object_size if self.sparse else self.layout.object_size_for(self.size)
         if len(body) < end or self.block_count() > self.PRELOAD_BLOCKS:
             return None  # (or holes far larger than the body, which would all become zeros here)
-        self._load_header(memoryview(body)[:end])
         view = memoryview(body)
+        self._load_header(view[:end])
         return self._open_blocks(0, self.block_count(), lambda start, stop: view[start:stop])
 
     def adopt(self, other: "FileReader", same_content: bool = False) -> None:
