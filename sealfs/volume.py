@@ -470,12 +470,13 @@ class Volume:
         times record or overflow metadata it names went away meanwhile (the
         entry was replaced).  NotFound if the object is gone; IntegrityError
         if what a version names is missing for good: damage, not absence."""
+        component = "" if key == ROOT_KEY else key[len(dir_prefix(parent_id)):]  # (the root has no name)
         missing: set[str] = set()
         while True:
             if info is None:
                 info = fetch(key)
             try:
-                return self._entry_of(parent_id, key[len(dir_prefix(parent_id)):], info)
+                return self._entry_of(parent_id, component, info)
             except _SideGone as gone:
                 if gone.key in missing or len(missing) >= _REREADS:
                     raise IntegrityError(f"entry {key}: its {gone.what} is missing ({gone.key})") from None
