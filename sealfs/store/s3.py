@@ -195,9 +195,11 @@ class _Parser(botocore.parsers.RestXMLParser):
     _handle_long = _handle_integer
 
     def _handle_timestamp(self, shape, text):
+        # (RuntimeError: botocore's "Unable to calculate correct timezone
+        # offset", for a number of seconds far out of range)
         try:
             return super()._handle_timestamp(shape, text)
-        except (ValueError, TypeError, OverflowError):
+        except (ValueError, TypeError, OverflowError, RuntimeError):
             return None
 
 
