@@ -40,7 +40,15 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from .codec import crypto
-from .codec.blocks import MAP_LEN_SIZE, MAX_FILE_SIZE, MAX_MAP_EXTENTS, BlockMap, FileCipher, Layout
+from .codec.blocks import (
+    MAP_LEN_SIZE,
+    MAX_FILE_SIZE,
+    MAX_MAP_EXTENTS,
+    MAX_MAP_SEALED,
+    BlockMap,
+    FileCipher,
+    Layout,
+)
 from .codec.header import HEADER_HASH_SIZE, HEADER_SIZE, header_hash, open_header, peek_header, seal_header
 from .codec.meta import MetaCipher
 from .codec.names import NAME_MAX, NameCipher, is_long
@@ -462,12 +470,13 @@ class Volume:
         times record or overflow metadata it names went away meanwhile (the
         entry was replaced).  NotFound if the object is gone; IntegrityError
         if what a version names is missing for good: damage, not absence."""
+        component = "" if key == ROOT_KEY else key[len(dir_prefix(parent_id)):]  # (the root has no name)
         missing: set[str] = set()
         while True:
             if info is None:
                 info = fetch(key)
             try:
-                return self._entry_of(parent_id, key[len(dir_prefix(parent_id)):], info)
+                return self._entry_of(parent_id, component, info)
             except _SideGone as gone:
                 if gone.key in missing or len(missing) >= _REREADS:
                     raise IntegrityError(f"entry {key}: its {gone.what} is missing ({gone.key})") from None
@@ -878,26 +887,27 @@ class FileReader:
             return HEADER_SIZE
         return min(self.entry.object_size, HEADER_SIZE + MAP_LEN_SIZE + self.MAP_PEEK)
 
-    def _load_header(self, raw: bytes | None = None) -> FileCipher:
+    def _load_header(self, raw: bytes | memoryview | None = None) -> FileCipher:
         """Open the header (and a sparse version's map) from ``raw``, the
         start of the object, or read it."""
         with self._lock:
             if self._cipher is None:
                 if raw is None:
                     raw = self._get(0, self._prefix_len())
+                head = bytes(raw[:HEADER_SIZE])
                 try:
-                    header, dek = open_header(bytes(raw[:HEADER_SIZE]), self.vol.keyring.kek)
+                    header, dek = open_header(head, self.vol.keyring.kek)
                 except IntegrityError as exc:
                     raise IntegrityError(f"{self.name}: {exc}") from None
                 if header.file_id != self.entry.id:
                     raise IntegrityError(f"{self.name}: content belongs to another file")
                 if header.block_size != self.layout.block_size:
                     raise IntegrityError(f"{self.name}: block size differs from the volume's")
-                self._check_binding(header, raw)
+                self._check_binding(header, head)
                 cipher = FileCipher(dek, header.file_id, self.layout, self.name)
                 if self.sparse and self._map is None:
                     self._map = self._open_map(cipher, raw[HEADER_SIZE:])
-                self._header = bytes(raw[:HEADER_SIZE])
+                self._header = head
                 self._cipher = cipher
             return self._cipher
 
@@ -910,7 +920,7 @@ class FileReader:
             raise IntegrityError(f"{what}: object is shorter than its size says")
         length = int.from_bytes(prefix[:MAP_LEN_SIZE], "big")
         need = MAP_LEN_SIZE + length
-        if HEADER_SIZE + need > obj or length > 16 + 16 * MAX_MAP_EXTENTS + crypto.NONCE_SIZE + crypto.TAG_SIZE:
+        if HEADER_SIZE + need > obj or length > MAX_MAP_SEALED:
             raise IntegrityError(f"{what}: its length is impossible")
         if len(prefix) < need:
             prefix = bytes(prefix) + self.read_sealed_range(HEADER_SIZE + len(prefix), HEADER_SIZE + need)
@@ -968,8 +978,8 @@ class FileReader:
         end = self.entry.object_size if self.sparse else self.layout.object_size_for(self.size)
         if len(body) < end or self.block_count() > self.PRELOAD_BLOCKS:
             return None  # (or holes far larger than the body, which would all become zeros here)
-        self._load_header(memoryview(body)[:end])
         view = memoryview(body)
+        self._load_header(view[:end])
         return self._open_blocks(0, self.block_count(), lambda start, stop: view[start:stop])
 
     def adopt(self, other: "FileReader", same_content: bool = False) -> None:

@@ -464,3 +464,21 @@ def test_setattr_nowait_only_while_a_writer_has_an_upload_pending(setup):
         fs.setattr(ino, CTX, size=3, fh=fh, nowait=True)
     fs.release(fh)
     assert read_file(fs, ino) == b"tar member"
+
+
+def test_a_chmod_after_another_mount_made_the_file_sparse_keeps_its_content(setup):
+    # Our metadata goes onto the version stored now (PreconditionFailed,
+    # then again on the reloaded version): that version is read as what it
+    # is, sparse, not as the dense one we had.
+    fs, _, other = setup
+    bs = 64 * 1024
+    ino = write_file(fs, b"f", os.urandom(3 * bs))
+    theirs = other.lookup(fs._node(ROOT_INO).entry.id, b"f")
+    first, last = os.urandom(bs), os.urandom(bs)
+    blocks = {0: first, 2: last}
+    sparse = other.write_content(theirs, 3 * bs, blocks.get, if_match=theirs.etag, extents=[(0, 1), (2, 3)])
+    assert sparse.sparse
+    fs.setattr(ino, CTX, mode=0o600)
+    stored = other.lookup(fs._node(ROOT_INO).entry.id, b"f")
+    assert stored.mode & 0o7777 == 0o600
+    assert other.reader(stored).read(0, 3 * bs) == first + bytes(bs) + last

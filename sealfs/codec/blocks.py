@@ -46,6 +46,8 @@ _MAP_HEAD = struct.Struct(">QQ")
 _EXTENT = struct.Struct(">QQ")
 _MAP_LEN = struct.Struct(">I")
 MAP_LEN_SIZE = _MAP_LEN.size
+#: The longest sealed block map (of MAX_MAP_EXTENTS extents), without its length.
+MAX_MAP_SEALED = _MAP_HEAD.size + _EXTENT.size * MAX_MAP_EXTENTS + BLOCK_OVERHEAD
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Every entry object carries its metadata (kind, mode, owner, times, id,
 xattrs, symlink target) as a sealed blob in the object's user metadata, so
-``chmod`` or ``touch`` is a server-side copy with new metadata, not a
-re-upload of the content.
+``chmod`` or ``touch`` of a directory writes its empty object anew; a
+file's or symlink's is a new version of its object, since its metadata
+names its header or body (docs/FORMAT.md, "Version binding").
 
 Blob: ``generation(u32 BE) || nonce(12) || AES-256-GCM(meta key[generation],
 JSON) || tag(16)``, base64 for transport.  The associated data is a context

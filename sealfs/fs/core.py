@@ -452,7 +452,8 @@ class Filesystem:
             self._store_meta(node)
 
     def _store_meta(self, node: Node) -> None:
-        """Write ``node.entry``'s metadata now (server-side copy for files).
+        """Write ``node.entry``'s metadata now (see Volume.set_meta: a new
+        version of a file's or symlink's object).
         A directory changed by another mount meanwhile gets ours (the last
         writer wins, as for files) if it still exists; if it was removed,
         it stays removed (ENOENT)."""
@@ -471,6 +472,7 @@ class Filesystem:
                     raise NotFound("another directory took the name") from None
                 # (our metadata on the version stored now: its content)
                 stored = self.vol.set_meta(replace(node.entry, etag=fresh.etag, size=fresh.size,
+                                                   sparse=fresh.sparse, object_size=fresh.object_size,
                                                    header_hash=fresh.header_hash, version=fresh.version))
         except NotFound:
             raise FsError(errno.ENOENT, "file was removed meanwhile") from None

@@ -195,9 +195,11 @@ class _Parser(botocore.parsers.RestXMLParser):
     _handle_long = _handle_integer
 
     def _handle_timestamp(self, shape, text):
+        # (RuntimeError: botocore's "Unable to calculate correct timezone
+        # offset", for a number of seconds far out of range)
         try:
             return super()._handle_timestamp(shape, text)
-        except (ValueError, TypeError, OverflowError):
+        except (ValueError, TypeError, OverflowError, RuntimeError):
             return None
 
 
@@ -421,12 +423,10 @@ class S3Store(Store):
         log line), other fields are given as unknown (size -1, etag "",
         mtime 0), so that a caller that needs them reads the object, which
         fails alone if it is damaged."""
-        key = o.get("Key")
-        key = urllib.parse.unquote(key) if isinstance(key, str) else None
-        if key is None or not key.startswith(self._prefix) or len(key) == len(self._prefix):
+        key = self._unprefixed(o.get("Key"))
+        if key is None:
             log.warning("S3 listing of %s has an entry with no valid key (left out)", self.url)
             return None
-        key = key[len(self._prefix):]
         try:
             return ObjectInfo(key=key, **_info_fields(o, "Size", "listing entry"))
         except DamagedObject as exc:
@@ -436,10 +436,17 @@ class S3Store(Store):
                               mtime=_mtime_field(o.get("LastModified")) or 0.0)
 
     def _listed_prefix(self, p: dict) -> str | None:
-        text = p.get("Prefix")
+        text = self._unprefixed(p.get("Prefix"))
+        if text is None:
+            log.warning("S3 listing of %s has a common prefix that is not valid (left out)", self.url)
+        return text
+
+    def _unprefixed(self, text: object) -> str | None:
+        """A key or common prefix of a listing (URL-encoded: see
+        ``EncodingType`` in :meth:`list`) without this store's prefix;
+        None if it is not a string under the prefix, or is the prefix."""
         text = urllib.parse.unquote(text) if isinstance(text, str) else None
         if text is None or not text.startswith(self._prefix) or len(text) == len(self._prefix):
-            log.warning("S3 listing of %s has a common prefix that is not valid (left out)", self.url)
             return None
         return text[len(self._prefix):]
 
