@@ -127,7 +127,7 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from . import mappings
-from .mappings import Code
+from .mappings import DELETED, Code
 
 #: Seconds an exec-stable part of an identity (exe, script, environ flags,
 #: mappings, cgroup) is reused for one exec of a process.
@@ -156,7 +156,6 @@ MAX_HASH_BYTES = 256 << 20
 #: no new hash always find a thread, and one uid leaves hashing to others.
 HASH_JOBS = 8
 HASH_JOBS_PER_UID = 4
-_DELETED = " (deleted)"
 
 #: Loader variables that make a process run code it did not ship with.
 LOADER_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT")
@@ -1045,8 +1044,8 @@ class Identifier:
             return None, False, False, None, None
         except OSError:
             return None, False, False, None, None
-        deleted = link.endswith(_DELETED)
-        path = link[: -len(_DELETED)] if deleted else link
+        deleted = link.endswith(DELETED)
+        path = link[: -len(DELETED)] if deleted else link
         digest = None
         try:
             fd = os.open("exe", os.O_RDONLY | os.O_CLOEXEC, dir_fd=base)
@@ -1095,7 +1094,7 @@ class Identifier:
             if not stat.S_ISREG(st.st_mode):
                 return None, None
             path: str | None = os.readlink(f"/proc/self/fd/{pfd}")
-            if path.endswith(_DELETED):
+            if path.endswith(DELETED):
                 return None, None
             try:
                 here = os.stat(path)

@@ -38,7 +38,7 @@ KERNEL_AREAS = frozenset({"[vdso]", "[vsyscall]", "[vectors]", "[sigpage]", "[up
 
 # start-end perms offset dev inode [path]; only executable ones ('x' third)
 _EXEC_LINE = re.compile(rb"^([0-9a-f]+-[0-9a-f]+) ..x. [0-9a-f]+ [0-9a-f]+:[0-9a-f]+ ([0-9]+) *([^\n]*)$", re.MULTILINE)
-_DELETED = " (deleted)"
+DELETED = " (deleted)"
 #: :attr:`Code.problem` of a look during which a mapping changed (a range
 #: of ``maps`` had no ``map_files`` entry any more): the caller looks again.
 CHANGED = "its executable mappings changed while they were looked at"
@@ -125,7 +125,7 @@ def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, 
         if st.st_nlink == 0 or not stat.S_ISREG(st.st_mode):
             memory_only.append(f"memory-only file {path}")
             continue
-        name = path.removesuffix(_DELETED)
+        name = path.removesuffix(DELETED)
         try:
             digest = _hash(base, link, hash_fd) if st.st_size <= HASH_LIMIT else None
         except Unhashed as exc:
