@@ -319,19 +319,24 @@ int main(int argc, char **argv) {
 """
 
 
+def _injector(lab) -> Path:
+    """INJECT_C compiled once per lab, owned by the attacker."""
+    inject = lab.own / "inject"
+    if not inject.exists():
+        _cc(inject, INJECT_C)
+        os.chown(inject, lab.attacker.uid, lab.attacker.gid)
+    return inject
+
+
 def test_a_tracer_that_was_seen_cannot_make_the_process_forget_it(lab):
     """The memory of tracers was keyed by the layout of the process's
     memory (stat fields 26-28, 45-51) to tell execs apart, and any process
     may set that layout for itself (PR_SET_MM_MAP): a tracer seen at a
     request made the process call it before detaching, and the process was
     untraced again."""
-    import os
     import subprocess
 
-    inject = lab.own / "inject"
-    if not inject.exists():
-        _cc(inject, INJECT_C)
-        os.chown(inject, lab.attacker.uid, lab.attacker.gid)
+    inject = _injector(lab)
     ident = Identifier(stable_ttl=0)
     text = policy(lab, exe=f'"{lab.prog("waiter")}"', untraced="true")
     with attack(lab.attacker, [lab.prog("waiter")]) as p:
@@ -362,13 +367,9 @@ def test_a_tracer_is_forgotten_at_an_exec_of_the_same_program(lab):
     """The other side of the memory of tracers kept across a new layout: an
     exec that the daemon saw (the process's held maps reads empty) starts
     afresh, also of the very same file."""
-    import os
     import subprocess
 
-    inject = lab.own / "inject"
-    if not inject.exists():
-        _cc(inject, INJECT_C)
-        os.chown(inject, lab.attacker.uid, lab.attacker.gid)
+    inject = _injector(lab)
     ident = Identifier(stable_ttl=0)
     execer = lab.prog("execer")
     with attack(lab.attacker, [execer, execer]) as p:
@@ -396,13 +397,9 @@ def test_a_loader_variable_seen_once_stays_seen_after_a_new_layout(lab):
     memory replaced (to tell a vfork child's exec): the process could set
     its own layout (PR_SET_MM_MAP, here by a tracer that makes it) and be
     seen afresh."""
-    import os
     import subprocess
 
-    inject = lab.own / "inject"
-    if not inject.exists():
-        _cc(inject, INJECT_C)
-        os.chown(inject, lab.attacker.uid, lab.attacker.gid)
+    inject = _injector(lab)
     ident = Identifier(stable_ttl=0)
     text = policy(lab, exe=f'"{lab.prog("eraser")}"', no_preload="true")
     with attack(lab.attacker, [lab.prog("eraser")], env={"LD_LIBRARY_PATH": str(lab.own)}) as p:
