@@ -78,8 +78,7 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(w1=256, w3=64, w3_secs=5, w4=500, w5=1000, w6_rows=2000, w6_tx=20, w7=1024, w7_s3=512,
-              w8=1000)
+QUICK = Sizes(w1=256, w3=64, w3_secs=5, w4=500, w5=1000, w6_rows=2000, w6_tx=20, w7=1024, w7_s3=512, w8=1000)
 
 HIGH, LOW = "higher", "lower"  # which way is better
 
@@ -193,14 +192,27 @@ class MotoServer:
     """moto in server mode on 127.0.0.1 (as tests/conftest.py runs it)."""
 
     def __init__(self, logfile: Path):
-        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                     "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        for name in (
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_REGION",
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ):
             os.environ.pop(name, None)
         # moto takes any credentials; these keep boto3, the sealfs daemons and
         # the peers (which inherit them) away from real AWS and ~/.aws
-        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                          AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-                          AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+            AWS_CONFIG_FILE=os.devnull,
+            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        )
         os.environ.pop("AWS_CA_BUNDLE", None)  # plain http to 127.0.0.1; rclone's SDK refuses one with http
         for name in ("NO_PROXY", "no_proxy"):
             os.environ[name] = ",".join(filter(None, [os.environ.get(name), "127.0.0.1", "localhost"]))
@@ -209,9 +221,13 @@ class MotoServer:
         with open(logfile, "wb") as out:
             # own session: a Ctrl-C on the terminal must not stop it before the
             # mounts that use it are unmounted
-            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
         def answers() -> bool:
             if self.proc.poll() is not None:
@@ -230,9 +246,12 @@ class MotoServer:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                            config=Config(s3={"addressing_style": "path"}, max_pool_connections=32,
-                                          retries={"max_attempts": 3}))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, max_pool_connections=32, retries={"max_attempts": 3}),
+        )
 
     def bucket(self) -> str:
         name = f"bench-{os.urandom(4).hex()}"
@@ -389,8 +408,12 @@ class SealfsTarget(FuseTarget):
         run(*SEALFS, "init", self.url, "--keyfile", self.work / "key", *store)
 
     def mount_cmd(self) -> list:
-        opts = {"keyfile": self.work / "key", "cache_dir": self.work / "cache", "log": self.work / "daemon.log",
-                **self.store_opts}
+        opts = {
+            "keyfile": self.work / "key",
+            "cache_dir": self.work / "cache",
+            "log": self.work / "daemon.log",
+            **self.store_opts,
+        }
         if self.policy_on:
             opts.update(policy=self.policy, audit_log=self.work / "audit.log")
         return [*SEALFS, "mount", self.url, self.path, "-o", ",".join(f"{k}={v}" for k, v in opts.items())]
@@ -438,30 +461,49 @@ class RcloneCrypt(FuseTarget):
         super().setup()
         obscure = [run("rclone", "obscure", f"bench {w}").stdout.strip() for w in ("password", "salt")]
         if self.store == "s3":
-            base = (f"[base]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = bench\n"
-                    f"secret_access_key = bench\nendpoint = {self.moto.url}\nregion = us-east-1\n"
-                    # no_head: rclone 1.60 HEADs a multipart upload with ?versionId=null, which moto refuses
-                    f"force_path_style = true\nno_head = true\n\n")
+            base = (
+                f"[base]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = bench\n"
+                f"secret_access_key = bench\nendpoint = {self.moto.url}\nregion = us-east-1\n"
+                # no_head: rclone 1.60 HEADs a multipart upload with ?versionId=null, which moto refuses
+                f"force_path_style = true\nno_head = true\n\n"
+            )
             remote = f"base:{self.moto.bucket()}/rclone"
         else:
             (self.work / "store").mkdir()
             base, remote = "", str(self.work / "store")
         (self.work / "rclone.conf").write_text(
-            f"{base}[crypt]\ntype = crypt\nremote = {remote}\npassword = {obscure[0]}\npassword2 = {obscure[1]}\n")
+            f"{base}[crypt]\ntype = crypt\nremote = {remote}\npassword = {obscure[0]}\npassword2 = {obscure[1]}\n"
+        )
 
     def mount(self) -> None:
         # in the foreground, as our child: we know its pid, and stop it if all else fails
-        argv = ["rclone", "mount", "crypt:", str(self.path), "--config", str(self.work / "rclone.conf"),
-                "--vfs-cache-mode", "writes", "--vfs-write-back", self.write_back,
-                "--cache-dir", str(self.work / "cache"),
-                "--log-file", str(self.work / "rclone.log"), "--log-level", "NOTICE"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        argv = [
+            "rclone",
+            "mount",
+            "crypt:",
+            str(self.path),
+            "--config",
+            str(self.work / "rclone.conf"),
+            "--vfs-cache-mode",
+            "writes",
+            "--vfs-write-back",
+            self.write_back,
+            "--cache-dir",
+            str(self.work / "cache"),
+            "--log-file",
+            str(self.work / "rclone.log"),
+            "--log-level",
+            "NOTICE",
+        ]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
 
         def up() -> bool:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"rclone mount exited {self.proc.returncode}: "
-                                   f"{(self.work / 'rclone.log').read_text()[-1000:]}")
+                raise RuntimeError(
+                    f"rclone mount exited {self.proc.returncode}: {(self.work / 'rclone.log').read_text()[-1000:]}"
+                )
             return str(self.path) in mounted()
 
         wait_for(up, 60, "rclone to mount")
@@ -561,8 +603,13 @@ class S3fs(FuseTarget):
         pw.chmod(0o600)
 
     def mount_cmd(self) -> list:
-        return ["s3fs", self.bucket, self.path, "-o",
-                f"passwd_file={self.work / 'passwd'},url={self.moto.url},use_path_request_style,endpoint=us-east-1"]
+        return [
+            "s3fs",
+            self.bucket,
+            self.path,
+            "-o",
+            f"passwd_file={self.work / 'passwd'},url={self.moto.url},use_path_request_style,endpoint=us-east-1",
+        ]
 
 
 class Boto3Raw(Target):
@@ -609,8 +656,9 @@ class Boto3Raw(Target):
 
             with ThreadPoolExecutor(self.THREADS) as pool:
                 parts = list(pool.map(part, range(1, (size + self.PART - 1) // self.PART + 1)))
-            self.s3.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=up,
-                                              MultipartUpload={"Parts": parts})
+            self.s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=up, MultipartUpload={"Parts": parts}
+            )
             if workload == "W1":
                 out["W1"] = size / 1e6 / (time.perf_counter() - start)
         if workload == "W2":
@@ -662,7 +710,7 @@ class Boto3Raw(Target):
         if len(sizes) != n:
             raise RuntimeError(f"LIST found {len(sizes)} of {n} objects")
         for i in range(0, n, 1000):
-            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
         return {"W4.ls_cold": secs}
 
 
@@ -704,10 +752,22 @@ def w3(t: Target, sz: Sizes, ctx: dict) -> dict[str, float]:
     dd_zero(f, sz.w3)
     t.settle()
     t.remount()
-    p = run("fio", "--name=w3", f"--filename={f}", "--readonly", "--rw=randread", "--bs=4k", f"--size={sz.w3}M",
-            "--ioengine=psync", "--numjobs=1", "--time_based", f"--runtime={sz.w3_secs}", "--output-format=json",
-            timeout=sz.w3_secs + 600)
-    iops = json.loads(p.stdout[p.stdout.index("{"):])["jobs"][0]["read"]["iops"]
+    p = run(
+        "fio",
+        "--name=w3",
+        f"--filename={f}",
+        "--readonly",
+        "--rw=randread",
+        "--bs=4k",
+        f"--size={sz.w3}M",
+        "--ioengine=psync",
+        "--numjobs=1",
+        "--time_based",
+        f"--runtime={sz.w3_secs}",
+        "--output-format=json",
+        timeout=sz.w3_secs + 600,
+    )
+    iops = json.loads(p.stdout[p.stdout.index("{") :])["jobs"][0]["read"]["iops"]
     f.unlink()
     t.settle()
     return {"W3": iops}
@@ -749,10 +809,40 @@ def make_tree(tarball: Path, n: int) -> int:
     """A deterministic source-like tree of n text files (1-30 KiB) in nested
     directories, as an uncompressed tarball; returns its size."""
     rnd = random.Random(5)
-    words = ["int", "return", "if", "else", "for", "while", "struct", "static", "const", "void", "self", "buf",
-             "len", "err", "ctx", "node", "next", "value", "count", "index", "the", "a", "of", "to", "NULL", "0", "1"]
-    dirs = [f"src/{a}/{b}".rstrip("/") for a in ("core", "net", "fs", "util", "drivers", "lib", "tools", "tests")
-            for b in ("", "impl", "sub/x", "sub/y", "detail")]
+    words = [
+        "int",
+        "return",
+        "if",
+        "else",
+        "for",
+        "while",
+        "struct",
+        "static",
+        "const",
+        "void",
+        "self",
+        "buf",
+        "len",
+        "err",
+        "ctx",
+        "node",
+        "next",
+        "value",
+        "count",
+        "index",
+        "the",
+        "a",
+        "of",
+        "to",
+        "NULL",
+        "0",
+        "1",
+    ]
+    dirs = [
+        f"src/{a}/{b}".rstrip("/")
+        for a in ("core", "net", "fs", "util", "drivers", "lib", "tools", "tests")
+        for b in ("", "impl", "sub/x", "sub/y", "detail")
+    ]
     with tarfile.open(tarball, "w", format=tarfile.GNU_FORMAT) as tar:
         seen = set()
         for i in range(n):
@@ -816,8 +906,10 @@ def w6(t: Target, sz: Sizes, ctx: dict) -> dict[str, float]:
             for _ in range(sz.w6_tx):
                 with con:  # one transaction
                     for _ in range(per_tx):
-                        con.execute("INSERT INTO t (name, value, body) VALUES (?, ?, ?)",
-                                    (f"row {i}", i * 0.5, f"payload {i} " * 8))
+                        con.execute(
+                            "INSERT INTO t (name, value, body) VALUES (?, ?, ?)",
+                            (f"row {i}", i * 0.5, f"payload {i} " * 8),
+                        )
                         i += 1
             n = con.execute("SELECT count(*) FROM t").fetchone()[0]
         finally:
@@ -1009,8 +1101,9 @@ def goals(figs: list[Fig], med: dict[str, dict[str, float]]) -> dict[str, list[d
             value, text = mine / theirs, f"{ours.split('-')[1]} {mine / theirs:.2f}x {peer} {sym}{bound:g}x"
         met = {"ge": value >= bound, "gt": value > bound, "le": value <= bound, "lt": value < bound}[op]
         text += " ✓" if met else " ✗"
-        out.setdefault(key, []).append({"sealfs": ours, "peer": peer, "op": op, "bound": bound,
-                                        "value": value, "met": met, "text": text})
+        out.setdefault(key, []).append(
+            {"sealfs": ours, "peer": peer, "op": op, "bound": bound, "value": value, "met": met, "text": text}
+        )
     return out
 
 
@@ -1038,8 +1131,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, help="runs per figure, medians reported (default 3; 1 with --quick)")
     ap.add_argument("--only", default="W1,W2,W3,W4,W5,W6,W7,W8", help="workloads (default: all)")
     ap.add_argument("--stores", default="local,s3", help="local,s3 (default both)")
-    ap.add_argument("--peers", default="plain,gocryptfs,rclone,s3fs,boto3",
-                    help="plain,gocryptfs,rclone,s3fs,boto3 or none (default: all that are installed)")
+    ap.add_argument(
+        "--peers",
+        default="plain,gocryptfs,rclone,s3fs,boto3",
+        help="plain,gocryptfs,rclone,s3fs,boto3 or none (default: all that are installed)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores)")
     args = ap.parse_args()
     sz = QUICK if args.quick else FULL
@@ -1047,8 +1143,11 @@ def main() -> int:
     only = [w.strip().upper() for w in args.only.split(",") if w.strip()]
     stores = {s.strip() for s in args.stores.split(",") if s.strip()}
     peers = set() if args.peers == "none" else {p.strip() for p in args.peers.split(",") if p.strip()}
-    for bad in [w for w in only if w not in WORKLOADS] + sorted(stores - {"local", "s3"}) + \
-            sorted(peers - {"plain", "gocryptfs", "rclone", "s3fs", "boto3"}):
+    for bad in (
+        [w for w in only if w not in WORKLOADS]
+        + sorted(stores - {"local", "s3"})
+        + sorted(peers - {"plain", "gocryptfs", "rclone", "s3fs", "boto3"})
+    ):
         ap.error(f"unknown workload, store or peer: {bad}")
     if os.geteuid() != 0:
         log("not root: caches are not dropped and FUSE peers may fail")
@@ -1143,10 +1242,13 @@ def main() -> int:
                         if not got:  # does not apply to this target
                             continue
                         for k, v in got.items():
-                            (res if k in {f.key for f in figs} else extra.setdefault(t.name, {})) \
-                                .setdefault(k, []).append(v)
-                        log(f"run {r + 1}/{runs} {t.name:16} {w} ({time.monotonic() - t0:4.0f} s): " +
-                            ", ".join(f"{k} {fmt(v)}" for k, v in got.items()))
+                            (res if k in {f.key for f in figs} else extra.setdefault(t.name, {})).setdefault(
+                                k, []
+                            ).append(v)
+                        log(
+                            f"run {r + 1}/{runs} {t.name:16} {w} ({time.monotonic() - t0:4.0f} s): "
+                            + ", ".join(f"{k} {fmt(v)}" for k, v in got.items())
+                        )
                     t.cleanup()
                     t.unmount()
                 except Exception as e:  # noqa: BLE001
@@ -1179,17 +1281,29 @@ def main() -> int:
     med = {n: {k: statistics.median(v) for k, v in results.get(n, {}).items()} for n in names}
     checks = goals(figs, med)
     figs = [f for f in figs if any(f.key in med[n] for n in names)]
-    title = (f"sealfs bench {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, "
-             f"{os.cpu_count()} CPUs, {'S3 = moto on 127.0.0.1, ' if moto is not None else ''}"
-             + (f"--quick: small sizes, {runs} run (targets indicative only)" if args.quick
-                else f"median of {runs} run{'s' * (runs > 1)}"))
+    title = (
+        f"sealfs bench {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}, "
+        f"{os.cpu_count()} CPUs, {'S3 = moto on 127.0.0.1, ' if moto is not None else ''}"
+        + (
+            f"--quick: small sizes, {runs} run (targets indicative only)"
+            if args.quick
+            else f"median of {runs} run{'s' * (runs > 1)}"
+        )
+    )
     header = ["W", "figure", *names, "targets (sealfs / peer)"]
     rows = []
     for f in figs:
-        rows.append([f.workload, f"{f.label}, {f.unit}",
-                     *("err" if f.key not in med[n] and (n, f.workload) in failed else fmt(med[n].get(f.key))
-                       for n in names),
-                     "; ".join(c["text"] for c in checks.get(f.key, []))])
+        rows.append(
+            [
+                f.workload,
+                f"{f.label}, {f.unit}",
+                *(
+                    "err" if f.key not in med[n] and (n, f.workload) in failed else fmt(med[n].get(f.key))
+                    for n in names
+                ),
+                "; ".join(c["text"] for c in checks.get(f.key, [])),
+            ]
+        )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     print(title)
     for r in [header, *rows]:
@@ -1198,15 +1312,22 @@ def main() -> int:
     notes = [*skipped]
     if "W2" in only and "boto3-raw" in extra:
         x = {k: statistics.median(v) for k, v in extra["boto3-raw"].items()}
-        notes.append(f"boto3-raw W2 is the better of {Boto3Raw.THREADS} parallel ranged GETs "
-                     f"({fmt(x.get('W2.ranged'))} MB/s) and one streaming GET ({fmt(x.get('W2.single'))} MB/s); "
-                     f"W1 is a multipart PUT of random bytes, {Boto3Raw.PART // MiB} MiB parts, {Boto3Raw.THREADS} in flight; "
-                     "W4 ls is a paginated LIST (it carries sizes: no HEAD needed)")
+        notes.append(
+            f"boto3-raw W2 is the better of {Boto3Raw.THREADS} parallel ranged GETs "
+            f"({fmt(x.get('W2.ranged'))} MB/s) and one streaming GET ({fmt(x.get('W2.single'))} MB/s); "
+            f"W1 is a multipart PUT of random bytes, {Boto3Raw.PART // MiB} MiB parts, {Boto3Raw.THREADS} in flight; "
+            "W4 ls is a paginated LIST (it carries sizes: no HEAD needed)"
+        )
     if any(n.startswith("rclone") for n in names):
-        notes.append("rclone: --vfs-cache-mode writes --vfs-write-back 0s (s3: no_head); write times include "
-                     "the wait until it has uploaded what was closed" +
-                     ("; W6 with its default write-back, 5 s (0s corrupts the database), minus those 5 s"
-                      if "W6" in only else ""))
+        notes.append(
+            "rclone: --vfs-cache-mode writes --vfs-write-back 0s (s3: no_head); write times include "
+            "the wait until it has uploaded what was closed"
+            + (
+                "; W6 with its default write-back, 5 s (0s corrupts the database), minus those 5 s"
+                if "W6" in only
+                else ""
+            )
+        )
     if moto_rss is not None:
         notes.append(f"moto server peak RSS {moto_rss:.0f} MiB")
     for e in errors:
@@ -1222,14 +1343,41 @@ def main() -> int:
     with open(out / f"{stamp}.tsv", "w") as fh:
         fh.write("\t".join(["workload", "figure", "unit", *names, "targets"]) + "\n")
         for f in figs:
-            fh.write("\t".join([f.workload, f.label, f.unit, *(str(med[n].get(f.key, "")) for n in names),
-                                "; ".join(c["text"] for c in checks.get(f.key, []))]) + "\n")
-    (out / f"{stamp}.json").write_text(json.dumps({
-        "title": title, "quick": args.quick, "runs": runs, "sizes": asdict(sz), "only": only,
-        "targets": names, "figures": [asdict(f) for f in figs],
-        "median": med, "values": results, "extra": extra, "goals": checks,
-        "notes": notes, "errors": errors, "failed": sorted(map(list, failed)), "log_errors": log_errors,
-    }, indent=1, ensure_ascii=False))
+            fh.write(
+                "\t".join(
+                    [
+                        f.workload,
+                        f.label,
+                        f.unit,
+                        *(str(med[n].get(f.key, "")) for n in names),
+                        "; ".join(c["text"] for c in checks.get(f.key, [])),
+                    ]
+                )
+                + "\n"
+            )
+    (out / f"{stamp}.json").write_text(
+        json.dumps(
+            {
+                "title": title,
+                "quick": args.quick,
+                "runs": runs,
+                "sizes": asdict(sz),
+                "only": only,
+                "targets": names,
+                "figures": [asdict(f) for f in figs],
+                "median": med,
+                "values": results,
+                "extra": extra,
+                "goals": checks,
+                "notes": notes,
+                "errors": errors,
+                "failed": sorted(map(list, failed)),
+                "log_errors": log_errors,
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+    )
     log(f"written to {out}/{stamp}.tsv and .json")
     return 1 if errors else 0
 

@@ -26,9 +26,11 @@ from sealfs.policy.rules import compile_glob, parse_policy  # noqa: E402
 
 def policy_lines(rules: int = 20_000, workloads: int = 100) -> None:
     text = "".join(f"[workloads.w{w}]\nuid = {1000 + w}\n" for w in range(workloads))
-    text += "".join(f'[[rule]]\npaths = ["/d{i}/**/x{i}/*", "/e{i}/**"]\nworkloads = ["w{i % workloads}"]\n'
-                    f'{"deny" if i % 3 == 0 else "allow"} = ["read", "list"]\n' + ("hide = true\n" if i % 6 == 0 else "")
-                    for i in range(rules))
+    text += "".join(
+        f'[[rule]]\npaths = ["/d{i}/**/x{i}/*", "/e{i}/**"]\nworkloads = ["w{i % workloads}"]\n'
+        f'{"deny" if i % 3 == 0 else "allow"} = ["read", "list"]\n' + ("hide = true\n" if i % 6 == 0 else "")
+        for i in range(rules)
+    )
     t = time.perf_counter()
     policy = parse_policy(text, "generated.toml")
     load = time.perf_counter() - t
@@ -37,16 +39,20 @@ def policy_lines(rules: int = 20_000, workloads: int = 100) -> None:
     for i in range(1000):
         policy.decide(ident, "read", f"/d{i * 7}/a/b/x{i * 7}/f")
     decide = (time.perf_counter() - t) / 1000
-    print(f"policy: load {rules} rules, {workloads} workloads: {load:.2f} s; decide read (one caller): "
-          f"{decide * 1e6:.0f} us")
+    print(
+        f"policy: load {rules} rules, {workloads} workloads: {load:.2f} s; decide read (one caller): "
+        f"{decide * 1e6:.0f} us"
+    )
     deep = "/" + "/".join(["aa"] * 400) + "/y"
     for glob, path in (("/" + "/".join(["**", "a*"] * 8) + "/z", deep), ("/**/" + "*a" * 8 + "*b", "/x/" + "a" * 250)):
         g = compile_glob(glob)
         t = time.perf_counter()
         for _ in range(100):
             g.matches(path)
-        print(f"policy: match {glob[:40]}... against {len(path)} characters: "
-              f"{(time.perf_counter() - t) / 100 * 1e6:.0f} us")
+        print(
+            f"policy: match {glob[:40]}... against {len(path)} characters: "
+            f"{(time.perf_counter() - t) / 100 * 1e6:.0f} us"
+        )
 
 
 if __name__ == "__main__":
@@ -54,5 +60,7 @@ if __name__ == "__main__":
     if "--rules-only" in sys.argv[1:]:
         sys.exit(0)
     bench = Path(__file__).resolve().with_name("bench.py")
-    os.execv(sys.executable, [sys.executable, str(bench), "--only", "W8", "--stores", "local", "--peers", "none",
-                              *sys.argv[1:]])
+    os.execv(
+        sys.executable,
+        [sys.executable, str(bench), "--only", "W8", "--stores", "local", "--peers", "none", *sys.argv[1:]],
+    )

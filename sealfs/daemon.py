@@ -57,8 +57,11 @@ class MountConfig:
 def _pidfile(mountpoint: str) -> str:
     """Where the daemon serving ``mountpoint`` records its pid, so that
     ``sealfs umount`` can wait for it to finish uploading."""
-    base = "/run/sealfs" if os.geteuid() == 0 else os.path.join(
-        os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/sealfs-{os.geteuid()}", "sealfs")
+    base = (
+        "/run/sealfs"
+        if os.geteuid() == 0
+        else os.path.join(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/sealfs-{os.geteuid()}", "sealfs")
+    )
     digest = hashlib.sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:32]
     return os.path.join(base, f"{digest}.pid")
 
@@ -216,10 +219,14 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
     guard = cfg.guard
     ops = SealfsOps(fs, attr_timeout=cfg.attr_timeout, entry_timeout=cfg.entry_timeout, guard=guard)
     try:
-        pyfuse3.init(ops, cfg.mountpoint, mount_options(
-            fsname=cfg.fsname, allow_other=cfg.allow_other, read_only=cfg.read_only))
+        pyfuse3.init(
+            ops, cfg.mountpoint, mount_options(fsname=cfg.fsname, allow_other=cfg.allow_other, read_only=cfg.read_only)
+        )
     except RuntimeError as exc:
-        msg = f"cannot mount on {cfg.mountpoint}: {exc} (is /dev/fuse available? allow_other needs user_allow_other in /etc/fuse.conf for non-root)"
+        msg = (
+            f"cannot mount on {cfg.mountpoint}: {exc} (is /dev/fuse available?"
+            " allow_other needs user_allow_other in /etc/fuse.conf for non-root)"
+        )
         _report(ready_fd, msg)
         log.error(msg)
         return 8
@@ -228,14 +235,21 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
     _report(ready_fd, "")
     log.info("mounted %s on %s", cfg.fsname, cfg.mountpoint)
     if guard is None:
-        log.warning("NO ACCESS POLICY (no policy= option): access is decided by the file modes alone, so every "
-                    "process those modes admit%s reads and writes plaintext; see sealfs-policy(5)",
-                    " (any user: allow_other is set)" if cfg.allow_other else "")
+        log.warning(
+            "NO ACCESS POLICY (no policy= option): access is decided by the file modes alone, so every "
+            "process those modes admit%s reads and writes plaintext; see sealfs-policy(5)",
+            " (any user: allow_other is set)" if cfg.allow_other else "",
+        )
     else:
         for warning in guard.policy.warnings:
             log.warning("policy: %s", warning)
-        log.info("policy %s in force: %d workloads, %d rules, audit = %s", guard.policy_file,
-                 len(guard.policy.workloads), len(guard.policy.rules), guard.policy.audit)
+        log.info(
+            "policy %s in force: %d workloads, %d rules, audit = %s",
+            guard.policy_file,
+            len(guard.policy.workloads),
+            len(guard.policy.rules),
+            guard.policy.audit,
+        )
     try:
         trio.run(_main, fs, pyfuse3, guard, cfg.mountpoint)
     except BaseException:

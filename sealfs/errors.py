@@ -15,14 +15,14 @@ class ExitCode:
     """Exit codes of the ``sealfs`` command (documented in sealfs(1))."""
 
     OK = 0
-    FAILURE = 1        #: anything not listed below
-    USAGE = 2          #: bad command line or options
-    BAD_KEY = 3        #: wrong passphrase, key file or KMS key
-    INTEGRITY = 4      #: an object failed authentication (tampered or corrupt)
-    NOT_A_VOLUME = 5   #: no volume config, or a corrupted/foreign one
-    STORE = 6          #: the object store failed or refused
-    NOT_FOUND = 7      #: a plaintext path does not exist in the volume
-    MOUNT = 8          #: the mount itself failed (mountpoint busy, FUSE error)
+    FAILURE = 1  #: anything not listed below
+    USAGE = 2  #: bad command line or options
+    BAD_KEY = 3  #: wrong passphrase, key file or KMS key
+    INTEGRITY = 4  #: an object failed authentication (tampered or corrupt)
+    NOT_A_VOLUME = 5  #: no volume config, or a corrupted/foreign one
+    STORE = 6  #: the object store failed or refused
+    NOT_FOUND = 7  #: a plaintext path does not exist in the volume
+    MOUNT = 8  #: the mount itself failed (mountpoint busy, FUSE error)
 
 
 class SealfsError(Exception):

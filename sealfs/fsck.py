@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
 from .errors import FsError, IntegrityError, NotFound, SealfsError
 from .volume import KIND_DIR, ROOT_ID, ROOT_KEY, Entry, Volume, times_key
 
@@ -58,8 +59,14 @@ class Report:
         return not (self.damaged or self.leftovers or self.warnings)
 
 
-def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPLOAD_SECONDS,
-          threads: int = 8, progress: Callable[[int], Callable[[int], None]] | None = None) -> Report:
+def check(
+    vol: Volume,
+    *,
+    repair: bool = False,
+    stale_seconds: float = STALE_UPLOAD_SECONDS,
+    threads: int = 8,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+) -> Report:
     """Check ``vol`` (and repair with ``repair``).  ``progress(total bytes)``,
     once the files are known, returns a callable told the bytes of each
     file authenticated."""
@@ -101,9 +108,11 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
                 times_keys.add(times_key(e.id, e.times_record))
             if e.is_dir:
                 if e.id in seen_dirs:
-                    report.warnings.append(f"{child} and {seen_dirs[e.id]} are one directory "
-                                           "(a directory rename was interrupted): remove one name with "
-                                           "'sealfs rm' of the entry only after checking which to keep")
+                    report.warnings.append(
+                        f"{child} and {seen_dirs[e.id]} are one directory "
+                        "(a directory rename was interrupted): remove one name with "
+                        "'sealfs rm' of the entry only after checking which to keep"
+                    )
                     continue
                 seen_dirs[e.id] = child
                 dir_ids.add(e.id)
@@ -112,9 +121,11 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
                 continue
             if e.id in seen_others:
                 # (still checked below: both names are reachable copies)
-                report.warnings.append(f"{child} and {seen_others[e.id]} are one file (a file rename was "
-                                       "interrupted): two copies, which a mount treats as two files; check "
-                                       "which to keep and remove the other")
+                report.warnings.append(
+                    f"{child} and {seen_others[e.id]} are one file (a file rename was "
+                    "interrupted): two copies, which a mount treats as two files; check "
+                    "which to keep and remove the other"
+                )
             seen_others.setdefault(e.id, child)
             if e.is_link:
                 report.links += 1
@@ -174,8 +185,7 @@ def check(vol: Volume, *, repair: bool = False, stale_seconds: float = STALE_UPL
     for up in store.list_multipart_uploads():
         if now - up.initiated > stale_seconds:
             report.leftovers.append((f"upload {up.upload_id} of {up.key}", "stale multipart upload"))
-    temporaries = {f"temporary file {name}": name for name, mtime in store.temporaries()
-                   if now - mtime > stale_seconds}
+    temporaries = {f"temporary file {name}": name for name, mtime in store.temporaries() if now - mtime > stale_seconds}
     report.leftovers += [(what, "part of an object being written, left by a crash") for what in temporaries]
 
     if repair:

@@ -50,7 +50,8 @@ import os
 import queue
 import stat
 import threading
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import outcome
 import pyfuse3
@@ -72,8 +73,12 @@ class _QuietLateReplies(logging.Filter):
     is said at debug level."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if (record.levelno == logging.ERROR and "fuse_reply_* failed" in str(record.msg)
-                and record.args and record.args[-1] == os.strerror(errno.ENOENT)):
+        if (
+            record.levelno == logging.ERROR
+            and "fuse_reply_* failed" in str(record.msg)
+            and record.args
+            and record.args[-1] == os.strerror(errno.ENOENT)
+        ):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
@@ -86,8 +91,15 @@ class SealfsOps(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, fs: Filesystem, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0, threads: int = 16,
-                 guard: Guard | None = None):
+    def __init__(
+        self,
+        fs: Filesystem,
+        *,
+        attr_timeout: float = 1.0,
+        entry_timeout: float = 1.0,
+        threads: int = 16,
+        guard: Guard | None = None,
+    ):
         super().__init__()
         self.fs = fs
         self.guard = guard
@@ -236,8 +248,10 @@ class SealfsOps(pyfuse3.Operations):
             def check(general=check) -> None:
                 # the kernel clears set-user/group-ID bits by itself before a write
                 (only_setid if self._drops_setid_only(inode, kw["mode"]) else general)()
-        return self._entry(await self._run(self.fs.setattr, inode, self._ctx(ctx), fh=fh, **kw, check=check,
-                                           quick=True))
+
+        return self._entry(
+            await self._run(self.fs.setattr, inode, self._ctx(ctx), fh=fh, **kw, check=check, quick=True)
+        )
 
     def _drops_setid_only(self, ino: int, mode: int) -> bool:
         """Whether ``mode`` only clears set-user/group-ID bits of the file."""
@@ -248,27 +262,53 @@ class SealfsOps(pyfuse3.Operations):
         return await self._run(self.fs.readlink, inode, check=self._may(ctx, ("read",), inode))
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return self._entry(await self._run(self.fs.mknod, parent_inode, name, mode, self._ctx(ctx),
-                                           check=self._may(ctx, ("create",), parent_inode, name)),
-                           self._volatile(parent_inode, name))
+        return self._entry(
+            await self._run(
+                self.fs.mknod,
+                parent_inode,
+                name,
+                mode,
+                self._ctx(ctx),
+                check=self._may(ctx, ("create",), parent_inode, name),
+            ),
+            self._volatile(parent_inode, name),
+        )
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._entry(await self._run(self.fs.mkdir, parent_inode, name, mode, self._ctx(ctx),
-                                           check=self._may(ctx, ("create",), parent_inode, name)),
-                           self._volatile(parent_inode, name))
+        return self._entry(
+            await self._run(
+                self.fs.mkdir,
+                parent_inode,
+                name,
+                mode,
+                self._ctx(ctx),
+                check=self._may(ctx, ("create",), parent_inode, name),
+            ),
+            self._volatile(parent_inode, name),
+        )
 
     async def unlink(self, parent_inode, name, ctx):
-        await self._run(self.fs.unlink, parent_inode, name, self._ctx(ctx),
-                        check=self._may(ctx, ("delete",), parent_inode, name))
+        await self._run(
+            self.fs.unlink, parent_inode, name, self._ctx(ctx), check=self._may(ctx, ("delete",), parent_inode, name)
+        )
 
     async def rmdir(self, parent_inode, name, ctx):
-        await self._run(self.fs.rmdir, parent_inode, name, self._ctx(ctx),
-                        check=self._may(ctx, ("delete",), parent_inode, name))
+        await self._run(
+            self.fs.rmdir, parent_inode, name, self._ctx(ctx), check=self._may(ctx, ("delete",), parent_inode, name)
+        )
 
     async def symlink(self, parent_inode, name, target, ctx):
-        return self._entry(await self._run(self.fs.symlink, parent_inode, name, target, self._ctx(ctx),
-                                           check=self._may(ctx, ("create",), parent_inode, name)),
-                           self._volatile(parent_inode, name))
+        return self._entry(
+            await self._run(
+                self.fs.symlink,
+                parent_inode,
+                name,
+                target,
+                self._ctx(ctx),
+                check=self._may(ctx, ("create",), parent_inode, name),
+            ),
+            self._volatile(parent_inode, name),
+        )
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         check = None
@@ -279,17 +319,25 @@ class SealfsOps(pyfuse3.Operations):
             def check() -> None:
                 guard.check(pid, uid, gid, ("rename", "delete"), path_of(parent_inode_old, name_old))
                 replaces = exists(parent_inode_new, name_new)
-                guard.check(pid, uid, gid, ("rename", "create") + (("delete",) if replaces else ()),
-                            path_of(parent_inode_new, name_new))
-        await self._run(self.fs.rename, parent_inode_old, name_old, parent_inode_new, name_new, flags, self._ctx(ctx),
-                        check=check)
+                guard.check(
+                    pid,
+                    uid,
+                    gid,
+                    ("rename", "create") + (("delete",) if replaces else ()),
+                    path_of(parent_inode_new, name_new),
+                )
+
+        await self._run(
+            self.fs.rename, parent_inode_old, name_old, parent_inode_new, name_new, flags, self._ctx(ctx), check=check
+        )
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         return self._entry(await self._run(self.fs.link, inode, new_parent_inode, new_name))
 
     async def open(self, inode, flags, ctx):
-        fh, keep = await self._run(self.fs.open, inode, flags, self._ctx(ctx),
-                                   check=self._may(ctx, _open_ops(flags), inode))
+        fh, keep = await self._run(
+            self.fs.open, inode, flags, self._ctx(ctx), check=self._may(ctx, _open_ops(flags), inode)
+        )
         if not keep:
             # Another version than the kernel knows (written by another
             # mount): the size it caches may be stale too, and it would
@@ -302,9 +350,16 @@ class SealfsOps(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        attr, fh = await self._run(self.fs.create, parent_inode, name, mode, flags, self._ctx(ctx),
-                                   check=self._may(ctx, ("create",) + _open_ops(flags), parent_inode, name),
-                                   quick=True)
+        attr, fh = await self._run(
+            self.fs.create,
+            parent_inode,
+            name,
+            mode,
+            flags,
+            self._ctx(ctx),
+            check=self._may(ctx, ("create",) + _open_ops(flags), parent_inode, name),
+            quick=True,
+        )
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr, self._volatile(parent_inode, name))
 
     async def read(self, fh, off, size):
@@ -347,6 +402,7 @@ class SealfsOps(pyfuse3.Operations):
                 # names hidden from the opener are not in its listing at all (no gap in the offsets)
                 path = prefix + "/" + os.fsdecode(name)
                 return not (guard.may_hide(path) and guard.hidden(ident, path))
+
         while True:
             entries = await self._run(self.fs.readdir, fh, start_id, keep)
             replied = False
@@ -417,8 +473,9 @@ class SealfsOps(pyfuse3.Operations):
 #: capabilities?) and tools such as ls -l read by themselves.  Like the mode
 #: bits, which getattr shows to anyone, they are permission metadata, not
 #: data: reading them is not subject to the policy (setting them is: xattr).
-METADATA_XATTRS = frozenset({b"security.capability", b"security.selinux", b"system.posix_acl_access",
-                             b"system.posix_acl_default"})
+METADATA_XATTRS = frozenset(
+    {b"security.capability", b"security.selinux", b"system.posix_acl_access", b"system.posix_acl_default"}
+)
 
 
 # -- the worker threads ------------------------------------------------------------------
@@ -509,4 +566,3 @@ def mount_options(*, fsname: str, allow_other: bool, read_only: bool) -> set[str
     if read_only:
         opts.add("ro")
     return opts
-

@@ -39,8 +39,15 @@ class Finding:
 
 
 def _state(path: str, e: Entry) -> dict:
-    return {"id": e.id.hex(), "p": e.parent_id.hex(), "k": e.kind, "vn": e.version, "ct": e.ctime_ns,
-            "hh": e.header_hash.hex() if e.header_hash is not None else "", "path": path}
+    return {
+        "id": e.id.hex(),
+        "p": e.parent_id.hex(),
+        "k": e.kind,
+        "vn": e.version,
+        "ct": e.ctime_ns,
+        "hh": e.header_hash.hex() if e.header_hash is not None else "",
+        "path": path,
+    }
 
 
 def _json(obj) -> bytes:
@@ -51,8 +58,19 @@ def make(vol: Volume, entries: list[tuple[str, Entry]]) -> bytes:
     """The record file of ``entries`` ((path, entry) pairs, as fsck found them)."""
     state = {"made": int(time.time()), "entries": [_state(path, e) for path, e in entries]}
     sealed = vol.meta.seal_bytes(_json(state), _AAD + vol.config.volume_id)
-    return json.dumps({"format": FORMAT, "version": VERSION, "volume_id": vol.config.volume_id.hex(),
-                       "record": base64.b64encode(sealed).decode("ascii")}, indent=1, sort_keys=True).encode() + b"\n"
+    return (
+        json.dumps(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "volume_id": vol.config.volume_id.hex(),
+                "record": base64.b64encode(sealed).decode("ascii"),
+            },
+            indent=1,
+            sort_keys=True,
+        ).encode()
+        + b"\n"
+    )
 
 
 def write(path: str, data: bytes) -> None:
@@ -94,8 +112,9 @@ def read(vol: Volume, path: str) -> tuple[int, list[dict]]:
     try:
         data = vol.meta.open_bytes(sealed, _AAD + vol.config.volume_id, f"the record {path}")
     except IntegrityError:
-        raise IntegrityError(f"the record {path} does not authenticate (modified, or not made with this "
-                             "volume's keys)") from None
+        raise IntegrityError(
+            f"the record {path} does not authenticate (modified, or not made with this volume's keys)"
+        ) from None
     try:
         state = json.loads(data)
         made, entries = int(state["made"]), state["entries"]
@@ -117,17 +136,28 @@ def compare(recorded: list[dict], entries: list[tuple[str, Entry]]) -> list[Find
         found = now.get(r["id"])
         kind = {"f": "file", "d": "directory", "l": "symlink"}.get(r["k"], "entry")
         if found is None:
-            out.append(Finding("DELETED", r["path"], f"a {kind} recorded at version {r['vn']}, no longer in the "
-                                                     "volume (removed, or its directory was)"))
+            out.append(
+                Finding(
+                    "DELETED",
+                    r["path"],
+                    f"a {kind} recorded at version {r['vn']}, no longer in the volume (removed, or its directory was)",
+                )
+            )
             continue
         path, e = found
         have, had = (e.version, e.ctime_ns), (int(r["vn"]), int(r["ct"]))
         hh = e.header_hash.hex() if e.header_hash is not None else ""
         if have < had or (have == had and hh != r["hh"]):
             where = "" if path == r["path"] else f" (recorded as {r['path']})"
-            out.append(Finding("ROLLED BACK", path, f"version {e.version} (ctime {_when(e.ctime_ns)}) in the "
-                                                    f"store, version {r['vn']} (ctime {_when(int(r['ct']))}) "
-                                                    f"recorded{where}"))
+            out.append(
+                Finding(
+                    "ROLLED BACK",
+                    path,
+                    f"version {e.version} (ctime {_when(e.ctime_ns)}) in the "
+                    f"store, version {r['vn']} (ctime {_when(int(r['ct']))}) "
+                    f"recorded{where}",
+                )
+            )
     return out
 
 

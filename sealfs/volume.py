@@ -35,9 +35,9 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
 
 from .codec import crypto
 from .codec.blocks import (
@@ -62,7 +62,8 @@ from .errors import (
     SealfsError,
     UsageError,
 )
-from .keys.slots import CONFIG_KEY, Credential, Keyring, VolumeConfig, create as create_config
+from .keys.slots import CONFIG_KEY, Credential, Keyring, VolumeConfig
+from .keys.slots import create as create_config
 from .store.base import MAX_METADATA_BYTES, MAX_PARTS, ObjectInfo, Store
 
 log = logging.getLogger(__name__)
@@ -221,9 +222,15 @@ class Volume:
 
     @classmethod
     def create(
-        cls, store: Store, cred: Credential, *, block_size: int, argon2: dict | None = None, uid: int | None = None,
+        cls,
+        store: Store,
+        cred: Credential,
+        *,
+        block_size: int,
+        argon2: dict | None = None,
+        uid: int | None = None,
         gid: int | None = None,
-    ) -> "Volume":
+    ) -> Volume:
         store.check()
         config, keyring = create_config(block_size, cred, argon2)
         try:
@@ -232,13 +239,23 @@ class Volume:
             raise UsageError(f"{store.url} already holds a sealfs volume") from None
         vol = cls(store, config, keyring, etag)
         t = now_ns()
-        root = Entry(ROOT_ID, b"", ROOT_KEY, KIND_DIR, ROOT_ID, stat.S_IFDIR | 0o755,
-                     os.getuid() if uid is None else uid, os.getgid() if gid is None else gid, t, t)
+        root = Entry(
+            ROOT_ID,
+            b"",
+            ROOT_KEY,
+            KIND_DIR,
+            ROOT_ID,
+            stat.S_IFDIR | 0o755,
+            os.getuid() if uid is None else uid,
+            os.getgid() if gid is None else gid,
+            t,
+            t,
+        )
         vol._put_entry(root, b"", if_none_match=True)
         return vol
 
     @classmethod
-    def open(cls, store: Store, credentials: list[Credential]) -> "Volume":
+    def open(cls, store: Store, credentials: list[Credential]) -> Volume:
         config, etag = read_config(store)
         keyring = config.unlock(credentials)
         return cls(store, config, keyring, etag)
@@ -263,8 +280,15 @@ class Volume:
     # -- metadata encoding ----------------------------------------------------------------
 
     def _fields(self, e: Entry) -> dict:
-        f = {"k": e.kind, "id": e.id.hex(), "mode": e.mode, "uid": e.uid, "gid": e.gid,
-             "mt": e.mtime_ns, "ct": e.ctime_ns}
+        f = {
+            "k": e.kind,
+            "id": e.id.hex(),
+            "mode": e.mode,
+            "uid": e.uid,
+            "gid": e.gid,
+            "mt": e.mtime_ns,
+            "ct": e.ctime_ns,
+        }
         if e.header_hash is not None:
             f["hh"] = e.header_hash.hex()
         if e.version:
@@ -295,8 +319,9 @@ class Volume:
         blob = self.meta.seal_bytes(_json_bytes(big), b"sealfs overflow " + e.id)
         return md, blob
 
-    def _entry_from(self, parent_id: bytes, component: str, key: str, md: dict[str, str] | None,
-                    size: int, etag: str) -> Entry:
+    def _entry_from(
+        self, parent_id: bytes, component: str, key: str, md: dict[str, str] | None, size: int, etag: str
+    ) -> Entry:
         what = f"entry {key}"
         if not md or "m" not in md:
             raise IntegrityError(f"{what}: has no sealfs metadata")
@@ -313,8 +338,20 @@ class Volume:
             name = self.names.decrypt(parent_id, component, long_ct)
         try:
             kind = f["k"]
-            e = Entry(parent_id, name, key, kind, bytes.fromhex(f["id"]), int(f["mode"]), int(f["uid"]),
-                      int(f["gid"]), int(f["mt"]), int(f["ct"]), etag=etag, long_ct=long_ct)
+            e = Entry(
+                parent_id,
+                name,
+                key,
+                kind,
+                bytes.fromhex(f["id"]),
+                int(f["mode"]),
+                int(f["uid"]),
+                int(f["gid"]),
+                int(f["mt"]),
+                int(f["ct"]),
+                etag=etag,
+                long_ct=long_ct,
+            )
             if kind not in _KIND_MODE or stat.S_IFMT(e.mode) != _KIND_MODE[kind] or len(e.id) != ID_SIZE:
                 raise ValueError("kind")
             if f.get("ov"):
@@ -323,8 +360,11 @@ class Volume:
                     blob = self.store.get(overflow_key(e.id))
                 except NotFound:
                     raise _SideGone(overflow_key(e.id), "overflow metadata") from None
-                f.update(_json_of(self.meta.open_bytes(blob, b"sealfs overflow " + e.id, what + " overflow"),
-                                  "overflow metadata"))
+                f.update(
+                    _json_of(
+                        self.meta.open_bytes(blob, b"sealfs overflow " + e.id, what + " overflow"), "overflow metadata"
+                    )
+                )
             e.xattrs = {_unb64(k): _unb64(v) for k, v in f.get("x", {}).items()}
             e.times_record = _times_nonce(f)
             if "hh" in f:
@@ -463,14 +503,15 @@ class Volume:
         except IntegrityError as exc:  # name the file: the key says nothing to a reader of the log
             raise IntegrityError(f"{name.decode(errors='replace')}: {exc}") from None
 
-    def _read_entry(self, parent_id: bytes, key: str, fetch: Callable[[str], ObjectInfo],
-                    info: ObjectInfo | None = None) -> Entry:
+    def _read_entry(
+        self, parent_id: bytes, key: str, fetch: Callable[[str], ObjectInfo], info: ObjectInfo | None = None
+    ) -> Entry:
         """The entry of object ``key`` in directory ``parent_id``, from
         ``info`` if given, else from ``fetch(key)``; fetched again while the
         times record or overflow metadata it names went away meanwhile (the
         entry was replaced).  NotFound if the object is gone; IntegrityError
         if what a version names is missing for good: damage, not absence."""
-        component = "" if key == ROOT_KEY else key[len(dir_prefix(parent_id)):]  # (the root has no name)
+        component = "" if key == ROOT_KEY else key[len(dir_prefix(parent_id)) :]  # (the root has no name)
         missing: set[str] = set()
         while True:
             if info is None:
@@ -508,16 +549,25 @@ class Volume:
         SETTLED_SECONDS old by the store's clock when ``e`` was read (a
         later change would carry a later one)."""
         seen = e.seen
-        return (seen is not None and e.key == info.key and e.etag == info.etag and int(info.mtime) == seen[0]
-                and seen[0] <= seen[1] - SETTLED_SECONDS)
+        return (
+            seen is not None
+            and e.key == info.key
+            and e.etag == info.etag
+            and int(info.mtime) == seen[0]
+            and seen[0] <= seen[1] - SETTLED_SECONDS
+        )
 
     def reload(self, e: Entry) -> Entry:
         if e.key == ROOT_KEY:
             return self.root()
         return self.lookup(e.parent_id, e.name)
 
-    def listdir(self, dir_id: bytes, on_error: Callable[[str, Exception], None] | None = None,
-                known: Callable[[str], Entry | None] | None = None) -> list[Entry]:
+    def listdir(
+        self,
+        dir_id: bytes,
+        on_error: Callable[[str, Exception], None] | None = None,
+        known: Callable[[str], Entry | None] | None = None,
+    ) -> list[Entry]:
         """Every entry of the directory, with metadata, sorted by key.
         Entries that fail authentication are skipped and reported to
         ``on_error(key, exc)`` (or raise when no callback is given).  On a
@@ -542,7 +592,7 @@ class Volume:
             except IntegrityError as exc:
                 if on_error is None:
                     raise
-                hint = self._name_hint(dir_id, info.key[len(prefix):], md)
+                hint = self._name_hint(dir_id, info.key[len(prefix) :], md)
                 on_error(info.key, IntegrityError(f"{hint}: {exc}") if hint else exc)
                 return None
 
@@ -560,12 +610,24 @@ class Volume:
     def is_empty(self, dir_id: bytes) -> bool:
         return not self.store.list(dir_prefix(dir_id), max_keys=1).objects
 
-    def _new_entry(self, parent_id: bytes, name: bytes, kind: str, mode: int, uid: int, gid: int,
-                   entry_id: bytes | None = None) -> Entry:
+    def _new_entry(
+        self, parent_id: bytes, name: bytes, kind: str, mode: int, uid: int, gid: int, entry_id: bytes | None = None
+    ) -> Entry:
         key, long_ct = self.entry_key(parent_id, name)
         t = now_ns()
-        return Entry(parent_id, name, key, kind, entry_id or crypto.random_bytes(ID_SIZE),
-                     _KIND_MODE[kind] | (mode & 0o7777), uid, gid, t, t, long_ct=long_ct)
+        return Entry(
+            parent_id,
+            name,
+            key,
+            kind,
+            entry_id or crypto.random_bytes(ID_SIZE),
+            _KIND_MODE[kind] | (mode & 0o7777),
+            uid,
+            gid,
+            t,
+            t,
+            long_ct=long_ct,
+        )
 
     def _create(self, e: Entry, body: bytes) -> Entry:
         try:
@@ -598,8 +660,9 @@ class Volume:
             blob = self.store.get(e.key)
             what = f"symlink {e.name.decode(errors='replace')}"
             if e.header_hash is not None and _body_hash(blob) != e.header_hash:
-                raise IntegrityError(f"{what}: its metadata is of another version of its target "
-                                     "(older metadata put back on it?)")
+                raise IntegrityError(
+                    f"{what}: its metadata is of another version of its target (older metadata put back on it?)"
+                )
             # (metadata without hh does not open a bound body: a downgrade)
             e.target = self.meta.open_bytes(blob, _link_aad(e.id, bound=e.header_hash is not None), what)
         return e.target
@@ -625,8 +688,9 @@ class Volume:
         the current generation (a fresh wrap nonce), bound to the metadata
         that names it (docs/FORMAT.md, "Version binding")."""
         g = self.keyring.current
-        return seal_header(self.keyring.kek(g), block_size=self.layout.block_size, generation=g, file_id=file_id,
-                           dek=dek, bound=True)
+        return seal_header(
+            self.keyring.kek(g), block_size=self.layout.block_size, generation=g, file_id=file_id, dek=dek, bound=True
+        )
 
     def set_meta(self, e: Entry, **changes) -> Entry:
         """Change metadata fields of ``e`` (mode, uid, gid, mtime_ns,
@@ -652,7 +716,7 @@ class Volume:
         self._drop_side_objects(e, new)
         return new
 
-    def _rewrite(self, e: Entry, new: Entry, reader: "FileReader | None" = None) -> Entry:
+    def _rewrite(self, e: Entry, new: Entry, reader: FileReader | None = None) -> Entry:
         """Store ``new`` (``e`` with other metadata) as a new version of file
         ``e``'s object, If-Match ``e``'s etag: the same data key and blocks
         (copied as they are, server-side where the store can) under a new
@@ -673,8 +737,7 @@ class Volume:
         self._drop_side_objects(e, new)
         return new
 
-    def _write_entry_object(self, src_key: str, new: Entry, md: dict[str, str], *,
-                            if_match: str | None = None) -> str:
+    def _write_entry_object(self, src_key: str, new: Entry, md: dict[str, str], *, if_match: str | None = None) -> str:
         """Write ``new``'s object with metadata ``md``: a directory's is empty,
         a file's or symlink's content is copied server-side from ``src_key``;
         either only if the current etag is ``if_match``, when given."""
@@ -759,10 +822,10 @@ class Volume:
 
     # -- file contents ---------------------------------------------------------------------------
 
-    def reader(self, e: Entry) -> "FileReader":
+    def reader(self, e: Entry) -> FileReader:
         return FileReader(self, e)
 
-    def new_reader(self, e: Entry) -> "FileReader":
+    def new_reader(self, e: Entry) -> FileReader:
         """The base of a file not yet in the store: empty, with a fresh data
         key; its first upload creates the object (If-None-Match)."""
         reader = FileReader(self, replace(e, size=0, etag=""))
@@ -775,7 +838,7 @@ class Volume:
         size: int,
         dirty_block: Callable[[int], bytes | None],
         *,
-        base: "FileReader | None" = None,
+        base: FileReader | None = None,
         if_match: str | None = None,
         if_none_match: bool = False,
         progress: Callable[[int], None] | None = None,
@@ -801,8 +864,9 @@ class Volume:
         object's etag is no longer ``if_match``.
         """
         writer = _ContentWriter(self, e, size, dirty_block, base, sealed_block=sealed_block, extents=extents)
-        new = replace(e, size=size, sparse=writer.sparse, object_size=writer.object_size,
-                      header_hash=header_hash(writer.header))
+        new = replace(
+            e, size=size, sparse=writer.sparse, object_size=writer.object_size, header_hash=header_hash(writer.header)
+        )
         md = self._prepare_meta(new)
         new.etag = writer.upload(md, if_match=if_match, if_none_match=if_none_match, progress=progress)
         self._drop_side_objects(e, new)
@@ -965,11 +1029,14 @@ class FileReader:
         file (docs/FORMAT.md, "Version binding")."""
         named = self.entry.header_hash
         if named is not None and named != header_hash(raw):
-            raise IntegrityError(f"{self.name}: its metadata is of another version of its content "
-                                 "(older metadata put back on it?)")
+            raise IntegrityError(
+                f"{self.name}: its metadata is of another version of its content (older metadata put back on it?)"
+            )
         if named is None and header.bound:
-            raise IntegrityError(f"{self.name}: its content is bound to metadata that names it, and its "
-                                 "metadata does not (older metadata put back on it?)")
+            raise IntegrityError(
+                f"{self.name}: its content is bound to metadata that names it, and its "
+                "metadata does not (older metadata put back on it?)"
+            )
 
     def preload(self, body: bytes) -> list[bytes] | None:
         """Every block's plaintext from ``body``, the start of this version's
@@ -982,7 +1049,7 @@ class FileReader:
         self._load_header(view[:end])
         return self._open_blocks(0, self.block_count(), lambda start, stop: view[start:stop])
 
-    def adopt(self, other: "FileReader", same_content: bool = False) -> None:
+    def adopt(self, other: FileReader, same_content: bool = False) -> None:
         """Reuse ``other``'s authenticated header: same file, same DEK (a
         version this process wrote itself, or, ``same_content``, the same
         object moved or given new metadata, whose block map stays)."""
@@ -1007,7 +1074,9 @@ class FileReader:
         try:
             return self.vol.store.get(self.entry.key, start, end, if_match=self.etag or None)
         except PreconditionFailed:
-            raise PreconditionFailed(f"{self.name} was rewritten in the store (by another mount?) while open here") from None
+            raise PreconditionFailed(
+                f"{self.name} was rewritten in the store (by another mount?) while open here"
+            ) from None
 
     def read_sealed_range(self, start: int, end: int) -> bytes:
         """Raw object bytes ``[start, end)`` (ciphertext, for re-use)."""
@@ -1055,7 +1124,7 @@ class FileReader:
         data = b"".join(self.read_blocks(first, stop))
         return data[offset - first * bs : end - first * bs]
 
-    def stream(self, first: int) -> "BlockStream":
+    def stream(self, first: int) -> BlockStream:
         """Blocks ``first``, ``first+1``, … of this (dense) version from one request."""
         if self.sparse:
             raise ValueError("a sparse version is read by ranges")
@@ -1084,7 +1153,8 @@ class BlockStream:
             self._stream = reader.vol.store.get_stream(reader.entry.key, start, if_match=reader.etag or None)
         except PreconditionFailed:
             raise PreconditionFailed(
-                f"{reader.name} was rewritten in the store (by another mount?) while open here") from None
+                f"{reader.name} was rewritten in the store (by another mount?) while open here"
+            ) from None
 
     def read_blocks(self, stop: int) -> list[bytes]:
         """Plaintext of blocks ``next..stop-1``; advances ``next``."""
@@ -1117,10 +1187,16 @@ class _ContentWriter:
     UploadPartCopy; others are assembled and uploaded.
     """
 
-    def __init__(self, vol: Volume, e: Entry, size: int, dirty_block: Callable[[int], bytes | None],
-                 base: FileReader | None,
-                 sealed_block: Callable[[int, FileCipher], bytes | None] | None = None,
-                 extents: list[tuple[int, int]] | None = None):
+    def __init__(
+        self,
+        vol: Volume,
+        e: Entry,
+        size: int,
+        dirty_block: Callable[[int], bytes | None],
+        base: FileReader | None,
+        sealed_block: Callable[[int, FileCipher], bytes | None] | None = None,
+        extents: list[tuple[int, int]] | None = None,
+    ):
         if not 0 <= size <= MAX_FILE_SIZE:
             raise FsError(errno.EFBIG, f"file size {size} is above the maximum ({MAX_FILE_SIZE})")
         self.vol = vol
@@ -1141,8 +1217,10 @@ class _ContentWriter:
         self.sparse = self.extents != [(0, n)]
         if self.sparse:
             if len(self.extents) > MAX_MAP_EXTENTS:
-                raise FsError(errno.EFBIG, f"{len(self.extents)} runs of data between holes is above the "
-                                           f"maximum ({MAX_MAP_EXTENTS})")
+                raise FsError(
+                    errno.EFBIG,
+                    f"{len(self.extents)} runs of data between holes is above the maximum ({MAX_MAP_EXTENTS})",
+                )
             self.map = self.cipher.seal_map(size, self.extents)
             self.block_map = BlockMap(self.layout, size, self.extents, HEADER_SIZE + len(self.map))
             self.object_size = self.block_map.end
@@ -1199,8 +1277,9 @@ class _ContentWriter:
     def _part_size(self) -> int:
         return max(PART_SIZE, self.vol.store.min_part_size, -(-self.object_size // (MAX_PARTS - 1)))
 
-    def upload(self, md: dict[str, str], *, if_match: str | None, if_none_match: bool,
-               progress: Callable[[int], None] | None) -> str:
+    def upload(
+        self, md: dict[str, str], *, if_match: str | None, if_none_match: bool, progress: Callable[[int], None] | None
+    ) -> str:
         store = self.vol.store
         key = self.e.key
         if self.object_size <= SINGLE_PUT_MAX:
@@ -1355,25 +1434,29 @@ class _WhileWritten:
         store."""
         raise NotImplementedError
 
-    def _sealed(self, i: int, block: Callable[[int], bytes],
-                sealed_block: Callable[[int, FileCipher], bytes | None] | None) -> bytes:
+    def _sealed(
+        self, i: int, block: Callable[[int], bytes], sealed_block: Callable[[int, FileCipher], bytes | None] | None
+    ) -> bytes:
         """Whole block ``i`` (not the last) as stored: as ``sealed_block``
         has it already sealed (see write_content), else sealed now."""
         data = sealed_block(i, self.cipher) if sealed_block is not None else None
         return data if data is not None else self.cipher.seal_block(i, False, block(i))
 
-    def send(self, block: Callable[[int], bytes],
-             sealed_block: Callable[[int, FileCipher], bytes | None] | None = None) -> None:
+    def send(
+        self, block: Callable[[int], bytes], sealed_block: Callable[[int, FileCipher], bytes | None] | None = None
+    ) -> None:
         """Send the next part: blocks ``next_block .. +part_blocks``, which
         the caller has checked are complete and not the last."""
         chunks = [self.header] if self.next_block == 0 else []
-        chunks += [self._sealed(i, block, sealed_block)
-                   for i in range(self.next_block, self.next_block + self.part_blocks)]
+        chunks += [
+            self._sealed(i, block, sealed_block) for i in range(self.next_block, self.next_block + self.part_blocks)
+        ]
         self._emit(chunks)
         self.next_block += self.part_blocks
 
-    def _send_rest(self, size: int, block: Callable[[int], bytes],
-                   sealed_block: Callable[[int, FileCipher], bytes | None] | None) -> None:
+    def _send_rest(
+        self, size: int, block: Callable[[int], bytes], sealed_block: Callable[[int, FileCipher], bytes | None] | None
+    ) -> None:
         """Seal and send the blocks after ``next_block`` of a file of ``size``
         bytes, the last one flagged."""
         layout = self.vol.layout
@@ -1426,16 +1509,27 @@ class AppendStream(_WhileWritten):
         """Plaintext of sent block ``i``."""
         return self.cipher.open_block(i, False, self.sealed(i))
 
-    def finish(self, e: Entry, size: int, block: Callable[[int], bytes], *, if_match: str | None,
-               if_none_match: bool = False,
-               sealed_block: Callable[[int, FileCipher], bytes | None] | None = None) -> Entry:
+    def finish(
+        self,
+        e: Entry,
+        size: int,
+        block: Callable[[int], bytes],
+        *,
+        if_match: str | None,
+        if_none_match: bool = False,
+        sealed_block: Callable[[int, FileCipher], bytes | None] | None = None,
+    ) -> Entry:
         sent = self.writer.size
         try:
             self._send_rest(size, block, sealed_block)
-            new = replace(e, size=size, sparse=False, object_size=self.vol.layout.object_size_for(size),
-                          header_hash=self.header_hash)
-            new.etag = self.writer.commit(self.vol._prepare_meta(new), if_match=if_match,
-                                          if_none_match=if_none_match)
+            new = replace(
+                e,
+                size=size,
+                sparse=False,
+                object_size=self.vol.layout.object_size_for(size),
+                header_hash=self.header_hash,
+            )
+            new.etag = self.writer.commit(self.vol._prepare_meta(new), if_match=if_match, if_none_match=if_none_match)
         except BaseException:
             # back to the blocks sent by send(): the caller may read them,
             # finish again or abort
@@ -1493,20 +1587,35 @@ class PartStream(_WhileWritten):
     def _upload_part(self, number: int, data: bytes) -> tuple[int, str]:
         return number, self.vol.store.upload_part(self.key, self.upload_id, number, data)
 
-    def finish(self, e: Entry, size: int, block: Callable[[int], bytes], *, if_match: str | None,
-               if_none_match: bool = False,
-               sealed_block: Callable[[int, FileCipher], bytes | None] | None = None) -> Entry:
+    def finish(
+        self,
+        e: Entry,
+        size: int,
+        block: Callable[[int], bytes],
+        *,
+        if_match: str | None,
+        if_none_match: bool = False,
+        sealed_block: Callable[[int, FileCipher], bytes | None] | None = None,
+    ) -> Entry:
         self._send_rest(size, block, sealed_block)
         parts = [f.result() for f in self._futures]
         vol = self.vol
         # The record first: the completed object names it.
-        new = replace(e, size=size, sparse=False, object_size=vol.layout.object_size_for(size),
-                      overflow=self.overflow, times_record=self.times_record, header_hash=self.header_hash,
-                      version=self.version)
+        new = replace(
+            e,
+            size=size,
+            sparse=False,
+            object_size=vol.layout.object_size_for(size),
+            overflow=self.overflow,
+            times_record=self.times_record,
+            header_hash=self.header_hash,
+            version=self.version,
+        )
         vol.put_times(new, self.times_record)
         try:
-            new.etag = vol.store.complete_multipart(self.key, self.upload_id, parts, if_match=if_match,
-                                                    if_none_match=if_none_match)
+            new.etag = vol.store.complete_multipart(
+                self.key, self.upload_id, parts, if_match=if_match, if_none_match=if_none_match
+            )
         except PreconditionFailed:  # (refused: nothing names the record.  Other errors
             # may hide a completion that happened: the record stays, for fsck)
             vol._delete_side_object(times_key(new.id, self.times_record))

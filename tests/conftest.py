@@ -104,9 +104,7 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if proc.poll() is not None:
                 pytest.fail(f"moto server exited with {proc.returncode}:\n{log_path.read_text()}")
             if time.monotonic() > deadline:
-                pytest.fail(
-                    f"moto server did not answer within {MOTO_START_TIMEOUT} s:\n{log_path.read_text()}"
-                )
+                pytest.fail(f"moto server did not answer within {MOTO_START_TIMEOUT} s:\n{log_path.read_text()}")
             time.sleep(0.05)
         yield url
     finally:
@@ -185,9 +183,7 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_store_spec(
-    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Callable[[], StoreSpec]:
+def make_store_spec(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], StoreSpec]:
     """A factory of specs of fresh, empty stores of ``store_kind``: a new
     directory (not yet created) for ``local``, a new bucket with the prefix
     ``pfx`` on the moto server for ``s3``."""

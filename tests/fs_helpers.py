@@ -11,8 +11,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("sealfs_tests_fs_helpers",
-                                               Path(__file__).resolve().parent / "fs" / "conftest.py")
+_spec = importlib.util.spec_from_file_location(
+    "sealfs_tests_fs_helpers", Path(__file__).resolve().parent / "fs" / "conftest.py"
+)
 fs_helpers = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 if not hasattr(fs_helpers, "Mount"):
     _spec.loader.exec_module(fs_helpers)

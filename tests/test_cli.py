@@ -56,8 +56,13 @@ def raw_objects(spec, moto_s3=None) -> list[tuple[str, bytes, bytes]]:
             if p.is_file():
                 data = p.read_bytes()
                 has_prefix = data.startswith(b"sealfs-local-object")
-                out.append((str(p.relative_to(root)), data[PREFIX:] if has_prefix else data,
-                            data[:PREFIX] if has_prefix else b""))
+                out.append(
+                    (
+                        str(p.relative_to(root)),
+                        data[PREFIX:] if has_prefix else data,
+                        data[:PREFIX] if has_prefix else b"",
+                    )
+                )
         return out
     bucket = spec.url.removeprefix("s3://").split("/")[0]
     out = []
@@ -102,7 +107,7 @@ def test_100mib_round_trip_survives_rotate_and_rekey(tmp_path):
     ok("put", url, str(src), "/big")
     assert hashlib.sha256(ok("cat", url, "/big").stdout).hexdigest() == want
 
-    ok("key", "add", url, extra_env={"SEALFS_NEW_PASSPHRASE": "second passphrase"}, *FAST_KDF[:2])
+    ok("key", "add", url, *FAST_KDF[:2], extra_env={"SEALFS_NEW_PASSPHRASE": "second passphrase"})
     ok("key", "rotate", url)
     out = ok("rekey", url).stdout.decode()
     assert "re-wrapped 1 files" in out
@@ -229,8 +234,18 @@ def test_keyfile_slots_and_last_slot_protection(store_spec, tmp_path):
     assert kf.stat().st_mode & 0o777 == 0o600
     ok("mkdir", store_spec.url, "/d", "--keyfile", str(kf), *opts(store_spec), passphrase=None)
     # add a passphrase slot, then remove the key-file slot
-    ok("key", "add", store_spec.url, "--keyfile", str(kf), "--argon2-memory", "8192", *opts(store_spec),
-       passphrase=None, extra_env={"SEALFS_NEW_PASSPHRASE": PASS})
+    ok(
+        "key",
+        "add",
+        store_spec.url,
+        "--keyfile",
+        str(kf),
+        "--argon2-memory",
+        "8192",
+        *opts(store_spec),
+        passphrase=None,
+        extra_env={"SEALFS_NEW_PASSPHRASE": PASS},
+    )
     slots = ok("key", "list", store_spec.url, *opts(store_spec), passphrase=None).stdout.decode()
     assert "keyfile" in slots and "passphrase" in slots
     ok("key", "remove", store_spec.url, "1", *opts(store_spec))
@@ -245,10 +260,19 @@ def test_kms_slot(store_spec, moto_server):
 
     kms = boto3.client("kms", endpoint_url=moto_server, region_name="us-east-1")
     key_id = kms.create_key(Description="sealfs test")["KeyMetadata"]["KeyId"]
-    ok("init", store_spec.url, "--kms-key", key_id, *opts(store_spec),
-       "-o", f"kms_endpoint={moto_server},kms_region=us-east-1", passphrase=None)
+    ok(
+        "init",
+        store_spec.url,
+        "--kms-key",
+        key_id,
+        *opts(store_spec),
+        "-o",
+        f"kms_endpoint={moto_server},kms_region=us-east-1",
+        passphrase=None,
+    )
     ok("mkdir", store_spec.url, "/k", "--kms", *opts(store_spec), passphrase=None)
     assert b"k" in ok("ls", store_spec.url, "--kms", *opts(store_spec), passphrase=None).stdout
+
     # KMS itself refuses a damaged data-key blob, and so do we
     def damage(raw: bytes) -> bytes:
         config = json.loads(raw)

@@ -33,9 +33,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from sealfs.codec import crypto, meta as meta_module
+from sealfs.codec import crypto
+from sealfs.codec import meta as meta_module
 from sealfs.codec.blocks import BLOCK_OVERHEAD, FileCipher, Layout, block_aad
 from sealfs.codec.header import HEADER_SIZE, Header, check_block_size, open_header, peek_header, seal_header
 from sealfs.codec.meta import MetaCipher
@@ -157,8 +159,13 @@ def test_code_derives_every_key_of_the_kdf_vectors():
 
 def test_argon2id_vector_is_rfc9106_argon2id():
     v = KDF["argon2id"][0]
-    raw = Argon2id(salt=unhex(v["salt"]), length=v["length"], iterations=v["iterations"], lanes=v["lanes"],
-                   memory_cost=v["memory_kib"]).derive(unhex(v["password"]))
+    raw = Argon2id(
+        salt=unhex(v["salt"]),
+        length=v["length"],
+        iterations=v["iterations"],
+        lanes=v["lanes"],
+        memory_cost=v["memory_kib"],
+    ).derive(unhex(v["password"]))
     assert raw.hex() == v["output"]
     assert HKDF_BY_NAME["passphrase slot key"]["ikm"] == v["output"]
 
@@ -188,8 +195,14 @@ HEADERS = load("header.json")["vectors"]
 
 @pytest.mark.parametrize("v", HEADERS, ids=lambda v: v["name"])
 def test_header_vector_is_reproduced_and_opens(v):
-    raw = seal_header(unhex(v["kek"]), block_size=v["block_size"], generation=v["generation"],
-                      file_id=unhex(v["file_id"]), dek=unhex(v["dek"]), nonce=unhex(v["nonce"]))
+    raw = seal_header(
+        unhex(v["kek"]),
+        block_size=v["block_size"],
+        generation=v["generation"],
+        file_id=unhex(v["file_id"]),
+        dek=unhex(v["dek"]),
+        nonce=unhex(v["nonce"]),
+    )
     assert raw.hex() == v["header"]
     assert len(raw) == HEADER_SIZE == 92
     header, dek = open_header(raw, kek_lookup({v["generation"]: unhex(v["kek"])}))
@@ -254,13 +267,21 @@ def test_file_vectors_cover_success_and_failure():
 def test_file_vector_is_reproduced_from_its_inputs(v):
     bs = FILES["block_size"]
     dek, file_id, plain = unhex(v["dek"]), unhex(v["file_id"]), unhex(v["plaintext"])
-    header = seal_header(FILE_KEKS[v["generation"]], block_size=bs, generation=v["generation"], file_id=file_id,
-                         dek=dek, nonce=unhex(v["header_nonce"]))
+    header = seal_header(
+        FILE_KEKS[v["generation"]],
+        block_size=bs,
+        generation=v["generation"],
+        file_id=file_id,
+        dek=dek,
+        nonce=unhex(v["header_nonce"]),
+    )
     cipher = FileCipher(dek, file_id, Layout(bs))
     n = Layout(bs).block_count(len(plain))
     assert n == v["block_count"] == len(v["block_nonces"])
-    blocks = [cipher.seal_block(i, i == n - 1, plain[i * bs : (i + 1) * bs], nonce=unhex(v["block_nonces"][i]))
-              for i in range(n)]
+    blocks = [
+        cipher.seal_block(i, i == n - 1, plain[i * bs : (i + 1) * bs], nonce=unhex(v["block_nonces"][i]))
+        for i in range(n)
+    ]
     assert (header + b"".join(blocks)).hex() == v["object"]
 
 
@@ -322,12 +343,12 @@ def aes_siv_rfc5297(key: bytes, associated: list[bytes], plaintext: bytes) -> by
     k1, k2 = key[:32], key[32:]
     d = _cmac(k1, bytes(16))
     for item in associated:
-        d = bytes(a ^ b for a, b in zip(_dbl(d), _cmac(k1, item)))
+        d = bytes(a ^ b for a, b in zip(_dbl(d), _cmac(k1, item), strict=True))
     if len(plaintext) >= 16:
-        t = plaintext[:-16] + bytes(a ^ b for a, b in zip(plaintext[-16:], d))
+        t = plaintext[:-16] + bytes(a ^ b for a, b in zip(plaintext[-16:], d, strict=True))
     else:
         padded = plaintext + b"\x80" + bytes(15 - len(plaintext))
-        t = bytes(a ^ b for a, b in zip(padded, _dbl(d)))
+        t = bytes(a ^ b for a, b in zip(padded, _dbl(d), strict=True))
     v = _cmac(k1, t)
     q = bytearray(v)
     q[8] &= 0x7F
@@ -482,12 +503,13 @@ def test_config_vector_verifies_with_raw_primitives():
         return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
     masters = []
-    for slot, expected_aad in zip(doc["slots"], CONFIG["slot_aads"]):
+    for slot, expected_aad in zip(doc["slots"], CONFIG["slot_aads"], strict=True):
         if slot["type"] == "passphrase":
             k = slot["kdf"]
             salt = base64.b64decode(k["salt"])
-            raw = Argon2id(salt=salt, length=32, iterations=k["iterations"], lanes=k["lanes"],
-                           memory_cost=k["memory_kib"]).derive(creds["passphrase"].encode())
+            raw = Argon2id(
+                salt=salt, length=32, iterations=k["iterations"], lanes=k["lanes"], memory_cost=k["memory_kib"]
+            ).derive(creds["passphrase"].encode())
             key = hkdf(raw, salt, b"sealfs v1 passphrase slot key")
         elif slot["type"] == "keyfile":
             key = hkdf(unhex(creds["key_file"]), base64.b64decode(slot["salt"]), b"sealfs v1 key file slot key")
@@ -596,8 +618,12 @@ def test_appending_a_block_is_detected(data):
     n = Layout(BS).block_count(len(data))
     copies = blocks_of(obj)
     # new blocks sealed by someone holding the DEK, claiming to be last or not
-    sealed_anew = [cipher.seal_block(n, True, b"x" * BS), cipher.seal_block(n, True, b"x"),
-                   cipher.seal_block(n, True, b""), cipher.seal_block(n, False, b"x" * BS)]
+    sealed_anew = [
+        cipher.seal_block(n, True, b"x" * BS),
+        cipher.seal_block(n, True, b"x"),
+        cipher.seal_block(n, True, b""),
+        cipher.seal_block(n, False, b"x" * BS),
+    ]
     appended = copies + sealed_anew
     for extra in appended:
         with pytest.raises(IntegrityError):
@@ -729,8 +755,7 @@ def test_invalid_names_are_not_encrypted(bad):
 # == metadata ================================================================================
 
 META_CIPHER = MetaCipher({1: b"\x11" * 32, 2: b"\x22" * 32}, 2)
-FIELDS = {"k": "f", "id": "ab" * 16, "mode": 0o100644, "uid": 1, "gid": 2, "mt": 3, "ct": 4,
-          "x": {"dXNlci5h": "Yg=="}}
+FIELDS = {"k": "f", "id": "ab" * 16, "mode": 0o100644, "uid": 1, "gid": 2, "mt": 3, "ct": 4, "x": {"dXNlci5h": "Yg=="}}
 
 
 def test_meta_round_trip():
@@ -858,7 +883,12 @@ def reread(config: VolumeConfig) -> VolumeConfig:
 
 def same_keys(a: Keyring, b: Keyring) -> bool:
     return (a.volume_id, a.master, a.name_secret, a.generations, a.current) == (
-        b.volume_id, b.master, b.name_secret, b.generations, b.current)
+        b.volume_id,
+        b.master,
+        b.name_secret,
+        b.generations,
+        b.current,
+    )
 
 
 def test_created_config_unlocks_after_a_round_trip(volume):
@@ -973,8 +1003,9 @@ def tampered_configs():
         "kdf field added": lambda d: d["slots"][0]["kdf"].update(secret="x"),
         "top-level field added": lambda d: d.update(comment="hi"),
         "top-level field removed": lambda d: d.pop("created"),
-        "keyring from another volume": lambda d: d.update(keyring=json.loads(slots.create(
-            64 * 1024, PASS, argon2=FAST_ARGON2)[0].to_bytes())["keyring"]),
+        "keyring from another volume": lambda d: d.update(
+            keyring=json.loads(slots.create(64 * 1024, PASS, argon2=FAST_ARGON2)[0].to_bytes())["keyring"]
+        ),
     }
     for name, change in structural.items():
         bad = copy.deepcopy(doc)
@@ -1005,8 +1036,14 @@ def test_any_change_to_the_config_is_detected(doc):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("created", "yesterday"), ("created", None), ("block_size", float("inf")), ("mac", 12), ("mac", "é" * 44),
-     ("slots", [{"type": 0}])],
+    [
+        ("created", "yesterday"),
+        ("created", None),
+        ("block_size", float("inf")),
+        ("mac", 12),
+        ("mac", "é" * 44),
+        ("slots", [{"type": 0}]),
+    ],
     ids=["created text", "created null", "block_size Infinity", "mac number", "mac non-ASCII", "slot type number"],
 )
 def test_config_fields_of_the_wrong_type_are_config_errors(field, value):
@@ -1034,8 +1071,7 @@ def test_fuzz_header_parsers_raise_only_integrity_errors(raw):
 
 
 @FUZZ
-@given(sealed=st.binary(min_size=1, max_size=3 * SEALED), first=st.integers(0, 4),
-       plain_size=st.integers(0, 5 * BS))
+@given(sealed=st.binary(min_size=1, max_size=3 * SEALED), first=st.integers(0, 4), plain_size=st.integers(0, 5 * BS))
 def test_fuzz_open_span_never_returns_data_from_random_bytes(sealed, first, plain_size):
     cipher = FileCipher(DEK_A, FILE_ID_A, Layout(BS))
     with pytest.raises(IntegrityError):
@@ -1057,9 +1093,14 @@ def test_fuzz_name_decryption_raises_only_integrity_errors(dir_id, component, lo
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=100), st.binary(max_size=120).map(lambda b: base64.b64encode(b).decode()),
-                      st.binary(max_size=80).map(lambda b: base64.b64encode(b"\0\0\0\2" + b).decode())),
-       aad=st.binary(max_size=20))
+@given(
+    text=st.one_of(
+        st.text(max_size=100),
+        st.binary(max_size=120).map(lambda b: base64.b64encode(b).decode()),
+        st.binary(max_size=80).map(lambda b: base64.b64encode(b"\0\0\0\2" + b).decode()),
+    ),
+    aad=st.binary(max_size=20),
+)
 def test_fuzz_meta_open_raises_only_integrity_errors(text, aad):
     with pytest.raises(IntegrityError):
         META_CIPHER.open(text, aad, "fuzz")
@@ -1102,8 +1143,12 @@ KEYFILE_SLOT_FIELDS = ["id", "type", "salt", "wrapped", "extra"]
 
 
 @FUZZ
-@given(field=st.sampled_from(KEYFILE_SLOT_FIELDS), value=json_values, remove=st.booleans(),
-       slot_type=st.text(max_size=12) | st.sampled_from(["keyfile", "passphrase", "kms"]))
+@given(
+    field=st.sampled_from(KEYFILE_SLOT_FIELDS),
+    value=json_values,
+    remove=st.booleans(),
+    slot_type=st.text(max_size=12) | st.sampled_from(["keyfile", "passphrase", "kms"]),
+)
 def test_fuzz_key_file_slot_fields_with_random_json_values(field, value, remove, slot_type):
     """The same for one field of a key file slot (changed, added or removed):
     unlocking with the key file either gives the same keys or is refused."""

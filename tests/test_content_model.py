@@ -78,7 +78,9 @@ class FileModel(RuleBasedStateMachine):
             self.model.extend(bytes(offset - len(self.model)))
         self.model[offset : offset + len(data)] = data
 
-    @rule(offset=offsets, fill=st.integers(min_value=1, max_value=255), length=st.integers(min_value=1, max_value=2 * BS))
+    @rule(
+        offset=offsets, fill=st.integers(min_value=1, max_value=255), length=st.integers(min_value=1, max_value=2 * BS)
+    )
     def write_pattern(self, offset, fill, length):
         self.write(offset, bytes([fill]) * length)
 

@@ -14,14 +14,13 @@ import threading
 import time
 
 import pytest
+from test_volume import CountingStore  # tests/test_volume.py
 
 from sealfs.errors import FsError, IntegrityError, WouldBlock
 from sealfs.fs.core import OPEN_READ_BYTES, ROOT_INO, Ctx, Filesystem, Options
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import LocalStore
 from sealfs.volume import SETTLED_SECONDS, Volume
-
-from test_volume import CountingStore  # tests/test_volume.py
 
 KEY = KeyFile("k", os.urandom(64))
 CTX = Ctx(uid=0, gid=0, pid=os.getpid())
@@ -100,7 +99,7 @@ def test_a_file_grown_past_the_limit_since_lookup_is_read_by_ranges(setup):
     big = os.urandom(4 * OPEN_READ_BYTES)
     e = other.lookup(other.root().id, b"f")
     bs = other.layout.block_size
-    other.write_content(e, len(big), lambda i: big[i * bs:(i + 1) * bs], if_match=e.etag)
+    other.write_content(e, len(big), lambda i: big[i * bs : (i + 1) * bs], if_match=e.etag)
     store.calls.clear()
     assert read_file(fs, ino) == big
     assert store.calls["get_object"] == 1 and store.calls.get("get", 0) >= 1
@@ -208,8 +207,9 @@ def test_write_nowait_refuses_what_needs_the_store_or_the_disk(setup):
 
 def test_create_nowait_waits_for_nothing_and_leaves_no_trace(setup):
     fs, _, _ = setup
-    got = while_held(fs._node(ROOT_INO).lock, lambda: fs.create(ROOT_INO, b"late", 0o644, os.O_WRONLY, CTX,
-                                                                 nowait=True))
+    got = while_held(
+        fs._node(ROOT_INO).lock, lambda: fs.create(ROOT_INO, b"late", 0o644, os.O_WRONLY, CTX, nowait=True)
+    )
     assert isinstance(got, WouldBlock)
     assert not fs._unstored and not fs._handles
     with pytest.raises(FsError) as err:
@@ -243,8 +243,9 @@ def list_dir(fs: Filesystem, ino: int = ROOT_INO) -> dict[bytes, int]:
     fh = fs.opendir(ino, CTX)
     out, start = {}, 0
     while page := fs.readdir(fh, start):
-        for name, attr, start in page:
+        for name, attr, _ in page:
             out[name] = attr.mode & 0o7777
+        start = page[-1][2]
         fs.forget([(attr.ino, 1) for _, attr, _ in page])
     fs.releasedir(fh)
     return out
@@ -303,11 +304,11 @@ def test_spooled_blocks_are_stored_as_they_were_sealed(setup, monkeypatch):
     data = os.urandom(20 * 65536 + 100)
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
     for off in reversed(range(65536, len(data), 65536)):  # (not front to back: nothing streams yet)
-        fs.write(fh, off, data[off:off + 65536])
+        fs.write(fh, off, data[off : off + 65536])
     spool = fs._node(attr.ino).content.spool
     assert spool is not None and len(spool) >= 10
     raw = b"".join(os.pread(spool._fd, 65536 + 28, i * spool.slot) for i in spool.indices())
-    assert data[65536:65536 + 4096] not in raw
+    assert data[65536 : 65536 + 4096] not in raw
     fs.write(fh, 0, data[:65536])  # (now the spooled blocks can go into the new object as they are)
     fs.release(fh)
     assert sorted(sealed) == list(range(21)), "each block sealed once"
@@ -326,7 +327,7 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
     data = bytearray(os.urandom(40 * 65536 + 100))
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
     for off in range(0, len(data), 65536):
-        fs.write(fh, off, bytes(data[off:off + 65536]))
+        fs.write(fh, off, bytes(data[off : off + 65536]))
         content = fs._node(attr.ino).content
         assert len(content.dirty) <= 24 and not content.spool
     assert content._parts is not None and content._parts.next_block >= 16
@@ -345,7 +346,7 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
     fs.setattr(attr.ino, CTX, size=0)
     data = bytearray(os.urandom(30 * 65536))
     for off in range(0, len(data), 65536):
-        fs.write(fh, off, bytes(data[off:off + 65536]))
+        fs.write(fh, off, bytes(data[off : off + 65536]))
     content = fs._node(attr.ino).content
     assert content._parts is not None
     fs.write(fh, 100, b"patched")
@@ -369,7 +370,7 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
     data = os.urandom(40 * 65536 + 100)
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
     for off in range(0, len(data), 65536):
-        fs.write(fh, off, data[off:off + 65536])
+        fs.write(fh, off, data[off : off + 65536])
     content = fs._node(attr.ino).content
     assert content._parts is not None
     real_commit = _LocalObjectWriter.commit
@@ -379,8 +380,10 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
 
     monkeypatch.setattr(_LocalObjectWriter, "commit", failing_commit)
     if spool_full:
+
         def full(self, index, sealed):
             raise FsError(errno.ENOSPC, "cache directory is full")
+
         monkeypatch.setattr(Spool, "put_sealed", full)
     with pytest.raises((StoreError, FsError)):  # (the adapter answers EIO, or ENOSPC)
         fs.flush(fh)
@@ -416,7 +419,7 @@ def test_a_store_error_while_sending_does_not_fail_the_write(setup, monkeypatch)
 
     monkeypatch.setattr(_LocalObjectWriter, "append", fails_after_a_while)
     for off in range(0, len(data), 65536):
-        fs.write(fh, off, data[off:off + 65536])
+        fs.write(fh, off, data[off : off + 65536])
     content = fs._node(attr.ino).content
     assert len(calls) == 2 and content._parts is None and os.listdir(store.inner._tmp) == []
     monkeypatch.undo()

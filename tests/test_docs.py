@@ -43,7 +43,10 @@ needs_groff = pytest.mark.skipif(
 def render_groff(page: Path) -> str:
     out = subprocess.run(
         ["groff", "-man", "-Tascii", "-P-cbou", str(page)],
-        capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LC_ALL": "C"},
     )
     return out.stdout
 
@@ -56,7 +59,27 @@ _ESCAPES = [
     (re.compile(r"\\e"), "\\\\"),
 ]
 _ALTERNATING = {"BR", "RB", "IR", "RI", "BI", "IB"}
-_NO_TEXT = {"TH", "PP", "P", "LP", "TP", "TQ", "RS", "RE", "nf", "fi", "br", "sp", "IP", "nh", "hy", "ad", "na", "EX", "EE"}
+_NO_TEXT = {
+    "TH",
+    "PP",
+    "P",
+    "LP",
+    "TP",
+    "TQ",
+    "RS",
+    "RE",
+    "nf",
+    "fi",
+    "br",
+    "sp",
+    "IP",
+    "nh",
+    "hy",
+    "ad",
+    "na",
+    "EX",
+    "EE",
+}
 
 
 def _unescape(text: str) -> str:
@@ -191,8 +214,13 @@ def shared_unlocking_options() -> set[str]:
 @needs_groff
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_renders_without_warnings(page):
-    out = subprocess.run(["groff", "-man", "-ww", "-z", str(page)], check=False, capture_output=True, text=True,
-                         env={**os.environ, "LC_ALL": "C"})
+    out = subprocess.run(
+        ["groff", "-man", "-ww", "-z", str(page)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C"},
+    )
     assert out.returncode == 0
     assert out.stdout + out.stderr == "", f"groff warnings for {page.name}:\n{out.stderr}"
 
@@ -200,8 +228,13 @@ def test_page_renders_without_warnings(page):
 @pytest.mark.skipif(shutil.which("man") is None, reason="man-db is not installed")
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_man_renders_the_page(page):
-    out = subprocess.run(["man", "-l", str(page)], check=False, capture_output=True, text=True,
-                         env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"})
+    out = subprocess.run(
+        ["man", "-l", str(page)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"},
+    )
     assert out.returncode == 0, out.stderr
     assert "NAME" in out.stdout and "SEE ALSO" in out.stdout
 
@@ -215,8 +248,19 @@ def test_page_has_the_usual_sections(page, render):
 
 def test_sealfs_1_has_every_section_it_promises(render):
     heads = sections(render(SEALFS_1))
-    for name in ("COMMANDS", "STORES", "MOUNT OPTIONS", "KEYS AND PASSPHRASES", "ENVIRONMENT", "EXIT STATUS",
-                 "SIGNALS", "FILES", "SECURITY", "LIMITATIONS", "EXAMPLES"):
+    for name in (
+        "COMMANDS",
+        "STORES",
+        "MOUNT OPTIONS",
+        "KEYS AND PASSPHRASES",
+        "ENVIRONMENT",
+        "EXIT STATUS",
+        "SIGNALS",
+        "FILES",
+        "SECURITY",
+        "LIMITATIONS",
+        "EXAMPLES",
+    ):
         assert name in heads, f"sealfs.1 has no {name} section"
     for ref in ("mount.sealfs(8)", "fusermount3(1)", "mount.fuse3(8)"):
         assert found(ref, heads["SEE ALSO"], word=False), f"SEE ALSO does not name {ref}"
@@ -354,8 +398,9 @@ def test_readme_fstab_lines_parse():
 def test_man_page_fstab_lines_parse(render):
     lines = fstab_lines(render(MOUNT_SEALFS_8))
     assert {f[2] for f in lines} == set(FSTAB_TYPES), "mount.sealfs.8 should show both entry types"
-    assert any(f[0].startswith("s3://") and {"_netdev", "allow_other", "keyfile"} <= _option_names(f[3])
-               for f in lines), "mount.sealfs.8 has no S3 example with _netdev,allow_other,keyfile="
+    assert any(
+        f[0].startswith("s3://") and {"_netdev", "allow_other", "keyfile"} <= _option_names(f[3]) for f in lines
+    ), "mount.sealfs.8 has no S3 example with _netdev,allow_other,keyfile="
     assert any(f[0].startswith("file:///") for f in lines), "mount.sealfs.8 has no local-store example"
     for fields in lines:
         _check_fstab_entry(fields)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import time
 
+from test_cli import ok, opts, run, volume  # noqa: F401 (a fixture)
+
 from sealfs.fsck import check
 from sealfs.keys.slots import KeyFile
 from sealfs.volume import ROOT_ID, Volume
-
-from test_cli import ok, opts, run, volume  # noqa: F401 (a fixture)
 
 
 def _volume(store):
@@ -77,7 +77,8 @@ def test_leftovers_found_and_repaired(store):
     # the lost directory's entries hold users' data: moved, not deleted
     tag = docs.id.hex()[:8]
     assert sorted(e.name for e in vol.listdir(vol.resolve("/lost+found").id)) == sorted(
-        [f"{tag}-f{i}".encode() for i in range(5)] + [f"{tag}-sub".encode()])
+        [f"{tag}-f{i}".encode() for i in range(5)] + [f"{tag}-sub".encode()]
+    )
     for i in range(5):
         assert vol.reader(vol.resolve(f"/lost+found/{tag}-f{i}")).read(0, 1 << 20) == contents[i]
     assert vol.resolve(f"/lost+found/{tag}-sub").xattrs  # its overflow metadata was kept
@@ -111,15 +112,22 @@ def test_damaged_local_object_files_affect_only_their_entries(volume, store_kind
     rest; `sealfs fsck` reports every damaged one (exit 4), not only the first."""
     if store_kind != "local":
         import pytest
+
         pytest.skip("the local store's own object files")
-    from pathlib import Path
     import urllib.parse
+    from pathlib import Path
 
     url = volume.url
     for name in ("a", "b", "c", "d"):
         ok("put", url, "-", f"/{name}", *opts(volume), input=name.encode() * 5000)
-    objects = sorted((p for p in (Path(urllib.parse.urlparse(url).path) / "objects").rglob("*")
-                      if p.is_file() and p.stat().st_size > 4096 + 4096), key=lambda p: p.name)
+    objects = sorted(
+        (
+            p
+            for p in (Path(urllib.parse.urlparse(url).path) / "objects").rglob("*")
+            if p.is_file() and p.stat().st_size > 4096 + 4096
+        ),
+        key=lambda p: p.name,
+    )
     assert len(objects) == 4
     damaged = objects[:3]
     damaged[0].write_bytes(b"")
@@ -187,14 +195,15 @@ def test_a_record_is_sealed_and_bound_to_its_volume(store, tmp_path):
     assert "payroll" not in doc and "/docs" not in doc
     record = doc.split('"record": "')[1].split('"')[0]
     i = len(record) // 2
-    path.write_text(doc.replace(record, record[:i] + ("A" if record[i] != "A" else "B") + record[i + 1:]))
+    path.write_text(doc.replace(record, record[:i] + ("A" if record[i] != "A" else "B") + record[i + 1 :]))
     try:
         rollback.read(vol, str(path))
         raise AssertionError("a modified record was read")
     except IntegrityError as exc:
         assert "does not authenticate" in str(exc)
-    other = Volume.create(LocalStore(str(tmp_path / "other"), create=True), KeyFile("k", os.urandom(64)),
-                          block_size=4096)
+    other = Volume.create(
+        LocalStore(str(tmp_path / "other"), create=True), KeyFile("k", os.urandom(64)), block_size=4096
+    )
     rollback.write(str(path), rollback.make(other, check(other).entries))
     try:
         rollback.read(vol, str(path))

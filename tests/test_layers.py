@@ -16,8 +16,18 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "sealfs"
 RANK = {
-    "cli": 7, "daemon": 6, "fuseops": 5, "policy": 4, "fs": 4, "fsck": 4, "rollback": 4,
-    "volume": 3, "keys": 2, "store": 2, "codec": 1, "errors": 0,
+    "cli": 7,
+    "daemon": 6,
+    "fuseops": 5,
+    "policy": 4,
+    "fs": 4,
+    "fsck": 4,
+    "rollback": 4,
+    "volume": 3,
+    "keys": 2,
+    "store": 2,
+    "codec": 1,
+    "errors": 0,
 }
 
 
@@ -72,10 +82,12 @@ def test_imports_only_go_down(path):
 def test_codec_and_store_load_no_fuse_or_trio():
     # The local store and the volume on it, used as a library: no FUSE, no
     # trio, and no boto3 until an s3:// store is opened.
-    code = ("import sys, tempfile, sealfs.codec.blocks, sealfs.codec.names, sealfs.codec.meta, sealfs.volume; "
-            "from sealfs.store import open_store; "
-            "store = open_store('file://' + tempfile.mkdtemp() + '/s', create=True); store.put('probe', b'x'); "
-            "assert store.get('probe') == b'x'; "
-            "bad = [m for m in ('pyfuse3', 'trio', 'boto3') if m in sys.modules]; print(','.join(bad))")
+    code = (
+        "import sys, tempfile, sealfs.codec.blocks, sealfs.codec.names, sealfs.codec.meta, sealfs.volume; "
+        "from sealfs.store import open_store; "
+        "store = open_store('file://' + tempfile.mkdtemp() + '/s', create=True); store.put('probe', b'x'); "
+        "assert store.get('probe') == b'x'; "
+        "bad = [m for m in ('pyfuse3', 'trio', 'boto3') if m in sys.modules]; print(','.join(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"the library layers loaded {out.stdout.strip()}"

@@ -124,23 +124,23 @@ def test_a_bucket_writer_cannot_turn_data_into_holes(vol, store):
     a, b, c = os.urandom(BS), os.urandom(BS), os.urandom(BS)
     dense = write(vol, b"f", 6 * BS, {0: a, 3: b, 4: c}, None)
     dense_body, dense_info = store.get_object(dense.key)
-    e = write(vol, b"f", 6 * BS, {0: a, 3: b, 4: c}, [(0, 1), (3, 5)],
-              entry=vol.lookup(ROOT_ID, b"f"))
+    e = write(vol, b"f", 6 * BS, {0: a, 3: b, 4: c}, [(0, 1), (3, 5)], entry=vol.lookup(ROOT_ID, b"f"))
     body, info = store.get_object(e.key)
     md = info.metadata
     r = vol.reader(vol.lookup(ROOT_ID, b"f"))
     assert r.extents() == [(0, 1), (3, 5)]
     blocks_at = r.block_map().offsets[1]  # where block 3 starts
     sb = BS + BLOCK_OVERHEAD
-    map_len = int.from_bytes(body[HEADER_SIZE:HEADER_SIZE + 4], "big")
+    map_len = int.from_bytes(body[HEADER_SIZE : HEADER_SIZE + 4], "big")
     cases = {
-        "block 3 cut out": body[:blocks_at] + body[blocks_at + sb:],
+        "block 3 cut out": body[:blocks_at] + body[blocks_at + sb :],
         "blocks 3 and 4 cut out": body[:blocks_at],
-        "blocks 3 and 4 swapped": body[:blocks_at] + body[blocks_at + sb:] + body[blocks_at:blocks_at + sb],
-        "a byte of the map flipped": body[:HEADER_SIZE + 30] + bytes([body[HEADER_SIZE + 30] ^ 1])
-        + body[HEADER_SIZE + 31:],
-        "the map's length raised": body[:HEADER_SIZE] + (map_len + sb).to_bytes(4, "big") + body[HEADER_SIZE + 4:],
-        "a block appended": body + body[blocks_at:blocks_at + sb],
+        "blocks 3 and 4 swapped": body[:blocks_at] + body[blocks_at + sb :] + body[blocks_at : blocks_at + sb],
+        "a byte of the map flipped": body[: HEADER_SIZE + 30]
+        + bytes([body[HEADER_SIZE + 30] ^ 1])
+        + body[HEADER_SIZE + 31 :],
+        "the map's length raised": body[:HEADER_SIZE] + (map_len + sb).to_bytes(4, "big") + body[HEADER_SIZE + 4 :],
+        "a block appended": body + body[blocks_at : blocks_at + sb],
     }
     for what, bad in cases.items():
         try:
@@ -174,10 +174,10 @@ def open_sparse(obj: bytes, sz: int) -> tuple[FileCipher, BlockMap]:
     cipher = FileCipher(dek, header.file_id, layout)
     if len(obj) < HEADER_SIZE + 4:
         raise IntegrityError("too short")
-    length = int.from_bytes(obj[HEADER_SIZE:HEADER_SIZE + 4], "big")
+    length = int.from_bytes(obj[HEADER_SIZE : HEADER_SIZE + 4], "big")
     if HEADER_SIZE + 4 + length > len(obj):
         raise IntegrityError("map runs past the object")
-    extents = cipher.open_map(obj[HEADER_SIZE + 4:HEADER_SIZE + 4 + length], sz)
+    extents = cipher.open_map(obj[HEADER_SIZE + 4 : HEADER_SIZE + 4 + length], sz)
     block_map = BlockMap(layout, sz, extents, HEADER_SIZE + 4 + length)
     if block_map.end != len(obj):
         raise IntegrityError("object size is not the map's")
@@ -196,7 +196,7 @@ def read_sparse(obj: bytes, sz: int, offset: int, length: int) -> bytes:
             start, end = block_map.sealed_range(i, i + 1)
             out += cipher.open_span(i, obj[start:end], sz)[0]
     skip = offset - (offset // bs) * bs
-    return out[skip:skip + length]
+    return out[skip : skip + length]
 
 
 def test_sparse_vectors_cover_success_and_failure():
@@ -228,14 +228,15 @@ def test_far_byte_vector_decrypts_with_raw_primitives():
     _, _, shift, _, generation, file_id = struct.unpack(">8sBBHI16s", obj[:32])
     dek = AESGCM(KEKS[generation]).decrypt(obj[32:44], obj[44:92], obj[:32])
     length = int.from_bytes(obj[92:96], "big")
-    sealed_map = obj[96:96 + length]
+    sealed_map = obj[96 : 96 + length]
     map_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=file_id, info=b"sealfs v1 block map key").derive(dek)
     plain = AESGCM(map_key).decrypt(sealed_map[:12], sealed_map[12:], b"sealfs block map " + file_id)
     size, count, first, stop = struct.unpack(">QQQQ", plain)
     assert (size, count, stop - first) == (10**15 + 1, 1, 1)
-    block = obj[96 + length:]
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=file_id,
-               info=b"sealfs v1 block key " + first.to_bytes(8, "big")).derive(dek)
+    block = obj[96 + length :]
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=file_id, info=b"sealfs v1 block key " + first.to_bytes(8, "big")
+    ).derive(dek)
     aad = file_id + first.to_bytes(8, "big") + b"\x01"  # the last block of the file
     assert AESGCM(key).decrypt(block[:12], block[12:], aad) == b"z"
     assert first << shift == 10**15

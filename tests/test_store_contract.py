@@ -412,9 +412,7 @@ def test_metadata_over_2048_bytes_is_refused(store: Store) -> None:
     assert store.head("k").metadata == fits
 
 
-@pytest.mark.parametrize(
-    "metadata", [{"Mode": "1"}, {"a_b": "1"}, {"": "1"}, {"a": "caf\u00e9"}, {"a": "line\nbreak"}]
-)
+@pytest.mark.parametrize("metadata", [{"Mode": "1"}, {"a_b": "1"}, {"": "1"}, {"a": "caf\u00e9"}, {"a": "line\nbreak"}])
 def test_metadata_s3_would_mangle_is_refused(store: Store, metadata: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         store.put("k", b"x", metadata)
@@ -551,9 +549,7 @@ def test_complete_with_if_match(store: Store) -> None:
     assert not store.list_multipart_uploads()
 
 
-@pytest.mark.parametrize(
-    "parts", [[], [(2, "a"), (1, "b")], [(1, "a"), (1, "a")], [(0, "a")], [(10001, "a")]]
-)
+@pytest.mark.parametrize("parts", [[], [(2, "a"), (1, "b")], [(1, "a"), (1, "a")], [(0, "a")], [(10001, "a")]])
 def test_bad_part_lists_are_refused(store: Store, parts: list[tuple[int, str]]) -> None:
     upload_id = store.create_multipart("k")
     with pytest.raises(ValueError):
@@ -651,8 +647,13 @@ def test_local_damaged_object_is_an_integrity_error_of_that_object(local: LocalS
     local.put("d/k", b"data", {"m": "x"})
     local.put("d/z", b"after")
     _damage(Path(local.root) / "objects" / "d~" / "k", how)
-    for call in (lambda: local.get("d/k"), lambda: local.head("d/k"), lambda: local.get_object("d/k"),
-                 lambda: local.get_stream("d/k"), lambda: local.copy("d/k", "d/c", {})):
+    for call in (
+        lambda: local.get("d/k"),
+        lambda: local.head("d/k"),
+        lambda: local.get_object("d/k"),
+        lambda: local.get_stream("d/k"),
+        lambda: local.copy("d/k", "d/c", {}),
+    ):
         with pytest.raises(DamagedObject, match="damaged") as exc:
             call()
         assert isinstance(exc.value, IntegrityError) and not isinstance(exc.value, StoreError)
@@ -674,7 +675,8 @@ def test_local_object_files_fuzzed(tmp_path: Path) -> None:
     header byte flipped, random bytes): get, head and list give the bytes,
     DamagedObject, or (for a flipped etag or metadata byte) other values,
     never another exception."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
 
     store = LocalStore(tmp_path / "fuzz", create=True)
     store.put("k", b"payload", {"m": "sealed-metadata", "n": "name"})
@@ -700,7 +702,7 @@ def test_local_object_files_fuzzed(tmp_path: Path) -> None:
         raw[at] ^= bit
         path.write_bytes(bytes(raw))
         probe()
-        path.write_bytes(good[:HEADER_SIZE // 2] + tail)
+        path.write_bytes(good[: HEADER_SIZE // 2] + tail)
         probe()
 
     flipped()
@@ -719,11 +721,22 @@ def test_local_store_gone_or_replaced_fails_every_call_and_writes_nothing(tmp_pa
     other.close()
 
     def calls():
-        return [lambda: store.get("a/b"), lambda: store.head("a/b"), lambda: store.list("a/"),
-                lambda: store.get_stream("a/b"), lambda: store.get_object("a/b"), lambda: store.put("a/c", b"x"),
-                lambda: store.put("n", b"x", if_none_match=True), lambda: store.copy("a/b", "a/d", {}),
-                lambda: store.delete("a/b"), lambda: store.create_multipart("m"), lambda: store.temporaries(),
-                lambda: store.list_multipart_uploads(), lambda: store.check(), lambda: store.open_put("w")]
+        return [
+            lambda: store.get("a/b"),
+            lambda: store.head("a/b"),
+            lambda: store.list("a/"),
+            lambda: store.get_stream("a/b"),
+            lambda: store.get_object("a/b"),
+            lambda: store.put("a/c", b"x"),
+            lambda: store.put("n", b"x", if_none_match=True),
+            lambda: store.copy("a/b", "a/d", {}),
+            lambda: store.delete("a/b"),
+            lambda: store.create_multipart("m"),
+            lambda: store.temporaries(),
+            lambda: store.list_multipart_uploads(),
+            lambda: store.check(),
+            lambda: store.open_put("w"),
+        ]
 
     def all_refused(what: str) -> None:
         for call in calls():
@@ -902,9 +915,7 @@ else:
 
 
 def test_local_conditional_create_across_processes(local: LocalStore) -> None:
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CREATE_ONCE, local.root, f"process {i}"],

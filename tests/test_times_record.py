@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 
 import pytest
+from test_volume import CountingStore  # tests/test_volume.py
 
 from sealfs import volume as volume_mod
 from sealfs.errors import IntegrityError, PreconditionFailed, StoreError, StoreUnavailable
@@ -23,8 +24,6 @@ from sealfs.fsck import check
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import LocalStore
 from sealfs.volume import ROOT_ID, Volume, times_key
-
-from test_volume import CountingStore  # tests/test_volume.py
 
 BS = 4096
 KEY = KeyFile("k", os.urandom(64))

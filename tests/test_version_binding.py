@@ -47,7 +47,7 @@ def test_binding_vectors_name_their_headers():
         assert v["header_hash"] == hashlib.sha256(header).hexdigest()[:32] == v["fields"]["hh"]
         assert bytes.fromhex(v["object"])[:HEADER_SIZE] == header
     v1, v2 = VECTORS["versions"]
-    assert v1["object"][2 * HEADER_SIZE:] == v2["object"][2 * HEADER_SIZE:]  # the same block under both
+    assert v1["object"][2 * HEADER_SIZE :] == v2["object"][2 * HEADER_SIZE :]  # the same block under both
     for v in VECTORS["symlink"]["versions"]:
         assert v["fields"]["hh"] == hashlib.sha256(bytes.fromhex(v["body"])).hexdigest()[:32]
 
@@ -58,12 +58,16 @@ def test_binding_vector_reads_as_expected(tmp_path, case):
     try:
         e = vol.lookup(ROOT_ID, case["entry"].encode())  # the metadata opens on its own in every case
         if e.is_link:
+
             def read():
                 return vol.readlink(e)
+
             expected = VECTORS["symlink"]["target"].encode()
         else:
+
             def read():
                 return vol.reader(e).read(0, 1 << 20)
+
             expected = bytes.fromhex(VECTORS["plaintext"])
         if case["expect"] == "success":
             assert read() == expected
@@ -88,16 +92,19 @@ def written_by_an_older_sealfs(vol: Volume, monkeypatch, name: bytes, data: byte
 
     def old_header(self, file_id, dek):
         g = self.keyring.current
-        return seal_header(self.keyring.kek(g), block_size=self.layout.block_size, generation=g, file_id=file_id,
-                           dek=dek)
+        return seal_header(
+            self.keyring.kek(g), block_size=self.layout.block_size, generation=g, file_id=file_id, dek=dek
+        )
 
     with monkeypatch.context() as mp:
         mp.setattr(Volume, "_new_header", old_header)
-        mp.setattr(Volume, "_fields", lambda self, e: {k: v for k, v in real_fields(self, e).items()
-                                                       if k not in ("hh", "vn")})
+        mp.setattr(
+            Volume, "_fields", lambda self, e: {k: v for k, v in real_fields(self, e).items() if k not in ("hh", "vn")}
+        )
         e = vol.new_file_entry(ROOT_ID, name, 0o644, 0, 0)
-        vol.write_content(e, len(data), lambda i: data[i * 4096:(i + 1) * 4096], base=vol.new_reader(e),
-                          if_none_match=True)
+        vol.write_content(
+            e, len(data), lambda i: data[i * 4096 : (i + 1) * 4096], base=vol.new_reader(e), if_none_match=True
+        )
     return vol.lookup(ROOT_ID, name)
 
 

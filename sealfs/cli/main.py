@@ -26,8 +26,22 @@ from ..keys import sources
 from ..keys.slots import ARGON2_DEFAULTS, ARGON2_LIMITS, DEFAULT_BLOCK_SIZE, Credential, KeyFile, KmsKey, Passphrase
 from . import options as optparse
 
-COMMANDS = ("init", "mount", "umount", "ls", "cat", "get", "put", "rm", "mkdir", "key", "rekey", "fsck", "policy",
-            "doctor")
+COMMANDS = (
+    "init",
+    "mount",
+    "umount",
+    "ls",
+    "cat",
+    "get",
+    "put",
+    "rm",
+    "mkdir",
+    "key",
+    "rekey",
+    "fsck",
+    "policy",
+    "doctor",
+)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -45,8 +59,9 @@ def _credentials(opts: dict[str, str], *, confirm: bool = False, prompt: str = "
         return [KeyFile(path, sources.read_keyfile(path))]
     if "kms" in opts:
         return [KmsKey(region=opts.get("kms_region"), endpoint=opts.get("kms_endpoint"))]
-    secret = sources.read_passphrase(passfile=opts.get("passfile"), extpass=opts.get("extpass"),
-                                     confirm=confirm, prompt=prompt)
+    secret = sources.read_passphrase(
+        passfile=opts.get("passfile"), extpass=opts.get("extpass"), confirm=confirm, prompt=prompt
+    )
     return [Passphrase(secret)]
 
 
@@ -127,12 +142,17 @@ def cmd_init(args) -> int:
         data = sources.read_keyfile(path) if os.path.exists(path) else sources.create_keyfile(path)
         cred = KeyFile(path, data)
     else:
-        cred = Passphrase(sources.read_passphrase(passfile=opts.get("passfile"), extpass=opts.get("extpass"),
-                                                  confirm=True, prompt="New passphrase: "))
+        cred = Passphrase(
+            sources.read_passphrase(
+                passfile=opts.get("passfile"), extpass=opts.get("extpass"), confirm=True, prompt="New passphrase: "
+            )
+        )
     store = _open_store(args.store, opts, create=True)
     vol = Volume.create(store, cred, block_size=optparse.size(args.block_size, "--block-size"), argon2=argon2)
-    print(f"created sealfs volume {vol.config.volume_id.hex()} in {store.url} "
-          f"(block size {vol.layout.block_size}, key slot 1: {type(cred).__name__.lower()})")
+    print(
+        f"created sealfs volume {vol.config.volume_id.hex()} in {store.url} "
+        f"(block size {vol.layout.block_size}, key slot 1: {type(cred).__name__.lower()})"
+    )
     vol.close()
     return 0
 
@@ -346,6 +366,7 @@ def cmd_put(args) -> int:
                 if len(got) != want:
                     raise SealfsError(f"{args.src} changed size while being read")
                 return got
+
         target = args.path
         try:
             existing = vol.resolve(target)
@@ -484,8 +505,9 @@ def cmd_policy(args) -> int:
         policy = load_policy(args.file)
         for warning in policy.warnings:
             print(f"sealfs: warning: {warning}", file=sys.stderr)
-        print(f"{args.file}: valid: {len(policy.workloads)} workloads, {len(policy.rules)} rules, "
-              f"audit = {policy.audit}")
+        print(
+            f"{args.file}: valid: {len(policy.workloads)} workloads, {len(policy.rules)} rules, audit = {policy.audit}"
+        )
         return 0
     from ..policy.identity import Identifier
 
@@ -511,8 +533,11 @@ def cmd_doctor(args) -> int:
     opts = optparse.parse(args.o)
     policy_file = args.policy or opts.get("policy")
     policy = load_policy(optparse.absolute(policy_file, "policy")) if policy_file else None
-    secrets = tuple((what, optparse.absolute(opts[key], key)) for key, what in
-                    (("keyfile", "key file"), ("passfile", "pass file")) if key in opts)
+    secrets = tuple(
+        (what, optparse.absolute(opts[key], key))
+        for key, what in (("keyfile", "key file"), ("passfile", "pass file"))
+        if key in opts
+    )
     findings = report(policy, secrets)
     for f in findings:
         print(f"{f.level}: {f.text}")
@@ -553,12 +578,17 @@ def cmd_fsck(args) -> int:
         print(f"WARNING   {line}")
     for f in findings:
         print(f"{f.what:<11} {f.path}: {f.message}")
-    print(f"{report.files} files ({report.bytes} bytes), {report.dirs} directories, {report.links} symlinks checked; "
-          f"{len(report.damaged)} damaged, {len(report.leftovers)} leftovers"
-          + (f" ({report.repaired} removed)" if args.repair else "") + f", {len(report.warnings)} warnings")
+    print(
+        f"{report.files} files ({report.bytes} bytes), {report.dirs} directories, {report.links} symlinks checked; "
+        f"{len(report.damaged)} damaged, {len(report.leftovers)} leftovers"
+        + (f" ({report.repaired} removed)" if args.repair else "")
+        + f", {len(report.warnings)} warnings"
+    )
     if since is not None:
-        print(f"since the record of {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(since[0]))}: "
-              f"{len(since[1])} entries recorded, {len(findings)} rolled back or deleted")
+        print(
+            f"since the record of {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(since[0]))}: "
+            f"{len(since[1])} entries recorded, {len(findings)} rolled back or deleted"
+        )
     if record is not None:
         if report.damaged or findings:
             print(f"record {args.record} not written: the volume has damaged, rolled back or deleted entries")
@@ -602,9 +632,13 @@ def _key_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--extpass", metavar="CMD", help="run CMD and read the passphrase from its output")
     g.add_argument("--keyfile", metavar="FILE", help="unlock with a key file")
     g.add_argument("--kms", action="store_true", help="unlock with the volume's AWS KMS key slot")
-    p.add_argument("-o", metavar="OPTIONS", action="append",
-                   help="comma-separated options: endpoint=URL, region=R, path_style, keyfile=, passfile=, "
-                        "extpass=, kms, kms_endpoint=, kms_region=")
+    p.add_argument(
+        "-o",
+        metavar="OPTIONS",
+        action="append",
+        help="comma-separated options: endpoint=URL, region=R, path_style, keyfile=, passfile=, "
+        "extpass=, kms, kms_endpoint=, kms_region=",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -612,17 +646,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sealfs",
         description="Encrypted filesystem over an object store, with per-workload access policy.",
         epilog="STORE is file:///path (a local directory) or s3://bucket[/prefix]. "
-               "The passphrase may also come from SEALFS_PASSPHRASE.",
+        "The passphrase may also come from SEALFS_PASSPHRASE.",
     )
     parser.add_argument("--version", action="version", version=f"sealfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("init", help="create a volume in a store")
     p.add_argument("store")
-    p.add_argument("--block-size", default=str(DEFAULT_BLOCK_SIZE), metavar="SIZE",
-                   help="plaintext block size, a power of two from 4K to 1M (default 64K)")
+    p.add_argument(
+        "--block-size",
+        default=str(DEFAULT_BLOCK_SIZE),
+        metavar="SIZE",
+        help="plaintext block size, a power of two from 4K to 1M (default 64K)",
+    )
     p.add_argument("--kms-key", metavar="KEY_ID", help="protect the first key slot with this AWS KMS key")
-    p.add_argument("--argon2-memory", type=int, metavar="KIB", help="Argon2id memory for the passphrase slot (default 65536)")
+    p.add_argument(
+        "--argon2-memory", type=int, metavar="KIB", help="Argon2id memory for the passphrase slot (default 65536)"
+    )
     p.add_argument("--argon2-iterations", type=int, metavar="N", help="Argon2id passes (default 3)")
     _key_flags(p)
     p.set_defaults(func=cmd_init)
@@ -710,16 +750,22 @@ def build_parser() -> argparse.ArgumentParser:
     _key_flags(p)
     p.set_defaults(func=cmd_rekey)
 
-    p = sub.add_parser("fsck", help="authenticate every object; report damage and leftovers (exit 0 clean, "
-                                    "1 leftovers or warnings, 4 damaged objects)")
+    p = sub.add_parser(
+        "fsck",
+        help="authenticate every object; report damage and leftovers (exit 0 clean, "
+        "1 leftovers or warnings, 4 damaged objects)",
+    )
     p.add_argument("store")
-    p.add_argument("--repair", action="store_true",
-                   help="remove leftovers nothing refers to (never a damaged object)")
+    p.add_argument("--repair", action="store_true", help="remove leftovers nothing refers to (never a damaged object)")
     p.add_argument("--threads", type=int, default=8, metavar="N", help="files checked in parallel (default 8)")
-    p.add_argument("--record", metavar="FILE",
-                   help="write the state of every entry (sealed) to FILE, for a later --since")
-    p.add_argument("--since", metavar="FILE",
-                   help="report entries rolled back to an older version or deleted since the record FILE (exit 4)")
+    p.add_argument(
+        "--record", metavar="FILE", help="write the state of every entry (sealed) to FILE, for a later --since"
+    )
+    p.add_argument(
+        "--since",
+        metavar="FILE",
+        help="report entries rolled back to an older version or deleted since the record FILE (exit 4)",
+    )
     _key_flags(p)
     p.set_defaults(func=cmd_fsck)
 
@@ -734,11 +780,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("path", help="the path inside the volume, such as /payments/2024.csv")
     p.set_defaults(func=cmd_policy)
 
-    p = sub.add_parser("doctor", help="which host settings a policy and key files rely on, and what they are now "
-                                      "(exit 0 all well, 1 warnings)")
+    p = sub.add_parser(
+        "doctor",
+        help="which host settings a policy and key files rely on, and what they are now (exit 0 all well, 1 warnings)",
+    )
     p.add_argument("--policy", metavar="FILE", help="the policy file (else policy= of -o)")
-    p.add_argument("-o", metavar="OPTIONS", action="append",
-                   help="the mount's options, as in fstab: policy=, keyfile=, passfile= are checked")
+    p.add_argument(
+        "-o",
+        metavar="OPTIONS",
+        action="append",
+        help="the mount's options, as in fstab: policy=, keyfile=, passfile= are checked",
+    )
     p.set_defaults(func=cmd_doctor)
     return parser
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import IntegrityError
 from .crypto import KEY_SIZE, NONCE_SIZE, TAG_SIZE, seal, unseal
@@ -68,14 +68,19 @@ def check_block_size(block_size: int) -> int:
 
 
 def seal_header(
-    kek: bytes, *, block_size: int, generation: int, file_id: bytes, dek: bytes, nonce: bytes | None = None,
+    kek: bytes,
+    *,
+    block_size: int,
+    generation: int,
+    file_id: bytes,
+    dek: bytes,
+    nonce: bytes | None = None,
     bound: bool = False,
 ) -> bytes:
     check_block_size(block_size)
     if len(file_id) != FILE_ID_SIZE or len(dek) != KEY_SIZE:
         raise ValueError("file id must be 16 bytes and DEK 32 bytes")
-    fixed = _FIXED.pack(MAGIC, VERSION, block_size.bit_length() - 1,
-                        FLAG_BOUND if bound else 0, generation, file_id)
+    fixed = _FIXED.pack(MAGIC, VERSION, block_size.bit_length() - 1, FLAG_BOUND if bound else 0, generation, file_id)
     return fixed + seal(kek, dek, fixed, nonce)
 
 

@@ -22,8 +22,8 @@ import errno
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable
 
 from ..codec.blocks import MAX_FILE_SIZE
 from ..errors import FsError, IntegrityError, PreconditionFailed, StoreError, WouldBlock
@@ -66,8 +66,16 @@ class DirtyBudget:
 
 
 class FileContent:
-    def __init__(self, vol: Volume, entry: Entry, cache: BlockCache, spool_dir: str, dirty_limit: int,
-                 new: bool = False, budget: DirtyBudget | None = None):
+    def __init__(
+        self,
+        vol: Volume,
+        entry: Entry,
+        cache: BlockCache,
+        spool_dir: str,
+        dirty_limit: int,
+        new: bool = False,
+        budget: DirtyBudget | None = None,
+    ):
         self.vol = vol
         self.budget = budget
         if budget is not None:
@@ -282,8 +290,12 @@ class FileContent:
     def idle(self) -> bool:
         """Whether :meth:`close` has nothing to wait for (no upload, stream,
         background read or spool file)."""
-        return (self._parts is None and self._stream is None and self.spool is None
-                and (self._prefetch is None or self._prefetch.done()))
+        return (
+            self._parts is None
+            and self._stream is None
+            and self.spool is None
+            and (self._prefetch is None or self._prefetch.done())
+        )
 
     def read(self, offset: int, length: int, nowait: bool = False) -> bytes:
         end = min(self.size, offset + length)
@@ -370,8 +382,9 @@ class FileContent:
         touched = set(range(first, last + 1))
         if len(self.dirty.keys() | touched) * bs > self.dirty_limit or (self.budget is not None and self.budget.over()):
             return False
-        return not (self._rewritten_in_parts()
-                    and max(self.size, end) > self._parts_class().blocks_per_part(self.vol) * bs)
+        return not (
+            self._rewritten_in_parts() and max(self.size, end) > self._parts_class().blocks_per_part(self.vol) * bs
+        )
 
     def _parts_class(self) -> type[PartStream | AppendStream] | None:
         """How this store takes a file while it is written: multipart parts
@@ -386,8 +399,10 @@ class FileContent:
 
     def truncate(self, new_size: int) -> None:
         if not 0 <= new_size <= MAX_FILE_SIZE:
-            raise FsError(errno.EFBIG if new_size > 0 else errno.EINVAL,
-                          f"size {new_size} is outside 0 to the maximum file size, {MAX_FILE_SIZE}")
+            raise FsError(
+                errno.EFBIG if new_size > 0 else errno.EINVAL,
+                f"size {new_size} is outside 0 to the maximum file size, {MAX_FILE_SIZE}",
+            )
         bs = self.block_size
         if self._parts is not None and new_size <= self._parts.next_block * bs:
             self._abort_parts()  # a sent block would become the last, or go
@@ -411,7 +426,8 @@ class FileContent:
         highest block, likely still being appended to, stays), or while
         the files of the mount together are over theirs."""
         if len(self.dirty) * self.block_size <= self.dirty_limit and (
-                len(self.dirty) <= 1 or self.budget is None or not self.budget.over()):
+            len(self.dirty) <= 1 or self.budget is None or not self.budget.over()
+        ):
             return
         spool = self._spool()
         top = max(self.dirty)
@@ -522,8 +538,14 @@ class FileContent:
                 progress(self.size)
         else:
             new = self.vol.write_content(
-                entry, self.size, self._dirty_block, base=self.base, progress=progress,
-                sealed_block=self._sealed_block, extents=self.extents(), **cond
+                entry,
+                self.size,
+                self._dirty_block,
+                base=self.base,
+                progress=progress,
+                sealed_block=self._sealed_block,
+                extents=self.extents(),
+                **cond,
             )
         reader = self.vol.reader(new)
         reader.adopt(self.base)
@@ -546,4 +568,3 @@ class FileContent:
         self._close_stream()
         self._drop_spool()
         self.dirty.clear()
-

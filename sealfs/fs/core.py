@@ -45,8 +45,8 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Iterable
 
 from ..codec.blocks import MAX_FILE_SIZE
 from ..errors import FsError, NotFound, PreconditionFailed, SealfsError, WouldBlock
@@ -304,8 +304,19 @@ class Filesystem:
         # (a sparse version as stored: its object size; with changes not yet
         # uploaded, the size, as for any file)
         stored = e.object_size if e.sparse and (node.content is None or not node.content.changed) else None
-        return Attr(node.ino, e.mode, nlink, e.uid, e.gid, size, e.mtime_ns, e.mtime_ns, e.ctime_ns,
-                    self.vol.layout.block_size, stored)
+        return Attr(
+            node.ino,
+            e.mode,
+            nlink,
+            e.uid,
+            e.gid,
+            size,
+            e.mtime_ns,
+            e.mtime_ns,
+            e.ctime_ns,
+            self.vol.layout.block_size,
+            stored,
+        )
 
     def incref(self, ino: int, n: int = 1) -> None:
         with self._lock:
@@ -400,9 +411,20 @@ class Filesystem:
                 raise WouldBlock  # (counted in the store)
             return self._attr(node)
 
-    def setattr(self, ino: int, ctx: Ctx, *, size: int | None = None, mode: int | None = None,
-                uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
-                mtime_ns: int | None = None, fh: int | None = None, nowait: bool = False) -> Attr:
+    def setattr(
+        self,
+        ino: int,
+        ctx: Ctx,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        fh: int | None = None,
+        nowait: bool = False,
+    ) -> Attr:
         node = self._node(ino)
         self._writable()
         with _holding(node.lock, nowait):
@@ -468,12 +490,20 @@ class Filesystem:
                 fresh = self.vol.reload(node.entry)
                 if fresh.id != node.entry.id:
                     if not node.entry.is_dir:  # (the kernel looks the name up again)
-                        raise FsError(errno.ESTALE, f"{node.entry.name!r} was replaced by another mount")
+                        raise FsError(errno.ESTALE, f"{node.entry.name!r} was replaced by another mount") from None
                     raise NotFound("another directory took the name") from None
                 # (our metadata on the version stored now: its content)
-                stored = self.vol.set_meta(replace(node.entry, etag=fresh.etag, size=fresh.size,
-                                                   sparse=fresh.sparse, object_size=fresh.object_size,
-                                                   header_hash=fresh.header_hash, version=fresh.version))
+                stored = self.vol.set_meta(
+                    replace(
+                        node.entry,
+                        etag=fresh.etag,
+                        size=fresh.size,
+                        sparse=fresh.sparse,
+                        object_size=fresh.object_size,
+                        header_hash=fresh.header_hash,
+                        version=fresh.version,
+                    )
+                )
         except NotFound:
             raise FsError(errno.ENOENT, "file was removed meanwhile") from None
         self._stored(node, stored)
@@ -516,9 +546,12 @@ class Filesystem:
                     # store refuses writes (a traceback only for a bug).
                     if node.meta_error != str(exc):
                         node.meta_error = str(exc)
-                        log.error("cannot write the times of directory %s (retried every second): %s",
-                                  node.entry.name.decode(errors="replace") or "/", exc,
-                                  exc_info=not isinstance(exc, SealfsError))
+                        log.error(
+                            "cannot write the times of directory %s (retried every second): %s",
+                            node.entry.name.decode(errors="replace") or "/",
+                            exc,
+                            exc_info=not isinstance(exc, SealfsError),
+                        )
                 else:
                     node.meta_error = ""
             with self._lock:
@@ -678,8 +711,7 @@ class Filesystem:
             self._drop_entry(entry)
         self._touch_dir(pnode, -1)
 
-    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int,
-               ctx: Ctx) -> None:
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int, ctx: Ctx) -> None:
         self._writable()
         if flags & RENAME_EXCHANGE:
             raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
@@ -768,8 +800,11 @@ class Filesystem:
                 # (before listing: a file stored meanwhile is listed)
                 unstored = [n.entry for (pid, _), n in self._unstored.items() if pid == node.entry.id]
                 # what this mount read of the directory, unchanged here since
-                known = {n.entry.key: n.entry for n in self._nodes.values()
-                         if n.entry.parent_id == node.entry.id and n.content is None and not n.meta_dirty}
+                known = {
+                    n.entry.key: n.entry
+                    for n in self._nodes.values()
+                    if n.entry.parent_id == node.entry.id and n.content is None and not n.meta_dirty
+                }
             entries = self.vol.listdir(node.entry.id, on_error=self._bad_entry, known=known.get)
             listed = {e.name for e in entries}
             entries += [e for e in unstored if e.name not in listed]
@@ -800,8 +835,15 @@ class Filesystem:
             # (a file with no etag was never stored: created here, it lost its
             # name to another mount; what is written to it now becomes
             # another conflict copy at its next flush)
-            node.content = FileContent(self.vol, node.entry, self.cache, self.spool_dir, self.opts.dirty_bytes,
-                                       new=node.unstored or not node.entry.etag, budget=self.dirty_budget)
+            node.content = FileContent(
+                self.vol,
+                node.entry,
+                self.cache,
+                self.spool_dir,
+                self.opts.dirty_bytes,
+                new=node.unstored or not node.entry.etag,
+                budget=self.dirty_budget,
+            )
         return node.content
 
     def _new_handle(self, node: Node, flags: int) -> int:
@@ -814,7 +856,9 @@ class Filesystem:
             node.writers += acc != os.O_RDONLY
         return fh
 
-    def create(self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx, nowait: bool = False) -> tuple[Attr, int]:
+    def create(
+        self, parent: int, name: bytes, mode: int, flags: int, ctx: Ctx, nowait: bool = False
+    ) -> tuple[Attr, int]:
         self._writable()
         pnode = self._node(parent)
         self._need_dir(pnode)
@@ -858,8 +902,12 @@ class Filesystem:
                 # cache, comes whole with its metadata: one store request
                 # for the open and the reads after it.
                 e = node.entry
-                preload = (acc == os.O_RDONLY and not flags & os.O_TRUNC and e.size <= OPEN_READ_BYTES
-                           and self.cache.get(block_key(e.id, e.etag, e.header_hash, 0)) is None)
+                preload = (
+                    acc == os.O_RDONLY
+                    and not flags & os.O_TRUNC
+                    and e.size <= OPEN_READ_BYTES
+                    and self.cache.get(block_key(e.id, e.etag, e.header_hash, 0)) is None
+                )
                 if preload:
                     fresh, body = self.vol.load(e, self.vol.layout.object_size_for(OPEN_READ_BYTES))
                 else:
@@ -946,8 +994,12 @@ class Filesystem:
         try:
             copy = self._save_conflict_copy(node)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the changes here
-            log.error("%s was changed by another mount, and this mount's version could not be saved as a "
-                      "conflict copy (%s); its changes are kept until the file is closed", name, exc)
+            log.error(
+                "%s was changed by another mount, and this mount's version could not be saved as a "
+                "conflict copy (%s); its changes are kept until the file is closed",
+                name,
+                exc,
+            )
             raise FsError(errno.EIO, f"{name!r} was changed by another mount; local changes kept until close") from None
         # Forget our version.  node.entry keeps the etag we started from,
         # so the next open sees the other version and drops the kernel's
@@ -955,10 +1007,13 @@ class Filesystem:
         self._drop_content(node)
         self._forget_unstored(node)  # (its entry keeps no etag: see _content, _store_meta)
         node.meta_dirty = False
-        log.warning("%s was changed by another mount; this mount's version was saved as %s",
-                    name, copy.decode(errors="replace"))
-        raise FsError(errno.EIO, f"{name!r} was changed by another mount; "
-                                 f"this mount's version is in {copy.decode(errors='replace')!r}")
+        log.warning(
+            "%s was changed by another mount; this mount's version was saved as %s", name, copy.decode(errors="replace")
+        )
+        raise FsError(
+            errno.EIO,
+            f"{name!r} was changed by another mount; this mount's version is in {copy.decode(errors='replace')!r}",
+        )
 
     def _save_conflict_copy(self, node: Node) -> bytes:
         """Write ``node``'s current contents and metadata as a new file
@@ -979,8 +1034,11 @@ class Filesystem:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         for n in range(1, 100):
             cname = conflict_name(e.name, f"{socket.gethostname()}-{stamp}" + (f"-{n}" if n > 1 else ""))
-            new = replace(self.vol.new_file_entry(parent_id, cname, e.mode, e.uid, e.gid),
-                          mtime_ns=e.mtime_ns, xattrs=dict(e.xattrs))
+            new = replace(
+                self.vol.new_file_entry(parent_id, cname, e.mode, e.uid, e.gid),
+                mtime_ns=e.mtime_ns,
+                xattrs=dict(e.xattrs),
+            )
             try:
                 self.vol.write_content(new, content.size, block, if_none_match=True, extents=content.extents())
             except PreconditionFailed:
@@ -1032,8 +1090,10 @@ class Filesystem:
                     node.writers -= h.writable
                 if last_handle:
                     if node.content is not None and node.content.changed and not node.orphan:
-                        log.error("discarding changes to %s that could not be uploaded (close() reported EIO)",
-                                  node.entry.name.decode(errors="replace"))
+                        log.error(
+                            "discarding changes to %s that could not be uploaded (close() reported EIO)",
+                            node.entry.name.decode(errors="replace"),
+                        )
                         node.meta_dirty = False
                         node.discarded = True
                         self._forget_unstored(node)  # (a new file that could not be stored is gone)
@@ -1104,8 +1164,17 @@ class Filesystem:
     def statfs(self) -> dict:
         bs = self.vol.layout.block_size
         total = (1 << 50) // bs
-        return {"bsize": bs, "frsize": bs, "blocks": total, "bfree": total, "bavail": total,
-                "files": 1 << 32, "ffree": 1 << 31, "favail": 1 << 31, "namemax": 255}
+        return {
+            "bsize": bs,
+            "frsize": bs,
+            "blocks": total,
+            "bfree": total,
+            "bavail": total,
+            "files": 1 << 32,
+            "ffree": 1 << 31,
+            "favail": 1 << 31,
+            "namemax": 255,
+        }
 
     def sync_all(self) -> None:
         """Upload everything pending (unmount, SIGTERM)."""

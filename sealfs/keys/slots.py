@@ -118,9 +118,7 @@ class Keyring:
         return crypto.hkdf(secret, salt=self.volume_id, info=crypto.LABEL_KEK)
 
     def meta_keys(self) -> dict[int, bytes]:
-        return {
-            g: crypto.hkdf(s, salt=self.volume_id, info=crypto.LABEL_META) for g, s in self.generations.items()
-        }
+        return {g: crypto.hkdf(s, salt=self.volume_id, info=crypto.LABEL_META) for g, s in self.generations.items()}
 
     def name_key(self) -> bytes:
         return crypto.hkdf(self.name_secret, salt=self.volume_id, info=crypto.LABEL_NAME, length=64)
@@ -242,7 +240,7 @@ class VolumeConfig:
         self.mac = self._compute_mac(keyring)
 
     @classmethod
-    def parse(cls, raw: bytes) -> "VolumeConfig":
+    def parse(cls, raw: bytes) -> VolumeConfig:
         try:
             doc = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -258,7 +256,9 @@ class VolumeConfig:
         # Exact types only: the MAC is checked later, over these very values,
         # so nothing may be normalised (or crash) before it.
         volume_hex, block_size, created = doc["volume_id"], doc["block_size"], doc["created"]
-        if not (isinstance(volume_hex, str) and len(volume_hex) == 32 and all(c in "0123456789abcdef" for c in volume_hex)):
+        if not (
+            isinstance(volume_hex, str) and len(volume_hex) == 32 and all(c in "0123456789abcdef" for c in volume_hex)
+        ):
             raise ConfigError("volume config: volume_id must be 32 lowercase hex digits")
         if type(block_size) is not int or type(created) is not int:
             raise ConfigError("volume config: block_size and created must be integers")
@@ -290,7 +290,9 @@ class VolumeConfig:
                 tried.append(kind)
                 try:
                     key = _slot_key(slot, cred, self.volume_id)
-                    master = crypto.unseal(key, _unb64(slot.get("wrapped"), "wrapped key"), _slot_aad(self.volume_id, slot), "slot")
+                    master = crypto.unseal(
+                        key, _unb64(slot.get("wrapped"), "wrapped key"), _slot_aad(self.volume_id, slot), "slot"
+                    )
                 except (IntegrityError, KeyError):
                     continue
                 except BadKeyError:
@@ -307,7 +309,9 @@ class VolumeConfig:
         probe = Keyring(self.volume_id, master, b"", {}, 0)
         if not hmac.compare_digest(self.mac, self._compute_mac(probe)):
             raise ConfigError("volume config failed authentication: it was modified outside sealfs")
-        body = json.loads(crypto.unseal(probe._keyring_key(), _unb64(self.keyring_blob, "keyring"), self.volume_id, "keyring"))
+        body = json.loads(
+            crypto.unseal(probe._keyring_key(), _unb64(self.keyring_blob, "keyring"), self.volume_id, "keyring")
+        )
         return Keyring(
             self.volume_id,
             master,

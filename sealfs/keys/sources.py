@@ -62,7 +62,11 @@ def run_extpass(command: str) -> bytes:
 
 
 def read_passphrase(
-    *, passfile: str | None = None, extpass: str | None = None, prompt: str = "Passphrase: ", confirm: bool = False,
+    *,
+    passfile: str | None = None,
+    extpass: str | None = None,
+    prompt: str = "Passphrase: ",
+    confirm: bool = False,
     use_env: bool = True,
 ) -> bytes:
     """The passphrase from the first source given: pass file, extpass
@@ -134,8 +138,9 @@ def file_exposure(path: str, *, secret: bool) -> list[str]:
     if st.st_mode & 0o022:
         found.append(f"{path} is writable by {_who(st.st_mode & 0o022)} (mode {st.st_mode & 0o7777:04o})")
     if secret and st.st_mode & 0o044:
-        found.append(f"{path} is readable by {_who(st.st_mode & 0o044)} (mode {st.st_mode & 0o7777:04o}); "
-                     f"chmod 600 {path}")
+        found.append(
+            f"{path} is readable by {_who(st.st_mode & 0o044)} (mode {st.st_mode & 0o7777:04o}); chmod 600 {path}"
+        )
     seen = set()
     for chain in (os.path.abspath(path), os.path.realpath(path)):
         d = os.path.dirname(chain)
@@ -148,8 +153,10 @@ def file_exposure(path: str, *, secret: bool) -> list[str]:
             if dst.st_uid not in trusted:
                 found.append(f"its directory {d} is owned by uid {dst.st_uid}, who may replace the file")
             elif dst.st_mode & 0o022 and not dst.st_mode & 0o1000:
-                found.append(f"its directory {d} is writable by {_who(dst.st_mode & 0o022)} (mode "
-                             f"{dst.st_mode & 0o7777:04o}), who may replace the file")
+                found.append(
+                    f"its directory {d} is writable by {_who(dst.st_mode & 0o022)} (mode "
+                    f"{dst.st_mode & 0o7777:04o}), who may replace the file"
+                )
             if d == "/":
                 break
             d = os.path.dirname(d)
@@ -180,7 +187,9 @@ def read_keyfile(path: str) -> bytes:
     except OSError as exc:
         raise UsageError(f"cannot read key file {path}: {exc.strerror}") from None
     if len(data) < MIN_KEYFILE_BYTES:
-        raise UsageError(f"key file {path} holds {len(data)} bytes; at least {MIN_KEYFILE_BYTES} random bytes are needed")
+        raise UsageError(
+            f"key file {path} holds {len(data)} bytes; at least {MIN_KEYFILE_BYTES} random bytes are needed"
+        )
     return data
 
 

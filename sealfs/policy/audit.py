@@ -87,7 +87,8 @@ def open_private_log(path: str):
         if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
             os.fchmod(fd, LOG_FILE_MODE)
             logging.getLogger("sealfs").warning(
-                "%s was mode %04o: made 0600 (it holds paths and identities)", path, stat.S_IMODE(st.st_mode))
+                "%s was mode %04o: made 0600 (it holds paths and identities)", path, stat.S_IMODE(st.st_mode)
+            )
         return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
     except BaseException:
         os.close(fd)
@@ -106,9 +107,19 @@ class AuditLog:
     """Where audit lines go.  Thread-safe; never raises from :meth:`record`
     (a failing destination is reported once in the daemon log)."""
 
-    def __init__(self, path: str | None = None, *, syslog_address: str | None = None, burst: int = BURST,
-                 identity_burst: int = IDENTITY_BURST, uid_burst: int = UID_BURST, window: float = WINDOW,
-                 max_keys: int = MAX_KEYS, clock=time.monotonic, wallclock=time.time):
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        syslog_address: str | None = None,
+        burst: int = BURST,
+        identity_burst: int = IDENTITY_BURST,
+        uid_burst: int = UID_BURST,
+        window: float = WINDOW,
+        max_keys: int = MAX_KEYS,
+        clock=time.monotonic,
+        wallclock=time.time,
+    ):
         self.path = path
         self.burst = burst
         self.identity_burst = identity_burst
@@ -124,8 +135,9 @@ class AuditLog:
         self._file = open_private_log(path) if path else None
         self._syslog: logging.Handler | None = None
         if syslog_address:
-            handler = logging.handlers.SysLogHandler(syslog_address,
-                                                     facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV)
+            handler = logging.handlers.SysLogHandler(
+                syslog_address, facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV
+            )
             handler.ident = "sealfs-audit: "  # type: ignore[attr-defined]
             self._syslog = handler
         self._failed = False
@@ -136,8 +148,12 @@ class AuditLog:
         """Write the line for ``decision`` about ``ident`` (subject to the
         rate limit)."""
         line = self.line(decision, ident)
-        key = (tuple(decision.workloads) or (ident.exe or f"uid {ident.uid}",), decision.path, line["op"],
-               line["decision"])
+        key = (
+            tuple(decision.workloads) or (ident.exe or f"uid {ident.uid}",),
+            decision.path,
+            line["op"],
+            line["decision"],
+        )
         now = self.clock()
         out: list[dict] = []
         with self._lock:
@@ -150,10 +166,13 @@ class AuditLog:
                 # executable, the one of its uid (allowed lines, with audit = "all", do not)
                 budgets: tuple = ()
                 if not decision.allowed:
-                    budgets = ((self._window(self._callers, ("caller", ident.uid, ident.exe, "deny"), now, out),
-                                self.identity_burst),
-                               (self._window(self._callers, ("uid", ident.uid, None, "deny"), now, out),
-                                self.uid_burst))
+                    budgets = (
+                        (
+                            self._window(self._callers, ("caller", ident.uid, ident.exe, "deny"), now, out),
+                            self.identity_burst,
+                        ),
+                        (self._window(self._callers, ("uid", ident.uid, None, "deny"), now, out), self.uid_burst),
+                    )
                 full = next((b for b, limit in budgets if b.written >= limit), None)
                 if full is not None:
                     full.suppressed += 1
@@ -227,14 +246,30 @@ class AuditLog:
         if key[0] in ("caller", "uid"):
             scope, uid, exe, _ = key
             who = f"uid {uid}" + (f" exe {exe}" if scope == "caller" else " (any executable)")
-            out.update({"scope": scope, "uid": uid, "exe": exe, "last_path": sample.get("path"),
-                        "last_exe": sample.get("exe"), "last_pid": sample.get("pid"),
-                        "message": f"{w.suppressed} denials of {who} dropped in the last {self.window:g}s "
-                                   "(too many audit lines from one caller)"})
+            out.update(
+                {
+                    "scope": scope,
+                    "uid": uid,
+                    "exe": exe,
+                    "last_path": sample.get("path"),
+                    "last_exe": sample.get("exe"),
+                    "last_pid": sample.get("pid"),
+                    "message": f"{w.suppressed} denials of {who} dropped in the last {self.window:g}s "
+                    "(too many audit lines from one caller)",
+                }
+            )
         else:
-            out.update({"scope": "path", "op": sample.get("op"), "path": sample.get("path"),
-                        "workload": sample.get("workload"), "exe": sample.get("exe"), "uid": sample.get("uid"),
-                        "last_pid": sample.get("pid")})
+            out.update(
+                {
+                    "scope": "path",
+                    "op": sample.get("op"),
+                    "path": sample.get("path"),
+                    "workload": sample.get("workload"),
+                    "exe": sample.get("exe"),
+                    "uid": sample.get("uid"),
+                    "last_pid": sample.get("pid"),
+                }
+            )
         return [out]
 
     def _emit(self, lines: list[dict]) -> None:
@@ -252,8 +287,7 @@ class AuditLog:
             except (OSError, ValueError) as exc:
                 if not self._failed:
                     self._failed = True
-                    logging.getLogger("sealfs").error("cannot write the audit log %s: %s", self.path or "(syslog)",
-                                                      exc)
+                    logging.getLogger("sealfs").error("cannot write the audit log %s: %s", self.path or "(syslog)", exc)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -265,8 +299,9 @@ class AuditLog:
             try:
                 new = open_private_log(self.path)
             except OSError as exc:
-                logging.getLogger("sealfs").error("cannot reopen the audit log %s: %s (still writing to the old "
-                                                  "file)", self.path, exc)
+                logging.getLogger("sealfs").error(
+                    "cannot reopen the audit log %s: %s (still writing to the old file)", self.path, exc
+                )
                 return
             old, self._file = self._file, new
             self._failed = False

@@ -48,8 +48,14 @@ class PolicyDenied(FsError):
 class Guard:
     """Policy + identities + audit for one mount.  Thread-safe."""
 
-    def __init__(self, policy: Policy, audit: AuditLog | None = None, *, identifier: Identifier | None = None,
-                 policy_file: str | None = None):
+    def __init__(
+        self,
+        policy: Policy,
+        audit: AuditLog | None = None,
+        *,
+        identifier: Identifier | None = None,
+        policy_file: str | None = None,
+    ):
         self.policy = policy
         self.policy_file = policy_file or policy.file
         self.audit = audit or AuditLog()
@@ -83,8 +89,11 @@ class Guard:
         hidden = policy.hiding(ident, path, names)
         if hidden is not None:
             creates = "create" in ops
-            d = dataclasses.replace(hidden, op="create" if creates else ops[0],
-                                    reason=hidden.reason + (": it cannot be created" if creates else ""))
+            d = dataclasses.replace(
+                hidden,
+                op="create" if creates else ops[0],
+                reason=hidden.reason + (": it cannot be created" if creates else ""),
+            )
             self.audit.record(d, ident)
             raise PolicyDenied(errno.EACCES if creates else errno.ENOENT, f"{path} is hidden: {d.reason}")
         for op in ops:
@@ -144,8 +153,13 @@ class Guard:
         self.identifier.check_dumpable = needs
         self._use_hashing_of(new)
         self.identifier.forget()  # (identities gathered without a hash the new policy may need)
-        log.info("policy reloaded from %s: %d workloads, %d rules, audit = %s", self.policy_file,
-                 len(new.workloads), len(new.rules), new.audit)
+        log.info(
+            "policy reloaded from %s: %d workloads, %d rules, audit = %s",
+            self.policy_file,
+            len(new.workloads),
+            len(new.rules),
+            new.audit,
+        )
         return True
 
     def tick(self) -> None:
@@ -169,8 +183,10 @@ def open_guard(policy_file: str, audit_log: str | None) -> Guard:
         audit = AuditLog()
     elif audit_log == "syslog":
         if not os.path.exists(SYSLOG_SOCKET):
-            raise UsageError(f"audit_log=syslog: there is no syslog socket {SYSLOG_SOCKET} on this host; "
-                             "give a file: audit_log=/var/log/sealfs-audit.log")
+            raise UsageError(
+                f"audit_log=syslog: there is no syslog socket {SYSLOG_SOCKET} on this host; "
+                "give a file: audit_log=/var/log/sealfs-audit.log"
+            )
         audit = AuditLog(syslog_address=SYSLOG_SOCKET)
     else:
         try:

@@ -60,14 +60,20 @@ def same_uid_memory(scope: int | None) -> str | None:
     """What ptrace_scope ``scope`` leaves open to a process of the same uid
     (a phrase), None when it leaves nothing."""
     if scope is None:
-        return ("this kernel has no Yama, so any process of the same uid may write its memory (/proc/PID/mem, "
-                "process_vm_writev, ptrace)")
+        return (
+            "this kernel has no Yama, so any process of the same uid may write its memory (/proc/PID/mem, "
+            "process_vm_writev, ptrace)"
+        )
     if scope == 0:
-        return ("kernel.yama.ptrace_scope is 0, so any process of the same uid may write its memory "
-                "(/proc/PID/mem, process_vm_writev, ptrace)")
+        return (
+            "kernel.yama.ptrace_scope is 0, so any process of the same uid may write its memory "
+            "(/proc/PID/mem, process_vm_writev, ptrace)"
+        )
     if scope == 1:
-        return ("kernel.yama.ptrace_scope is 1, so a process of the same uid that starts the program itself "
-                "may write its memory")
+        return (
+            "kernel.yama.ptrace_scope is 1, so a process of the same uid that starts the program itself "
+            "may write its memory"
+        )
     return None
 
 
@@ -75,8 +81,11 @@ def tells_one_uid_apart(w) -> bool:
     """Whether workload ``w`` claims to tell processes of one uid apart
     (by program, script, cgroup or a condition), which only holds while no
     other process of that uid can change the program that runs."""
-    return (any(v is not None for v in (w.exes, w.exe_hashes, w.scripts, w.script_hashes, w.cgroups))
-            or w.untraced or w.no_preload)
+    return (
+        any(v is not None for v in (w.exes, w.exe_hashes, w.scripts, w.script_hashes, w.cgroups))
+        or w.untraced
+        or w.no_preload
+    )
 
 
 def exposed_workloads(policy) -> list[str]:
@@ -90,16 +99,20 @@ def policy_warnings(policy, proc: str = "/proc") -> list[str]:
     """The host findings a mount, a reload and ``policy check`` warn
     about: a policy file that others may change, and workloads that rely
     on the memory of their processes while the kernel leaves it open."""
-    out = [f"{policy.file}: the policy file: {finding}; whoever that is may grant themselves access at the next "
-           "reload" for finding in file_exposure(policy.file, secret=False)]
+    out = [
+        f"{policy.file}: the policy file: {finding}; whoever that is may grant themselves access at the next reload"
+        for finding in file_exposure(policy.file, secret=False)
+    ]
     open_memory = same_uid_memory(ptrace_scope(proc))
     exposed = exposed_workloads(policy)
     if open_memory and exposed:
         many = len(exposed) > 1
-        out.append(f"{policy.file}: workload{'s' if many else ''} {', '.join(exposed)} tell{'' if many else 's'} "
-                   f"processes of one uid apart, but {open_memory}: the code that runs can be replaced after the "
-                   "check. Add "
-                   "nondumpable = true (sealfs-policy(5), MEMORY), or set kernel.yama.ptrace_scope = 2")
+        out.append(
+            f"{policy.file}: workload{'s' if many else ''} {', '.join(exposed)} tell{'' if many else 's'} "
+            f"processes of one uid apart, but {open_memory}: the code that runs can be replaced after the "
+            "check. Add "
+            "nondumpable = true (sealfs-policy(5), MEMORY), or set kernel.yama.ptrace_scope = 2"
+        )
     return out
 
 
@@ -156,21 +169,35 @@ def report(policy=None, secrets: tuple[tuple[str, str], ...] = (), proc: str = "
     scope = ptrace_scope(proc)
     open_memory = same_uid_memory(scope)
     if scope is None:
-        out.append(Finding("info", "kernel: no Yama (no /proc/" + YAMA + "): any process may ptrace and open "
-                                   "/proc/PID/mem of a dumpable process of its own uid"))
+        out.append(
+            Finding(
+                "info",
+                "kernel: no Yama (no /proc/" + YAMA + "): any process may ptrace and open "
+                "/proc/PID/mem of a dumpable process of its own uid",
+            )
+        )
     else:
-        meaning = {0: "any process may trace a dumpable process of its own uid",
-                   1: "a process may trace its own descendants only (of its uid)",
-                   2: "only CAP_SYS_PTRACE may trace", 3: "no process may trace"}.get(scope, "unknown value")
+        meaning = {
+            0: "any process may trace a dumpable process of its own uid",
+            1: "a process may trace its own descendants only (of its uid)",
+            2: "only CAP_SYS_PTRACE may trace",
+            3: "no process may trace",
+        }.get(scope, "unknown value")
         out.append(Finding("info", f"kernel.yama.ptrace_scope = {scope}: {meaning}"))
     dump = suid_dumpable(proc)
     if dump is not None:
         if dump == 1:
-            out.append(Finding("warning", "fs.suid_dumpable = 1: setuid and setgid programs stay dumpable, so "
-                                          "they do not satisfy nondumpable unless they call prctl(PR_SET_DUMPABLE, 0)"))
+            out.append(
+                Finding(
+                    "warning",
+                    "fs.suid_dumpable = 1: setuid and setgid programs stay dumpable, so "
+                    "they do not satisfy nondumpable unless they call prctl(PR_SET_DUMPABLE, 0)",
+                )
+            )
         else:
-            out.append(Finding("ok", f"fs.suid_dumpable = {dump}: a setuid or setgid program is not dumpable "
-                                     "from its exec"))
+            out.append(
+                Finding("ok", f"fs.suid_dumpable = {dump}: a setuid or setgid program is not dumpable from its exec")
+            )
     for what, path in secrets:
         warnings = secret_file_warnings(path, what)
         exists = os.path.exists(path)
@@ -185,8 +212,11 @@ def report(policy=None, secrets: tuple[tuple[str, str], ...] = (), proc: str = "
     for f in findings:
         out.append(Finding("warning", f"policy file: {f}"))
     if not findings:
-        out.append(Finding("ok", f"policy file {policy.file}: writable by trusted users only, and so are the "
-                                 "directories above it"))
+        out.append(
+            Finding(
+                "ok", f"policy file {policy.file}: writable by trusted users only, and so are the directories above it"
+            )
+        )
     said_below = set(policy_warnings(policy, proc))  # (the same findings, told below one by one)
     for w in policy.warnings:
         if w not in said_below:
@@ -207,8 +237,11 @@ def _workload_report(name: str, w, open_memory: str | None, running) -> list[Fin
         else:
             out.append(Finding("ok", f"workload {name}: the kernel refuses processes of its uid its memory (Yama)"))
     elif w.nondumpable:
-        out.append(Finding("ok", f"workload {name}: requires nondumpable: no unprivileged process may write or read "
-                                 "its memory"))
+        out.append(
+            Finding(
+                "ok", f"workload {name}: requires nondumpable: no unprivileged process may write or read its memory"
+            )
+        )
     if w.uids is not None:
         for uid in sorted(u for u in w.uids if u >= 0):
             procs = running.get(uid, [])
@@ -220,8 +253,13 @@ def _workload_report(name: str, w, open_memory: str | None, running) -> list[Fin
             level = "warning" if others and relies and not w.nondumpable and open_memory else "info"
             shown = ", ".join(others[:EXAMPLES]) + (", …" if len(others) > EXAMPLES else "")
             if others:
-                out.append(Finding(level, f"workload {name}: uid {uid} also runs other programs ({shown}); each may "
-                                          "change a dumpable process of that uid"))
+                out.append(
+                    Finding(
+                        level,
+                        f"workload {name}: uid {uid} also runs other programs ({shown}); each may "
+                        "change a dumpable process of that uid",
+                    )
+                )
             else:
                 out.append(Finding("ok", f"workload {name}: uid {uid} runs only the workload's programs now"))
     elif relies:
@@ -235,21 +273,41 @@ def _workload_report(name: str, w, open_memory: str | None, running) -> list[Fin
                 continue
             exposure = file_exposure(p, secret=False)
             for f in exposure:
-                out.append(Finding("warning", f"workload {name}: {key} {f}: they may run their own code as it"
-                                   + ("" if (w.exe_hashes if key == "exe" else w.script_hashes) else
-                                      " (no sha256 pinned)")))
+                out.append(
+                    Finding(
+                        "warning",
+                        f"workload {name}: {key} {f}: they may run their own code as it"
+                        + ("" if (w.exe_hashes if key == "exe" else w.script_hashes) else " (no sha256 pinned)"),
+                    )
+                )
             if not exposure:
                 out.append(Finding("ok", f"workload {name}: {key} {p} is writable by trusted users only"))
             if key == "exe" and w.nondumpable:
-                if st.st_mode & 0o4000 or (st.st_mode & 0o2000 and (w.uids is None or st.st_gid not in
-                                                                   {_primary_gid(u) for u in w.uids})):
-                    out.append(Finding("ok", f"workload {name}: exe {p} is set{'u' if st.st_mode & 0o4000 else 'g'}id: "
-                                             "not dumpable from its exec"))
+                if st.st_mode & 0o4000 or (
+                    st.st_mode & 0o2000 and (w.uids is None or st.st_gid not in {_primary_gid(u) for u in w.uids})
+                ):
+                    out.append(
+                        Finding(
+                            "ok",
+                            f"workload {name}: exe {p} is set{'u' if st.st_mode & 0o4000 else 'g'}id: "
+                            "not dumpable from its exec",
+                        )
+                    )
                 elif st.st_mode & 0o2000:
-                    out.append(Finding("warning", f"workload {name}: exe {p} is setgid to its users' own group, "
-                                                  "which changes nothing: it stays dumpable"))
+                    out.append(
+                        Finding(
+                            "warning",
+                            f"workload {name}: exe {p} is setgid to its users' own group, "
+                            "which changes nothing: it stays dumpable",
+                        )
+                    )
                 else:
-                    out.append(Finding("info", f"workload {name}: exe {p} is neither setuid nor setgid: it matches "
-                                               "nondumpable only once it calls prctl(PR_SET_DUMPABLE, 0), and "
-                                               "what is done to it before that is not seen"))
+                    out.append(
+                        Finding(
+                            "info",
+                            f"workload {name}: exe {p} is neither setuid nor setgid: it matches "
+                            "nondumpable only once it calls prctl(PR_SET_DUMPABLE, 0), and "
+                            "what is done to it before that is not seen",
+                        )
+                    )
     return out

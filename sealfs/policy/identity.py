@@ -177,11 +177,24 @@ _INTERPRETERS = [
 # and options whose value *is* the script.
 _SCRIPT_OPTIONS: dict[str, tuple[frozenset[str], frozenset[str], frozenset[str]]] = {
     "python": (frozenset({"-c", "-m"}), frozenset({"-W", "-X", "--check-hash-based-pycs"}), frozenset()),
-    "node": (frozenset({"-e", "--eval", "-p", "--print", "-i", "--interactive"}),
-             frozenset({"-r", "--require", "--import", "--loader", "--experimental-loader", "--input-type",
-                        "-C", "--conditions", "--env-file"}), frozenset()),
-    "sh": (frozenset({"-c", "-s", "-i"}), frozenset({"-o", "+o", "-O", "+O", "--rcfile", "--init-file"}),
-           frozenset()),
+    "node": (
+        frozenset({"-e", "--eval", "-p", "--print", "-i", "--interactive"}),
+        frozenset(
+            {
+                "-r",
+                "--require",
+                "--import",
+                "--loader",
+                "--experimental-loader",
+                "--input-type",
+                "-C",
+                "--conditions",
+                "--env-file",
+            }
+        ),
+        frozenset(),
+    ),
+    "sh": (frozenset({"-c", "-s", "-i"}), frozenset({"-o", "+o", "-O", "+O", "--rcfile", "--init-file"}), frozenset()),
     "perl": (frozenset({"-e", "-E"}), frozenset(), frozenset()),
     "ruby": (frozenset({"-e"}), frozenset({"-I", "-r", "-C", "-E", "--encoding"}), frozenset()),
     "php": (frozenset({"-r", "-a"}), frozenset({"-c", "-d", "-z"}), frozenset({"-f"})),
@@ -258,8 +271,11 @@ class Identity:
         """One line for logs and ``sealfs policy explain``."""
         parts = [f"pid {self.pid}", f"uid {self.uid}", f"gid {self.gid}"]
         if self.exe:
-            parts.append(f"exe {self.exe}" + (" (deleted)" if self.exe_deleted else "")
-                         + (" (replaced since start)" if self.exe_replaced else ""))
+            parts.append(
+                f"exe {self.exe}"
+                + (" (deleted)" if self.exe_deleted else "")
+                + (" (replaced since start)" if self.exe_replaced else "")
+            )
         if self.script:
             parts.append(f"script {self.script}")
         if self.cgroup:
@@ -388,8 +404,14 @@ class HashCache:
     few worker threads busy, however many requests it sends.
     """
 
-    def __init__(self, entries: int = HASH_CACHE_ENTRIES, *, max_bytes: int = MAX_HASH_BYTES,
-                 jobs: int = HASH_JOBS, jobs_per_uid: int = HASH_JOBS_PER_UID):
+    def __init__(
+        self,
+        entries: int = HASH_CACHE_ENTRIES,
+        *,
+        max_bytes: int = MAX_HASH_BYTES,
+        jobs: int = HASH_JOBS,
+        jobs_per_uid: int = HASH_JOBS_PER_UID,
+    ):
         self.entries = entries
         self.max_bytes = max_bytes
         self.jobs = jobs
@@ -426,8 +448,10 @@ class HashCache:
                 self._hashes.move_to_end(key)
                 return digest
             if st.st_size > self.max_bytes:
-                raise HashRefused(f"it is {_size(st.st_size)}, above the {_size(self.max_bytes)} that sealfs "
-                                  "hashes (max_hash_mib in the policy)")
+                raise HashRefused(
+                    f"it is {_size(st.st_size)}, above the {_size(self.max_bytes)} that sealfs "
+                    "hashes (max_hash_mib in the policy)"
+                )
             if sum(self._busy.values()) >= self.jobs:
                 raise HashRefused(f"the limit of {self.jobs} hashes in progress is reached; try again")
             if self._busy.get(uid, 0) >= self.jobs_per_uid:
@@ -543,8 +567,14 @@ class Identifier:
     :attr:`needs_hash` says which files to hash (all, by default).
     """
 
-    def __init__(self, proc: str = "/proc", *, stable_ttl: float = STABLE_TTL, hashes: HashCache | None = None,
-                 clock=time.monotonic):
+    def __init__(
+        self,
+        proc: str = "/proc",
+        *,
+        stable_ttl: float = STABLE_TTL,
+        hashes: HashCache | None = None,
+        clock=time.monotonic,
+    ):
         self.proc = proc
         self.stable_ttl = stable_ttl
         self.hashes = hashes if hashes is not None else HashCache()
@@ -587,8 +617,13 @@ class Identifier:
             finally:
                 h.release()
             if stable is None:
-                return Identity(pid, uid, gid, start_time=before.start_time,
-                                problem="the pid was reused, or the process exec'd, while it was being identified")
+                return Identity(
+                    pid,
+                    uid,
+                    gid,
+                    start_time=before.start_time,
+                    problem="the pid was reused, or the process exec'd, while it was being identified",
+                )
             tracer = self._tracer(pid, status)
             since = self._traced_since_exec(pid, before, status, tracer, stable.exe_key)
             dumpable = self._dumpable(pid, status)
@@ -599,22 +634,50 @@ class Identifier:
         except _NotHashed as exc:
             return Identity(pid, uid, gid, problem=str(exc))
         if (status.fsuid, status.fsgid) != (uid, gid):
-            return Identity(pid, uid, gid, start_time=before.start_time,
-                            problem=f"the process now runs as uid {status.fsuid} gid {status.fsgid}, not as the "
-                                    "request said (pid reused, or its credentials changed)")
+            return Identity(
+                pid,
+                uid,
+                gid,
+                start_time=before.start_time,
+                problem=f"the process now runs as uid {status.fsuid} gid {status.fsgid}, not as the "
+                "request said (pid reused, or its credentials changed)",
+            )
         groups = status.groups | {gid}
         last = stable.last
-        if (last is not None and (last.pid, last.uid, last.gid, last.tracer_pid, last.start_time, last.groups,
-                                  last.traced_since_exec, last.dumpable)
-                == (pid, uid, gid, tracer, before.start_time, groups, since, dumpable)):
+        if last is not None and (
+            last.pid,
+            last.uid,
+            last.gid,
+            last.tracer_pid,
+            last.start_time,
+            last.groups,
+            last.traced_since_exec,
+            last.dumpable,
+        ) == (pid, uid, gid, tracer, before.start_time, groups, since, dumpable):
             return last
-        stable.last = Identity(pid, uid, gid, groups=groups, exe=stable.exe, exe_sha256=stable.exe_sha256,
-                               exe_deleted=stable.exe_deleted, exe_replaced=stable.exe_replaced,
-                               script=stable.script, script_sha256=stable.script_sha256, cgroup=stable.cgroup,
-                               start_time=before.start_time, tracer_pid=tracer, preload=stable.preload,
-                               tgid=status.tgid or pid, foreign_code=stable.code.foreign,
-                               memory_code=stable.code.memory_only, code_problem=stable.code.problem,
-                               startup=stable.startup, dumpable=dumpable, traced_since_exec=since)
+        stable.last = Identity(
+            pid,
+            uid,
+            gid,
+            groups=groups,
+            exe=stable.exe,
+            exe_sha256=stable.exe_sha256,
+            exe_deleted=stable.exe_deleted,
+            exe_replaced=stable.exe_replaced,
+            script=stable.script,
+            script_sha256=stable.script_sha256,
+            cgroup=stable.cgroup,
+            start_time=before.start_time,
+            tracer_pid=tracer,
+            preload=stable.preload,
+            tgid=status.tgid or pid,
+            foreign_code=stable.code.foreign,
+            memory_code=stable.code.memory_only,
+            code_problem=stable.code.problem,
+            startup=stable.startup,
+            dumpable=dumpable,
+            traced_since_exec=since,
+        )
         return stable.last
 
     def _live(self, pid: int) -> tuple[_Stat, _Status, _Handles]:
@@ -820,8 +883,9 @@ class Identifier:
             raise _Gone()
         return st.st_uid != 0
 
-    def _traced_since_exec(self, pid: int, st: _Stat, status: _Status, tracer: int,
-                           exe_key: tuple[int, int] | None) -> int:
+    def _traced_since_exec(
+        self, pid: int, st: _Stat, status: _Status, tracer: int, exe_key: tuple[int, int] | None
+    ) -> int:
         """The first tracer seen on the process of thread ``pid`` since its
         exec (``tracer`` now, remembered; or one remembered), 0 if none.
 
@@ -947,8 +1011,9 @@ class Identifier:
         h.stable = stable
         return stable
 
-    def _inspect(self, base: int, h: _Handles, lines: list, exe_key: tuple[int, int] | None,
-                 uid: int) -> tuple[Code, list]:
+    def _inspect(
+        self, base: int, h: _Handles, lines: list, exe_key: tuple[int, int] | None, uid: int
+    ) -> tuple[Code, list]:
         """:func:`mappings.inspect` of the executable ``lines`` of maps, and
         again on maps read anew while a mapping changed under a look (up to
         :data:`MAPS_LOOKS` looks; what each saw is kept): (the code, the
@@ -1005,8 +1070,21 @@ class Identifier:
             preload = ()
         if family == "python" and "PYTHONINSPECT" in preload and PYTHON_INTERACTIVE not in startup:
             startup += (PYTHON_INTERACTIVE,)
-        return _Stable(exe, exe_hash, deleted, replaced, script, script_hash, self._cgroup(base), preload, startup,
-                       Code(), 0, now, exe_key=exe_key)
+        return _Stable(
+            exe,
+            exe_hash,
+            deleted,
+            replaced,
+            script,
+            script_hash,
+            self._cgroup(base),
+            preload,
+            startup,
+            Code(),
+            0,
+            now,
+            exe_key=exe_key,
+        )
 
     def _hash(self, fd: int, kind: str, uid: int, path: str) -> str | None:
         """The hash of the open ``fd`` (the exe or script at ``path``), or
@@ -1127,11 +1205,11 @@ class Identifier:
 
 def _parse_stat(raw: bytes) -> _Stat:
     # comm (field 2) may hold spaces and parentheses: split after the last ')'
-    fields = raw[raw.rfind(b")") + 2:].split()
+    fields = raw[raw.rfind(b")") + 2 :].split()
     if len(fields) < 50:
         raise _Gone()
     # fields[0] is field 3 (state): field N is fields[N - 3]
-    layout = tuple(int(f) for f in fields[26 - 3: 29 - 3] + fields[45 - 3: 52 - 3])
+    layout = tuple(int(f) for f in fields[26 - 3 : 29 - 3] + fields[45 - 3 : 52 - 3])
     return _Stat(int(fields[22 - 3]), int(fields[23 - 3]), layout)
 
 
@@ -1141,8 +1219,15 @@ def _parse_status(text: bytes) -> _Status:
         uids = _status_field(raw, b"Uid").split()
         gids = _status_field(raw, b"Gid").split()
         groups = frozenset(int(g) for g in _status_field(raw, b"Groups").split())
-        return _Status(int(uids[1]), int(uids[3]), int(gids[3]), groups, int(_status_field(raw, b"TracerPid") or 0),
-                       int(_status_field(raw, b"Tgid") or 0), int(_status_field(raw, b"Threads") or 1))
+        return _Status(
+            int(uids[1]),
+            int(uids[3]),
+            int(gids[3]),
+            groups,
+            int(_status_field(raw, b"TracerPid") or 0),
+            int(_status_field(raw, b"Tgid") or 0),
+            int(_status_field(raw, b"Threads") or 1),
+        )
     except (IndexError, ValueError):
         raise _Gone() from None  # a zombie has no credentials left to show
 
@@ -1155,7 +1240,7 @@ def _status_field(raw: bytes, name: bytes) -> bytes:
         return b""
     start += len(name) + 2
     end = raw.find(b"\n", start)
-    return raw[start:end if end >= 0 else len(raw)].strip()
+    return raw[start : end if end >= 0 else len(raw)].strip()
 
 
 def interpreter_family(exe: str | None) -> str | None:
@@ -1271,8 +1356,10 @@ def _python_startup(flags: set[str]) -> tuple[str, ...]:
     if "i" in flags:
         found.append(PYTHON_INTERACTIVE)
     if "I" not in flags and not {"E", "s"} <= flags:
-        found.append("python runs without -I (or -E and -s), so it loads code that its environment and the "
-                     "user site-packages of $HOME name")
+        found.append(
+            "python runs without -I (or -E and -s), so it loads code that its environment and the "
+            "user site-packages of $HOME name"
+        )
     return tuple(found)
 
 

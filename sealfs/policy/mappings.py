@@ -79,8 +79,9 @@ class Code:
 
 def executable_lines(maps: bytes) -> list[tuple[bytes, int, str]]:
     """(range, inode, path) of each executable mapping of a maps text."""
-    return [(m.group(1), int(m.group(2)), m.group(3).decode("utf-8", "surrogateescape"))
-            for m in _EXEC_LINE.finditer(maps)]
+    return [
+        (m.group(1), int(m.group(2)), m.group(3).decode("utf-8", "surrogateescape")) for m in _EXEC_LINE.finditer(maps)
+    ]
 
 
 def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, int] | None, hash_fd) -> Code:
@@ -114,8 +115,9 @@ def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, 
             changed = True  # (never skipped: a process could keep its mapping changing)
             continue
         except PermissionError:
-            return Code(problem="cannot inspect its executable mappings (map_files needs CAP_SYS_ADMIN: run the "
-                                "daemon as root)")
+            return Code(
+                problem="cannot inspect its executable mappings (map_files needs CAP_SYS_ADMIN: run the daemon as root)"
+            )
         key = (st.st_dev, st.st_ino)
         if key in seen:
             continue

@@ -67,8 +67,22 @@ OPERATIONS = {
     "xattr": "get, set, list and remove extended attributes",
 }
 AUDIT_LEVELS = ("deny", "all")
-SELECTORS = ("uid", "user", "gid", "group", "exe", "exe_sha256", "script", "script_sha256", "cgroup", "untraced",
-             "no_preload", "libraries", "jit", "nondumpable")
+SELECTORS = (
+    "uid",
+    "user",
+    "gid",
+    "group",
+    "exe",
+    "exe_sha256",
+    "script",
+    "script_sha256",
+    "cgroup",
+    "untraced",
+    "no_preload",
+    "libraries",
+    "jit",
+    "nondumpable",
+)
 #: Selectors that say what a process may carry, not who it is.
 _CONDITIONS = ("untraced", "no_preload", "libraries", "jit", "nondumpable")
 RULE_KEYS = ("paths", "workloads", "allow", "deny", "hide")
@@ -170,17 +184,21 @@ def _glob_parts(pattern: str, what: str) -> list[str]:
     if "\0" in pattern:
         raise ValueError(f"{what} glob {pattern!r} contains a NUL character")
     if len(pattern) > MAX_GLOB_LENGTH:
-        raise ValueError(f"{what} glob {pattern[:40]!r}... is {len(pattern)} characters long; the limit is "
-                         f"{MAX_GLOB_LENGTH}")
+        raise ValueError(
+            f"{what} glob {pattern[:40]!r}... is {len(pattern)} characters long; the limit is {MAX_GLOB_LENGTH}"
+        )
     if pattern == "/":
         return []
     parts = pattern[1:].split("/")
     if len(parts) > MAX_GLOB_COMPONENTS:
-        raise ValueError(f"{what} glob {pattern[:40]!r}... has {len(parts)} components; the limit is "
-                         f"{MAX_GLOB_COMPONENTS}")
+        raise ValueError(
+            f"{what} glob {pattern[:40]!r}... has {len(parts)} components; the limit is {MAX_GLOB_COMPONENTS}"
+        )
     if parts.count("**") > MAX_DOUBLE_STARS:
-        raise ValueError(f"{what} glob {pattern!r} has {parts.count('**')} '**' components; the limit is "
-                         f"{MAX_DOUBLE_STARS} (one '**' already matches any depth)")
+        raise ValueError(
+            f"{what} glob {pattern!r} has {parts.count('**')} '**' components; the limit is "
+            f"{MAX_DOUBLE_STARS} (one '**' already matches any depth)"
+        )
     for part in parts:
         if part == "":
             raise ValueError(f"{what} glob {pattern!r} has an empty component ('//' or a trailing '/')")
@@ -227,7 +245,7 @@ def _component(part: str, pattern: str, what: str) -> str:
             i += 1
             runs[-1].append(re.escape(part[i]))
         elif c == "[":
-            start = i + 2 if part[i + 1:i + 2] in ("!", "^") else i + 1
+            start = i + 2 if part[i + 1 : i + 2] in ("!", "^") else i + 1
             end = part.find("]", start)
             if end < 0:
                 raise ValueError(f"{what} glob {pattern!r} has a '[' without its closing ']'")
@@ -316,20 +334,24 @@ class Workload:
                 why = _unnamed_interpreter(ident)
                 if why:
                     return why
-        if self.cgroups is not None and (ident.cgroup is None
-                                         or not any(glob_matches(c, ident.cgroup) for c in self.cgroups)):
+        if self.cgroups is not None and (
+            ident.cgroup is None or not any(glob_matches(c, ident.cgroup) for c in self.cgroups)
+        ):
             return f"cgroup {ident.cgroup or '(unreadable)'} matches none of its cgroup globs"
         if self.untraced and ident.traced:
             return f"it is traced (by pid {ident.tracer_pid}) and the workload requires untraced"
         if self.untraced and ident.traced_since_exec:
-            return (f"it was traced (by pid {ident.traced_since_exec}) since it started its program and the "
-                    "workload requires untraced")
+            return (
+                f"it was traced (by pid {ident.traced_since_exec}) since it started its program and the "
+                "workload requires untraced"
+            )
         if self.nondumpable and ident.dumpable is not False:
             if ident.dumpable is None:
-                return ("whether it is dumpable cannot be seen (it runs as root, or it could not be read) and the "
-                        "workload requires nondumpable")
-            return ("it is dumpable (processes of its uid may write its memory) and the workload requires "
-                    "nondumpable")
+                return (
+                    "whether it is dumpable cannot be seen (it runs as root, or it could not be read) and the "
+                    "workload requires nondumpable"
+                )
+            return "it is dumpable (processes of its uid may write its memory) and the workload requires nondumpable"
         if self.no_preload and ident.preload:
             return f"its environment sets {', '.join(ident.preload)} and the workload requires no_preload"
         if self.no_preload or self.libraries is not None:
@@ -351,9 +373,11 @@ class Workload:
             if is_exe and (self.exes is not None or self.exe_hashes is not None):
                 continue  # the executable itself, already matched by exe/exe_sha256
             if digest is None or digest not in pinned:
-                return (f"it runs code from {path} (sha256 {digest or 'unreadable'}), which is neither root's "
-                        "(owned by root, writable by no one else, on a file system without nosuid) nor pinned in "
-                        "libraries")
+                return (
+                    f"it runs code from {path} (sha256 {digest or 'unreadable'}), which is neither root's "
+                    "(owned by root, writable by no one else, on a file system without nosuid) nor pinned in "
+                    "libraries"
+                )
         if self.no_preload and ident.startup:
             return f"{ident.startup[0]}, and the workload requires no_preload"
         return None
@@ -371,8 +395,10 @@ def _unnamed_interpreter(ident: Identity) -> str | None:
     if ident.code_problem:
         return f"{ident.code_problem}, so whether its interpreter is root's cannot be told"
     if any(is_exe for _, _, is_exe in ident.foreign_code):
-        return (f"its interpreter {ident.exe} is not root's (owned by root, writable by no one else, on a file "
-                "system without nosuid), and the workload names no exe for its script")
+        return (
+            f"its interpreter {ident.exe} is not root's (owned by root, writable by no one else, on a file "
+            "system without nosuid), and the workload names no exe for its script"
+        )
     return None
 
 
@@ -486,8 +512,16 @@ class Policy:
             return Decision(False, op, path, (), None, None, False, f"the caller cannot be identified: {ident.problem}")
         names = self.workloads_of(ident) if workloads is None else workloads
         if not names:
-            return Decision(False, op, path, (), None, None, False,
-                            f"the caller is in no workload of the policy{self._near_misses(ident)} (default deny)")
+            return Decision(
+                False,
+                op,
+                path,
+                (),
+                None,
+                None,
+                False,
+                f"the caller is in no workload of the policy{self._near_misses(ident)} (default deny)",
+            )
         mine = set(names)
         allowed_by: Rule | None = None
         for rule in self._rules_for(op, names):
@@ -496,16 +530,39 @@ class Policy:
             if not rule.matches(path):
                 continue
             if op in rule.deny:
-                return Decision(False, op, path, names, rule.number, rule.line, rule.hide,
-                                f"{rule.describe()} denies {op} to {_joined(rule.workloads & mine)}")
+                return Decision(
+                    False,
+                    op,
+                    path,
+                    names,
+                    rule.number,
+                    rule.line,
+                    rule.hide,
+                    f"{rule.describe()} denies {op} to {_joined(rule.workloads & mine)}",
+                )
             if allowed_by is None:
                 allowed_by = rule
         if allowed_by is not None:
-            return Decision(True, op, path, names, allowed_by.number, allowed_by.line, False,
-                            f"{allowed_by.describe()} allows {op} to {_joined(allowed_by.workloads & mine)}")
-        return Decision(False, op, path, names, None, None, False,
-                        f"no rule allows {op} on this path to {_joined(names)}{self._near_misses(ident)} "
-                        "(default deny)")
+            return Decision(
+                True,
+                op,
+                path,
+                names,
+                allowed_by.number,
+                allowed_by.line,
+                False,
+                f"{allowed_by.describe()} allows {op} to {_joined(allowed_by.workloads & mine)}",
+            )
+        return Decision(
+            False,
+            op,
+            path,
+            names,
+            None,
+            None,
+            False,
+            f"no rule allows {op} on this path to {_joined(names)}{self._near_misses(ident)} (default deny)",
+        )
 
     def _near_misses(self, ident: Identity) -> str:
         """For a default denial (the caller is in no workload, or none of
@@ -529,17 +586,32 @@ class Policy:
         if not ident.valid:
             for rule in self._hiding:
                 if rule.matches(path):
-                    return Decision(False, "list", path, (), rule.number, rule.line, True,
-                                    f"{rule.describe()} hides this path, and the caller cannot be identified: "
-                                    f"{ident.problem}")
+                    return Decision(
+                        False,
+                        "list",
+                        path,
+                        (),
+                        rule.number,
+                        rule.line,
+                        True,
+                        f"{rule.describe()} hides this path, and the caller cannot be identified: {ident.problem}",
+                    )
             return None
         names = self.workloads_of(ident) if workloads is None else workloads
         mine = set(names)
         for rule in self._rules_for("hide", names):
             if rule.matches(path):
                 op = "read" if "read" in rule.deny else "list"
-                return Decision(False, op, path, tuple(sorted(mine)), rule.number, rule.line, True,
-                                f"{rule.describe()} hides this path from {_joined(rule.workloads & mine)}")
+                return Decision(
+                    False,
+                    op,
+                    path,
+                    tuple(sorted(mine)),
+                    rule.number,
+                    rule.line,
+                    True,
+                    f"{rule.describe()} hides this path from {_joined(rule.workloads & mine)}",
+                )
         return None
 
     @property
@@ -584,11 +656,16 @@ class Policy:
             if not rule.matches(path):
                 continue
             who = rule.workloads & set(names)
-            verdict = ("deny" if op in rule.deny else "allow" if op in rule.allow else "says nothing about")
+            verdict = "deny" if op in rule.deny else "allow" if op in rule.allow else "says nothing about"
             tail = f"{verdict} {op}" + (" (hide)" if rule.hide and op in rule.deny else "")
-            lines.append(f"{rule.describe()} matches the path; " + (f"applies to {_joined(who)}: {tail}" if who
-                                                                    else f"not for this caller ({tail} for "
-                                                                         f"{_joined(rule.workloads)})"))
+            lines.append(
+                f"{rule.describe()} matches the path; "
+                + (
+                    f"applies to {_joined(who)}: {tail}"
+                    if who
+                    else f"not for this caller ({tail} for {_joined(rule.workloads)})"
+                )
+            )
         d = self.decide(ident, op, path, names)
         lines.append(f"decision: {'ALLOW' if d.allowed else 'DENY'} {op} {path}: {d.reason}")
         return lines
@@ -688,7 +765,7 @@ class _Lines:
             if k:
                 key = _unquote(k.group(1))
                 self.keys.setdefault(current + (key,), no)
-                rest = line[k.end():]
+                rest = line[k.end() :]
                 for quote in ('"""', "'''"):
                     if rest.count(quote) % 2 == 1:
                         in_multiline = quote
@@ -764,8 +841,7 @@ class _Builder:
                 raise self.error(f"unknown top-level key {key!r}; expected one of {', '.join(TOP_KEYS)}{hint}", key)
         audit = doc.get("audit", "deny")
         if audit not in AUDIT_LEVELS:
-            raise self.error(f"audit = {audit!r}: use \"deny\" (log denials) or \"all\" (log every decision)",
-                             "audit")
+            raise self.error(f'audit = {audit!r}: use "deny" (log denials) or "all" (log every decision)', "audit")
         raw_workloads = doc.get("workloads", {})
         if not isinstance(raw_workloads, dict):
             raise self.error("workloads must be tables: [workloads.NAME]", "workloads")
@@ -776,8 +852,11 @@ class _Builder:
         if not isinstance(raw_rules, list) or not all(isinstance(r, dict) for r in raw_rules):
             raise self.error("rules must be written as [[rule]] tables", "rule")
         if len(raw_rules) > MAX_RULES:
-            raise self.error(f"{len(raw_rules)} rules: the limit is {MAX_RULES} (a rule may list several paths "
-                             "and workloads)", "rule", MAX_RULES)
+            raise self.error(
+                f"{len(raw_rules)} rules: the limit is {MAX_RULES} (a rule may list several paths and workloads)",
+                "rule",
+                MAX_RULES,
+            )
         rules = tuple(self.rule(i, body, workloads) for i, body in enumerate(raw_rules))
         named = set().union(*(r.workloads for r in rules))
         for name in workloads:
@@ -785,8 +864,9 @@ class _Builder:
                 self.warn(f"workload {name!r} is named by no rule: it is allowed nothing", "workloads", name)
         mib = doc.get("max_hash_mib", MAX_HASH_MIB)
         if not isinstance(mib, int) or isinstance(mib, bool) or not 1 <= mib <= MAX_HASH_MIB_LIMIT:
-            raise self.error(f"max_hash_mib = {mib!r}: give a whole number of MiB from 1 to {MAX_HASH_MIB_LIMIT}",
-                             "max_hash_mib")
+            raise self.error(
+                f"max_hash_mib = {mib!r}: give a whole number of MiB from 1 to {MAX_HASH_MIB_LIMIT}", "max_hash_mib"
+            )
         return Policy(self.file, audit, workloads, rules, self.warnings, mib << 20)
 
     # -- workloads ------------------------------------------------------------------
@@ -803,8 +883,9 @@ class _Builder:
                 try:
                     ids.add(resolve(item))
                 except KeyError:
-                    self.warn(f"{name_key} {item!r} of workload {name!r} does not exist: it matches no one",
-                              *where, name_key)
+                    self.warn(
+                        f"{name_key} {item!r} of workload {name!r} does not exist: it matches no one", *where, name_key
+                    )
             if not ids:
                 ids.add(-1)  # matches no one, rather than everyone
         return ids
@@ -816,21 +897,23 @@ class _Builder:
         if not isinstance(body, dict):
             raise self.error(f"workload {name!r} must be a table of selectors: [workloads.{name}]", *where)
         if not body:
-            raise self.error(f"workload {name!r} has no selectors, so it would match every process; "
-                             f"give at least one of {', '.join(SELECTORS)}", *where)
+            raise self.error(
+                f"workload {name!r} has no selectors, so it would match every process; "
+                f"give at least one of {', '.join(SELECTORS)}",
+                *where,
+            )
         for key in body:
             if key not in SELECTORS:
-                raise self.error(f"unknown selector {key!r} in workload {name!r}; selectors are "
-                                 f"{', '.join(SELECTORS)}", *where, key)
+                raise self.error(
+                    f"unknown selector {key!r} in workload {name!r}; selectors are {', '.join(SELECTORS)}", *where, key
+                )
         kw: dict[str, Any] = {}
         uids = self._ids(body, name, where, "uid", "user", lambda n: pwd.getpwnam(n).pw_uid)
         gids = self._ids(body, name, where, "gid", "group", lambda n: grp.getgrnam(n).gr_gid)
         if "uid" in body and "user" in body:
-            raise self.error(f"workload {name!r} has both uid and user; give one (a list if several)", *where,
-                             "user")
+            raise self.error(f"workload {name!r} has both uid and user; give one (a list if several)", *where, "user")
         if "gid" in body and "group" in body:
-            raise self.error(f"workload {name!r} has both gid and group; give one (a list if several)", *where,
-                             "group")
+            raise self.error(f"workload {name!r} has both gid and group; give one (a list if several)", *where, "group")
         if uids:
             kw["uids"] = frozenset(uids)
         if gids:
@@ -840,16 +923,23 @@ class _Builder:
                 paths = self.strings(body[key], *where, key)
                 for p in paths:
                     if not p.startswith("/") or os.path.normpath(p) != p:
-                        raise self.error(f"{key} = {p!r} in workload {name!r}: give an absolute, normalised "
-                                         "path (no '.', '..', '//' or trailing '/')", *where, key)
+                        raise self.error(
+                            f"{key} = {p!r} in workload {name!r}: give an absolute, normalised "
+                            "path (no '.', '..', '//' or trailing '/')",
+                            *where,
+                            key,
+                        )
                 kw[attr] = frozenset(paths)
         for key, attr in (("exe_sha256", "exe_hashes"), ("script_sha256", "script_hashes")):
             if key in body:
                 hashes = self.strings(body[key], *where, key)
                 for h in hashes:
                     if not _SHA256.fullmatch(h):
-                        raise self.error(f"{key} = {h!r} in workload {name!r} is not a sha256: 64 hex digits "
-                                         "(sha256sum prints it)", *where, key)
+                        raise self.error(
+                            f"{key} = {h!r} in workload {name!r} is not a sha256: 64 hex digits (sha256sum prints it)",
+                            *where,
+                            key,
+                        )
                 kw[attr] = frozenset(h.lower() for h in hashes)
         if "cgroup" in body:
             globs = []
@@ -867,26 +957,49 @@ class _Builder:
         if "libraries" in body:
             kw["libraries"] = self.libraries(name, body["libraries"], where)
         if kw.get("jit") and not (kw.get("no_preload") or "libraries" in kw):
-            raise self.error(f"jit in workload {name!r} says what code it may run, which only no_preload or "
-                             "libraries checks: add one of them", *where, "jit")
+            raise self.error(
+                f"jit in workload {name!r} says what code it may run, which only no_preload or "
+                "libraries checks: add one of them",
+                *where,
+                "jit",
+            )
         if kw.get("no_preload") and any(interpreter_family(e) == "python" for e in kw.get("exes", ())):
-            self.warn(f"workload {name!r} runs Python with no_preload: it is admitted only when started with -I "
-                      "(or -E -s) and without -i; put -I in the #! line", *where, "no_preload")
+            self.warn(
+                f"workload {name!r} runs Python with no_preload: it is admitted only when started with -I "
+                "(or -E -s) and without -i; put -I in the #! line",
+                *where,
+                "no_preload",
+            )
         if not any(k in kw for k in ("uids", "gids", "exes", "exe_hashes", "scripts", "script_hashes", "cgroups")):
-            raise self.error(f"workload {name!r} selects only on {'/'.join(_CONDITIONS)}, so it would match almost "
-                             "every process; add a selector that says who it is (user, exe, …)", *where)
+            raise self.error(
+                f"workload {name!r} selects only on {'/'.join(_CONDITIONS)}, so it would match almost "
+                "every process; add a selector that says who it is (user, exe, …)",
+                *where,
+            )
         if ("scripts" in kw or "script_hashes" in kw) and not ("exes" in kw or "exe_hashes" in kw):
-            self.warn(f"workload {name!r} names a script but not its interpreter: any interpreter of root's may "
-                      "claim the script, and some run the caller's code before it (PERL5OPT, node -r); name the "
-                      "interpreter in exe", *where, "script")
+            self.warn(
+                f"workload {name!r} names a script but not its interpreter: any interpreter of root's may "
+                "claim the script, and some run the caller's code before it (PERL5OPT, node -r); name the "
+                "interpreter in exe",
+                *where,
+                "script",
+            )
         for p in sorted(kw.get("exes", ())):
             if os.path.islink(p):
                 target = os.path.realpath(p)
-                self.warn(f"exe {p!r} of workload {name!r} is a symbolic link to {target}: the kernel names the "
-                          f"program by its target, so this never matches; write exe = \"{target}\"", *where, "exe")
+                self.warn(
+                    f"exe {p!r} of workload {name!r} is a symbolic link to {target}: the kernel names the "
+                    f'program by its target, so this never matches; write exe = "{target}"',
+                    *where,
+                    "exe",
+                )
         if kw.get("nondumpable") and 0 in kw.get("uids", ()):
-            self.warn(f"workload {name!r} requires nondumpable and names uid 0: whether a root process is dumpable "
-                      "cannot be seen from outside, so it never matches as root", *where, "nondumpable")
+            self.warn(
+                f"workload {name!r} requires nondumpable and names uid 0: whether a root process is dumpable "
+                "cannot be seen from outside, so it never matches as root",
+                *where,
+                "nondumpable",
+            )
         return Workload(name, self.lines.of(*where), **kw)
 
     def libraries(self, name: str, value: Any, where: tuple) -> frozenset[str]:
@@ -895,16 +1008,25 @@ class _Builder:
         whose file has another hash, is a warning (processes that map that
         file are refused, which the audit log names)."""
         if not isinstance(value, dict):
-            raise self.error(f"libraries in workload {name!r} must be a table of PATH = \"SHA256\", such as "
-                             "{\"/opt/app/lib/libapp.so\" = \"9f2c…\"}", *where, "libraries")
+            raise self.error(
+                f'libraries in workload {name!r} must be a table of PATH = "SHA256", such as '
+                '{"/opt/app/lib/libapp.so" = "9f2c…"}',
+                *where,
+                "libraries",
+            )
         hashes = set()
         for path, digest in value.items():
             if not path.startswith("/") or os.path.normpath(path) != path:
-                raise self.error(f"library {path!r} in workload {name!r}: give an absolute, normalised path",
-                                 *where, "libraries")
+                raise self.error(
+                    f"library {path!r} in workload {name!r}: give an absolute, normalised path", *where, "libraries"
+                )
             if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-                raise self.error(f"library {path!r} in workload {name!r}: {digest!r} is not a sha256: 64 hex "
-                                 "digits (sha256sum prints it)", *where, "libraries")
+                raise self.error(
+                    f"library {path!r} in workload {name!r}: {digest!r} is not a sha256: 64 hex "
+                    "digits (sha256sum prints it)",
+                    *where,
+                    "libraries",
+                )
             hashes.add(digest.lower())
             try:
                 # only a regular file is ever opened for reading: opening a device can have side effects
@@ -917,12 +1039,20 @@ class _Builder:
                 finally:
                     os.close(pfd)
             except OSError as exc:
-                self.warn(f"library {path} of workload {name!r} cannot be read ({exc.strerror}): its pin matches "
-                          "only a file with that hash", *where, "libraries")
+                self.warn(
+                    f"library {path} of workload {name!r} cannot be read ({exc.strerror}): its pin matches "
+                    "only a file with that hash",
+                    *where,
+                    "libraries",
+                )
                 continue
             if actual != digest.lower():
-                self.warn(f"library {path} of workload {name!r} has sha256 {actual}, not the pinned one: a process "
-                          "that maps it is refused", *where, "libraries")
+                self.warn(
+                    f"library {path} of workload {name!r} has sha256 {actual}, not the pinned one: a process "
+                    "that maps it is refused",
+                    *where,
+                    "libraries",
+                )
         if not hashes:
             raise self.error(f"libraries in workload {name!r} is empty: leave it out instead", *where, "libraries")
         return frozenset(hashes)
@@ -952,8 +1082,9 @@ class _Builder:
                 raise self.error(f"rule {n} has no {key}", *where)
         paths = body["paths"]
         if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
-            raise self.error(f"paths of rule {n} must be a non-empty list of globs such as [\"/data/**\"]", *where,
-                             "paths")
+            raise self.error(
+                f'paths of rule {n} must be a non-empty list of globs such as ["/data/**"]', *where, "paths"
+            )
         globs = []
         for p in paths:
             try:
@@ -966,8 +1097,11 @@ class _Builder:
         for w in names:
             if w not in workloads:
                 known = ", ".join(workloads) or "none are defined"
-                raise self.error(f"rule {n} names workload {w!r}, which is not defined ([workloads.{w}]); "
-                                 f"defined: {known}", *where, "workloads")
+                raise self.error(
+                    f"rule {n} names workload {w!r}, which is not defined ([workloads.{w}]); defined: {known}",
+                    *where,
+                    "workloads",
+                )
         ops = {}
         for key in ("allow", "deny"):
             value = body.get(key, [])
@@ -975,8 +1109,11 @@ class _Builder:
                 raise self.error(f"{key} of rule {n} must be a list of operations", *where, key)
             for op in value:
                 if op not in OPERATIONS:
-                    raise self.error(f"unknown operation {op!r} in {key} of rule {n}; operations are "
-                                     f"{', '.join(OPERATIONS)}", *where, key)
+                    raise self.error(
+                        f"unknown operation {op!r} in {key} of rule {n}; operations are {', '.join(OPERATIONS)}",
+                        *where,
+                        key,
+                    )
             ops[key] = frozenset(value)
         if not ops["allow"] and not ops["deny"]:
             raise self.error(f"rule {n} allows and denies nothing: give allow = [...] or deny = [...]", *where)
@@ -984,10 +1121,14 @@ class _Builder:
         if not isinstance(hide, bool):
             raise self.error(f"hide in rule {n} must be true or false", *where, "hide")
         if hide and not ops["deny"] & {"read", "list"}:
-            raise self.error(f"rule {n} has hide = true but does not deny read or list: hiding applies to what "
-                             "a rule denies", *where, "hide")
-        return Rule(n, self.lines.of(*where), tuple(paths), tuple(globs), frozenset(names), ops["allow"], ops["deny"],
-                    hide)
+            raise self.error(
+                f"rule {n} has hide = true but does not deny read or list: hiding applies to what a rule denies",
+                *where,
+                "hide",
+            )
+        return Rule(
+            n, self.lines.of(*where), tuple(paths), tuple(globs), frozenset(names), ops["allow"], ops["deny"], hide
+        )
 
     def glob(self, pattern: str) -> Glob:
         """compile_glob, once per distinct pattern of the file."""

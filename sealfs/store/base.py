@@ -103,9 +103,7 @@ def check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
         if not (v.isascii() and v.isprintable()):
             raise ValueError(f"metadata value of {k!r} must be printable ASCII")
     if metadata_size(md) > MAX_METADATA_BYTES:
-        raise ValueError(
-            f"user metadata of {metadata_size(md)} bytes exceeds the {MAX_METADATA_BYTES}-byte limit"
-        )
+        raise ValueError(f"user metadata of {metadata_size(md)} bytes exceeds the {MAX_METADATA_BYTES}-byte limit")
     return md
 
 
@@ -190,7 +188,7 @@ class Store(abc.ABC):
         mix two versions)."""
 
     @abc.abstractmethod
-    def get_stream(self, key: str, start: int = 0, *, if_match: str | None = None) -> "ByteStream":
+    def get_stream(self, key: str, start: int = 0, *, if_match: str | None = None) -> ByteStream:
         """A stream of the object's bytes from ``start`` to its end, for
         sequential reading with one request.  Errors as for ``get``, raised
         when the stream is opened; a stream that breaks off later raises
@@ -265,7 +263,7 @@ class Store(abc.ABC):
             writer.abort()
             raise
 
-    def open_put(self, key: str) -> "ObjectWriter":
+    def open_put(self, key: str) -> ObjectWriter:
         """A new version of ``key``, written front to back and installed by
         :meth:`ObjectWriter.commit` (only where ``streaming_put``)."""
         raise NotImplementedError(f"{type(self).__name__} writes large objects in parts")
@@ -297,9 +295,7 @@ class Store(abc.ABC):
         the same number again replaces the part."""
 
     @abc.abstractmethod
-    def upload_part_copy(
-        self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int
-    ) -> str:
+    def upload_part_copy(self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int) -> str:
         """Make part ``part_number`` a server-side copy of ``src[start:end]``."""
 
     @abc.abstractmethod
@@ -385,8 +381,9 @@ class ObjectWriter(abc.ABC):
         """Forget what was appended after the first ``size`` bytes."""
 
     @abc.abstractmethod
-    def commit(self, metadata: dict[str, str] | None = None, *, if_match: str | None = None,
-               if_none_match: bool = False) -> str:
+    def commit(
+        self, metadata: dict[str, str] | None = None, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         """Install what was written as the object, with ``metadata``, under
         the conditions of :meth:`Store.put`; the new etag.  If it fails
         (PreconditionFailed, say), what was written is still there to read

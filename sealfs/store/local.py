@@ -190,11 +190,14 @@ class LocalStore(Store):
         try:
             now = (_file_id(self.root), _file_id(self._objects))
         except OSError as e:
-            raise StoreUnavailable(f"local store {self.root} is gone (deleted, moved away or its disk "
-                                   f"unmounted: {e.strerror or e})") from None
+            raise StoreUnavailable(
+                f"local store {self.root} is gone (deleted, moved away or its disk unmounted: {e.strerror or e})"
+            ) from None
         if now != self._identity:
-            raise StoreUnavailable(f"local store {self.root} was replaced by another directory since it was "
-                                   "opened (another store or an empty one): refusing to use it")
+            raise StoreUnavailable(
+                f"local store {self.root} was replaced by another directory since it was "
+                "opened (another store or an empty one): refusing to use it"
+            )
 
     # -- reading -----------------------------------------------------------
     def get(self, key: str, start: int = 0, end: int | None = None, *, if_match: str | None = None) -> bytes:
@@ -310,7 +313,7 @@ class LocalStore(Store):
             raise ValueError(f"{len(data)} bytes exceed the single-put limit of {self.max_put_size}")
         return self.put_chunks(key, (data,), metadata, if_match=if_match, if_none_match=if_none_match)
 
-    def open_put(self, key: str) -> "_LocalObjectWriter":
+    def open_put(self, key: str) -> _LocalObjectWriter:
         return _LocalObjectWriter(self, key)
 
     def temporaries(self) -> list[tuple[str, float]]:
@@ -407,9 +410,7 @@ class LocalStore(Store):
             self._install_part(tmp, upload_dir, part_number, key, upload_id)
         return etag
 
-    def upload_part_copy(
-        self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int
-    ) -> str:
+    def upload_part_copy(self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int) -> str:
         check_part_number(part_number)
         if not 0 <= start < end:
             raise ValueError(f"invalid source range [{start}, {end}) for a part copy")
@@ -419,9 +420,7 @@ class LocalStore(Store):
             self._read_header(src_fd, src)
             size = os.fstat(src_fd).st_size - HEADER_SIZE
             if end > size:
-                raise StoreError(
-                    f"range [{start}, {end}) is past the end of {src} ({size} bytes) in {self.url}"
-                )
+                raise StoreError(f"range [{start}, {end}) is past the end of {src} ({size} bytes) in {self.url}")
             self._write_all(fd, key, self._header(etag, {}), 0)
             self._copy_range(src_fd, HEADER_SIZE + start, fd, HEADER_SIZE, end - start, src)
             self._install_part(tmp, upload_dir, part_number, key, upload_id)
@@ -448,13 +447,9 @@ class LocalStore(Store):
                 try:
                     fd = stack.enter_context(_opened(part_path))
                 except FileNotFoundError:
-                    raise StoreError(
-                        f"part {number} of the upload of {key} in {self.url} was not uploaded"
-                    ) from None
+                    raise StoreError(f"part {number} of the upload of {key} in {self.url} was not uploaded") from None
                 if self._read_header(fd, key)[0] != part_etag:
-                    raise StoreError(
-                        f"part {number} of the upload of {key} in {self.url} has changed (etag mismatch)"
-                    )
+                    raise StoreError(f"part {number} of the upload of {key} in {self.url} has changed (etag mismatch)")
                 size = os.fstat(fd).st_size - HEADER_SIZE
                 if size < self.min_part_size and i < len(parts) - 1:
                     raise StoreError(
@@ -749,9 +744,7 @@ class LocalStore(Store):
                 for entry in it:
                     if entry.name.endswith(_DIR_SUFFIX):
                         if entry.is_dir(follow_symlinks=False):
-                            entries.append(
-                                (key_base + entry.name[: -len(_DIR_SUFFIX)] + "/", True, entry.path)
-                            )
+                            entries.append((key_base + entry.name[: -len(_DIR_SUFFIX)] + "/", True, entry.path))
                     elif entry.is_file(follow_symlinks=False):
                         entries.append((key_base + entry.name, False, entry.path))
         except FileNotFoundError:
@@ -806,8 +799,12 @@ class LocalStore(Store):
         try:
             with open(os.path.join(upload_dir, _INFO), encoding="ascii") as f:
                 info = json.load(f)
-            if (isinstance(info, dict) and isinstance(info.get("key"), str) and isinstance(info.get("metadata"), dict)
-                    and isinstance(info.get("initiated"), (int, float))):
+            if (
+                isinstance(info, dict)
+                and isinstance(info.get("key"), str)
+                and isinstance(info.get("metadata"), dict)
+                and isinstance(info.get("initiated"), (int, float))
+            ):
                 return info
         except FileNotFoundError:
             return None
@@ -868,8 +865,9 @@ class _LocalObjectWriter(ObjectWriter):
         check_range(start, start + length)
         return self.store._pread(self._fd, self.key, HEADER_SIZE + start, min(length, self._end - HEADER_SIZE - start))
 
-    def commit(self, metadata: dict[str, str] | None = None, *, if_match: str | None = None,
-               if_none_match: bool = False) -> str:
+    def commit(
+        self, metadata: dict[str, str] | None = None, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
         store = self.store
         md = check_metadata(metadata)
         check_conditions(if_match, if_none_match)

@@ -290,8 +290,9 @@ class S3Store(Store):
             except (bce.BotoCoreError, ValueError) as e:
                 raise StoreError(f"cannot set up an S3 client for {self.url}: {type(e).__name__}") from e
             c.meta.events.register("before-call.s3", self._started, unique_id="sealfs-call-start")
-            retry = functools.partial(self._retry, attempt_timeout=connect_timeout + read_timeout,
-                                      call_timeout=call_timeout)
+            retry = functools.partial(
+                self._retry, attempt_timeout=connect_timeout + read_timeout, call_timeout=call_timeout
+            )
             c.meta.events.register("needs-retry.s3", retry, unique_id="sealfs-retry")
             return c
 
@@ -299,8 +300,9 @@ class S3Store(Store):
         #: For the calls S3 answers only once it has done the work: copies
         #: and the completion of multipart uploads, which take a while for
         #: large objects (a server is silent meanwhile, or sends spaces).
-        self._slow_client = client(max(read_timeout, self.slow_read_timeout),
-                                   call_timeout + max(read_timeout, self.slow_read_timeout))
+        self._slow_client = client(
+            max(read_timeout, self.slow_read_timeout), call_timeout + max(read_timeout, self.slow_read_timeout)
+        )
         self.endpoint = self._client.meta.endpoint_url
 
     def check(self) -> None:
@@ -326,8 +328,10 @@ class S3Store(Store):
         if watched is None:
             return
         key, etag, ours = watched
-        gone = (f"{self.url} no longer holds the volume this store was opened with (its {key} is "
-                "{}): refusing to use it, so as not to read an empty volume or write into another bucket")
+        gone = (
+            f"{self.url} no longer holds the volume this store was opened with (its {key} is "
+            "{}): refusing to use it, so as not to read an empty volume or write into another bucket"
+        )
         try:
             info = self.head(key)
             if info.etag != etag:
@@ -357,7 +361,7 @@ class S3Store(Store):
         except _RangeNotSatisfiable:
             return b""
 
-    def get_stream(self, key: str, start: int = 0, *, if_match: str | None = None) -> "_Stream":
+    def get_stream(self, key: str, start: int = 0, *, if_match: str | None = None) -> _Stream:
         check_range(start, None)
         args: dict[str, Any] = {"Range": f"bytes={start}-"}
         if if_match is not None:
@@ -432,8 +436,12 @@ class S3Store(Store):
         except DamagedObject as exc:
             log.warning("S3 listing of %s: object %s: %s (read it to check it)", self.url, key, exc)
             size = _size_field(o.get("Size"))
-            return ObjectInfo(key=key, size=-1 if size is None else size, etag=_etag_field(o.get("ETag")) or "",
-                              mtime=_mtime_field(o.get("LastModified")) or 0.0)
+            return ObjectInfo(
+                key=key,
+                size=-1 if size is None else size,
+                etag=_etag_field(o.get("ETag")) or "",
+                mtime=_mtime_field(o.get("LastModified")) or 0.0,
+            )
 
     def _listed_prefix(self, p: dict) -> str | None:
         text = self._unprefixed(p.get("Prefix"))
@@ -448,7 +456,7 @@ class S3Store(Store):
         text = urllib.parse.unquote(text) if isinstance(text, str) else None
         if text is None or not text.startswith(self._prefix) or len(text) == len(self._prefix):
             return None
-        return text[len(self._prefix):]
+        return text[len(self._prefix) :]
 
     # -- writing -----------------------------------------------------------
     def put(
@@ -553,9 +561,7 @@ class S3Store(Store):
         )
         return _etag_of(response, f"part {part_number} of {key} in {self.url}")
 
-    def upload_part_copy(
-        self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int
-    ) -> str:
+    def upload_part_copy(self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int) -> str:
         return self._upload_part_copy(key, upload_id, part_number, src, start, end, None)
 
     def complete_multipart(
@@ -611,17 +617,22 @@ class S3Store(Store):
         uploads = []
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._prefix + prefix}
         while True:
-            response = self._call(
-                "multipart listing", prefix or None, self._client.list_multipart_uploads, **args
-            )
+            response = self._call("multipart listing", prefix or None, self._client.list_multipart_uploads, **args)
             for u in response.get("Uploads") or []:
                 key, upload_id, initiated = u.get("Key"), u.get("UploadId"), u.get("Initiated")
-                if (isinstance(key, str) and key.startswith(self._prefix) and isinstance(upload_id, str)
-                        and upload_id and hasattr(initiated, "timestamp")):
+                if (
+                    isinstance(key, str)
+                    and key.startswith(self._prefix)
+                    and isinstance(upload_id, str)
+                    and upload_id
+                    and hasattr(initiated, "timestamp")
+                ):
                     uploads.append(Upload(key[len(self._prefix) :], upload_id, initiated.timestamp()))
                 else:
-                    log.warning("S3 listing of the multipart uploads of %s has an entry that does not parse "
-                                "(left out)", self.url)
+                    log.warning(
+                        "S3 listing of the multipart uploads of %s has an entry that does not parse (left out)",
+                        self.url,
+                    )
             markers = response.get("NextKeyMarker"), response.get("NextUploadIdMarker")
             if not response.get("IsTruncated"):
                 return uploads
@@ -664,8 +675,10 @@ class S3Store(Store):
             info = self.head(key)
         except NotFound:
             raise lost from None
-        if info.etag != etag or (metadata is not None and info.metadata != metadata) or (
-            size is not None and info.size != size
+        if (
+            info.etag != etag
+            or (metadata is not None and info.metadata != metadata)
+            or (size is not None and info.size != size)
         ):
             raise lost
         log.info("a write of %s in %s was done, though its answer was lost (the retry found it done)", key, self.url)
@@ -701,17 +714,14 @@ class S3Store(Store):
         full_key = self._key(key)
         attempt = 1
         while True:
-            response = self._call(
-                "read", key, self._client.get_object, Bucket=self.bucket, Key=full_key, **args
-            )
+            response = self._call("read", key, self._client.get_object, Bucket=self.bucket, Key=full_key, **args)
             body = response["Body"]
             try:
                 return body.read(), response
             except _BODY_ERRORS as e:
                 if attempt == self.body_read_attempts:
                     raise StoreUnavailable(
-                        f"reading {key} from {self.url} kept breaking off ({type(e).__name__} "
-                        f"after {attempt} attempts)"
+                        f"reading {key} from {self.url} kept breaking off ({type(e).__name__} after {attempt} attempts)"
                     ) from e
             finally:
                 body.close()
@@ -750,9 +760,7 @@ class S3Store(Store):
             with ThreadPoolExecutor(max_workers=min(self.copy_threads, len(ranges))) as pool:
                 etags = list(
                     pool.map(
-                        lambda i: self._upload_part_copy(
-                            dst, upload_id, i + 1, source.key, *ranges[i], source.etag
-                        ),
+                        lambda i: self._upload_part_copy(dst, upload_id, i + 1, source.key, *ranges[i], source.etag),
                         range(len(ranges)),
                     )
                 )
@@ -931,8 +939,11 @@ def _info_fields(answer: dict, size_field: str, what: str) -> dict:
     """size, etag and mtime of one object from an S3 answer (a HEAD or
     GET's, or a listing entry), checked: DamagedObject if one does not
     parse."""
-    fields = {"size": _size_field(answer.get(size_field)), "etag": _etag_field(answer.get("ETag")),
-              "mtime": _mtime_field(answer.get("LastModified"))}
+    fields = {
+        "size": _size_field(answer.get(size_field)),
+        "etag": _etag_field(answer.get("ETag")),
+        "mtime": _mtime_field(answer.get("LastModified")),
+    }
     for name, header in (("size", "size"), ("etag", "ETag"), ("mtime", "Last-Modified time")):
         if fields[name] is None:
             raise DamagedObject(f"{what}: S3 gave a{'n' if header[0] == 'E' else ''} {header} that does not parse")

@@ -18,9 +18,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -28,12 +28,15 @@ SEALFS = [sys.executable, "-m", "sealfs.cli.main"]
 UNMOUNT_TIMEOUT = 120.0
 
 
-def sealfs(*args: str, check: bool = True, input: bytes | None = None, env: dict | None = None,
-           timeout: float = 300) -> subprocess.CompletedProcess:
+def sealfs(
+    *args: str, check: bool = True, input: bytes | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run the sealfs command line; on failure show what it printed."""
     proc = subprocess.run([*SEALFS, *args], input=input, capture_output=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"sealfs {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode(errors='replace')}")
+        raise AssertionError(
+            f"sealfs {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode(errors='replace')}"
+        )
     return proc
 
 
@@ -156,12 +159,25 @@ def make_mount(make_store_spec, store_kind, tmp_path: Path, request) -> Iterator
         keyfile = keyfiles.get(spec.url)
         if keyfile is None:
             keyfile = keyfiles[spec.url] = tmp_path / f"key{n}"
-            sealfs("init", spec.url, "--keyfile", str(keyfile),
-                   *(["-o", ",".join(f"{k}={v}" for k, v in spec.options.items())] if spec.options else []))
+            sealfs(
+                "init",
+                spec.url,
+                "--keyfile",
+                str(keyfile),
+                *(["-o", ",".join(f"{k}={v}" for k, v in spec.options.items())] if spec.options else []),
+            )
         mnt = mountpoint or tmp_path / f"mnt{n}"
         mnt.mkdir(exist_ok=mountpoint is not None)
-        m = Mount(mnt, spec.url, dict(spec.options), keyfile, tmp_path / f"daemon{n}.log",
-                  tmp_path / f"cache{n}", list(extra or []), spec=spec)
+        m = Mount(
+            mnt,
+            spec.url,
+            dict(spec.options),
+            keyfile,
+            tmp_path / f"daemon{n}.log",
+            tmp_path / f"cache{n}",
+            list(extra or []),
+            spec=spec,
+        )
         mounts.append(m)
         m.mount()
         return m

@@ -330,7 +330,7 @@ def test_a_file_sent_while_written_then_truncated_far(mounted):
     data = os.urandom(20 * MIB)
     before = peak_rss(m)
     with open(p, "wb") as f:
-        f.writelines(data[pos:pos + MIB] for pos in range(0, len(data), MIB))
+        f.writelines(data[pos : pos + MIB] for pos in range(0, len(data), MIB))
         f.flush()
         os.ftruncate(f.fileno(), HUGE)
     assert p.stat().st_size == HUGE

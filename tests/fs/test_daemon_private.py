@@ -12,18 +12,15 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import SEALFS, UNMOUNT_TIMEOUT, is_mounted, sealfs
 
 from sealfs.daemon import daemon_pid
-
-from conftest import SEALFS, UNMOUNT_TIMEOUT, is_mounted, sealfs
 
 FAST_KDF = ["--argon2-memory", "8192", "--argon2-iterations", "1"]
 MOUNT_TIMEOUT = 60.0
@@ -45,11 +42,19 @@ STARTS = {
 }
 
 
-@pytest.mark.parametrize(("start", "source"), [
-    ("mount", "env"), ("mount", "passfile"), ("mount", "extpass"), ("foreground", "env"), ("mount.sealfs", "env"),
-])
-def test_no_secret_in_the_daemons_environment_argv_or_log(make_store_spec, store_kind, tmp_path: Path,
-                                                          start: str, source: str):
+@pytest.mark.parametrize(
+    ("start", "source"),
+    [
+        ("mount", "env"),
+        ("mount", "passfile"),
+        ("mount", "extpass"),
+        ("foreground", "env"),
+        ("mount.sealfs", "env"),
+    ],
+)
+def test_no_secret_in_the_daemons_environment_argv_or_log(
+    make_store_spec, store_kind, tmp_path: Path, start: str, source: str
+):
     passphrase = b"bounds-pass-" + secrets.token_hex(12).encode()
     spec = make_store_spec()
     store_opts = [f"{k}={v}" for k, v in spec.options.items()]
@@ -105,8 +110,9 @@ def test_no_secret_in_the_daemons_environment_argv_or_log(make_store_spec, store
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
         if pid is not None:
-            _wait(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), "the daemon did not exit",
-                  UNMOUNT_TIMEOUT)
+            _wait(
+                lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), "the daemon did not exit", UNMOUNT_TIMEOUT
+            )
         if proc.poll() is None:
             proc.wait(timeout=UNMOUNT_TIMEOUT)
     assert proc.returncode == 0

@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import SEALFS as SEALFS_CMD
 from conftest import daemon_pids, is_mounted, sealfs
 
@@ -27,7 +26,9 @@ def test_fstab_mount_with_mount_T(make_mount, tmp_path, fstype):
     (m.path / "before.txt").write_text("written before\n")
     m.unmount()
     fstab = tmp_path / "fstab"
-    fstab.write_text("# test fstab\n" + _fstab_line(m, fstype, "_netdev,nofail,x-systemd.automount,x-systemd.mount-timeout=30"))
+    fstab.write_text(
+        "# test fstab\n" + _fstab_line(m, fstype, "_netdev,nofail,x-systemd.automount,x-systemd.mount-timeout=30")
+    )
     out = subprocess.run(["mount", "-T", str(fstab), str(m.path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert is_mounted(m.path)
@@ -85,8 +86,15 @@ def test_unreachable_s3_endpoint_at_mount_time(tmp_path):
     key = tmp_path / "k"
     key.write_bytes(os.urandom(64))
     t0 = time.monotonic()
-    proc = sealfs("mount", "s3://nobucket/x", str(other), "-o",
-                  f"endpoint=http://127.0.0.1:{port},keyfile={key}", check=False, timeout=120)
+    proc = sealfs(
+        "mount",
+        "s3://nobucket/x",
+        str(other),
+        "-o",
+        f"endpoint=http://127.0.0.1:{port},keyfile={key}",
+        check=False,
+        timeout=120,
+    )
     assert proc.returncode == 6, proc.stderr
     assert "cannot reach" in proc.stderr.decode()
     assert time.monotonic() - t0 < 60

@@ -37,9 +37,9 @@ def store_keys(m: Mount, request) -> set[str]:
         root = Path(urllib.parse.urlparse(m.url).path) / "objects"
         return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     client = request.getfixturevalue("moto_s3")
-    bucket, _, prefix = m.url[len("s3://"):].partition("/")
+    bucket, _, prefix = m.url[len("s3://") :].partition("/")
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
-    return {o["Key"][len(prefix) + 1:] for page in pages for o in page.get("Contents", [])}
+    return {o["Key"][len(prefix) + 1 :] for page in pages for o in page.get("Contents", [])}
 
 
 def overflow_keys(keys: set[str]) -> set[str]:
@@ -414,8 +414,22 @@ def test_user() -> tuple[int, int, int]:
         pytest.skip(f"{OTHER_PYTHON} is missing")
     _ensure("group", GROUP, ["groupadd", "--system", GROUP])
     _ensure("group", GROUP2, ["groupadd", "--system", GROUP2])
-    _ensure("user", USER, ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                           "--gid", GROUP, "--groups", GROUP2, USER])
+    _ensure(
+        "user",
+        USER,
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--gid",
+            GROUP,
+            "--groups",
+            GROUP2,
+            USER,
+        ],
+    )
     if USER not in grp.getgrnam(GROUP2).gr_mem:
         subprocess.run(["usermod", "-a", "-G", GROUP2, USER], check=True)
     return pwd.getpwnam(USER).pw_uid, grp.getgrnam(GROUP).gr_gid, grp.getgrnam(GROUP2).gr_gid
@@ -441,11 +455,26 @@ def as_user(code: str, *args) -> str:
     """Run Python ``code`` as the test user (``a`` is a list of the
     arguments) and return what it prints: "ok", or the errno name of the
     OSError it raised."""
-    script = ("import errno, os, sys\na = sys.argv[1:]\ntry:\n"
-              + "".join(f"    {line}\n" for line in code.splitlines())
-              + "except OSError as e:\n    print(errno.errorcode[e.errno])\nelse:\n    print('ok')\n")
-    proc = subprocess.run(["setpriv", f"--reuid={USER}", f"--regid={GROUP}", "--init-groups", OTHER_PYTHON,
-                           "-c", script, *map(str, args)], capture_output=True, text=True, timeout=60)
+    script = (
+        "import errno, os, sys\na = sys.argv[1:]\ntry:\n"
+        + "".join(f"    {line}\n" for line in code.splitlines())
+        + "except OSError as e:\n    print(errno.errorcode[e.errno])\nelse:\n    print('ok')\n"
+    )
+    proc = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={USER}",
+            f"--regid={GROUP}",
+            "--init-groups",
+            OTHER_PYTHON,
+            "-c",
+            script,
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
@@ -497,8 +526,12 @@ def test_sticky_directory(shared, test_user):
     assert as_user("os.unlink(a[0])", p / "tmp" / "roots") == "EPERM"
     assert as_user("os.rename(a[0], a[1])", p / "tmp" / "roots", p / "tmp" / "stolen") == "EPERM"
     assert as_user("open(a[0], 'ab').write(b'!')", p / "tmp" / "roots") == "ok"  # writable, not removable
-    assert as_user("open(a[0], 'wb').close()\nos.rename(a[0], a[1])\nos.unlink(a[1])",
-                   p / "tmp" / "own", p / "tmp" / "own2") == "ok"
+    assert (
+        as_user(
+            "open(a[0], 'wb').close()\nos.rename(a[0], a[1])\nos.unlink(a[1])", p / "tmp" / "own", p / "tmp" / "own2"
+        )
+        == "ok"
+    )
     assert sorted(os.listdir(p / "tmp")) == ["roots"]
     assert (p / "tmp" / "roots").read_bytes() == b"root's!"
     shared.remount()
@@ -606,7 +639,12 @@ def test_times(mounted):
     for name, st in want.items():
         now = os.lstat(p / name)
         assert (now.st_mtime_ns, now.st_ctime_ns, now.st_mode, now.st_uid, now.st_gid) == (
-            st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid), name
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+        ), name
 
 
 def test_directory_nlink(mounted):
@@ -839,8 +877,10 @@ def test_local_store_is_synced_to_disk_by_fsync_not_by_close(make_mount, store_k
     m = make_mount()
     [pid] = daemon_pids(m.path)
     out = m.cache_dir.parent / f"strace-{pid}.txt"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs", "-o", str(out),
-                               "-p", str(pid)], stderr=subprocess.DEVNULL)
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs", "-o", str(out), "-p", str(pid)],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30  # strace is attached once the daemon's threads stop for it
         while "TracerPid:\t0" in Path(f"/proc/{pid}/status").read_text() and time.monotonic() < deadline:

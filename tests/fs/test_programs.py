@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import need  # tests/fs/conftest.py
 
 T0 = 1_600_000_000_000_000_000  # a fixed mtime in the past (ns)
@@ -29,11 +28,11 @@ T0 = 1_600_000_000_000_000_000  # a fixed mtime in the past (ns)
 
 def run(*argv, cwd=None, env=None, input: bytes | None = None, timeout: float = 120) -> str:
     """Run a program; fail the test with its output if it fails."""
-    proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, input=input, capture_output=True,
-                          timeout=timeout)
+    proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, input=input, capture_output=True, timeout=timeout)
     assert proc.returncode == 0, (
         f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stdout.decode(errors='replace')}"
-        f"\n{proc.stderr.decode(errors='replace')}")
+        f"\n{proc.stderr.decode(errors='replace')}"
+    )
     return proc.stdout.decode(errors="replace")
 
 
@@ -89,10 +88,17 @@ def build_tree(root: Path) -> None:
 
 def git_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="Test Author",
-               GIT_AUTHOR_EMAIL="author@example.com", GIT_COMMITTER_NAME="Test Committer",
-               GIT_COMMITTER_EMAIL="committer@example.com", GIT_AUTHOR_DATE="2020-01-01T00:00:00Z",
-               GIT_COMMITTER_DATE="2020-01-01T00:00:00Z", LC_ALL="C")
+    env.update(
+        HOME=str(home),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="Test Author",
+        GIT_AUTHOR_EMAIL="author@example.com",
+        GIT_COMMITTER_NAME="Test Committer",
+        GIT_COMMITTER_EMAIL="committer@example.com",
+        GIT_AUTHOR_DATE="2020-01-01T00:00:00Z",
+        GIT_COMMITTER_DATE="2020-01-01T00:00:00Z",
+        LC_ALL="C",
+    )
     return env
 
 
@@ -146,8 +152,10 @@ def test_sqlite(mounted, journal):
         con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, blob BLOB)")
         for batch in range(10):
             with con:
-                con.executemany("INSERT INTO t (name, blob) VALUES (?, ?)",
-                                [(f"row {batch}-{i}", os.urandom(200)) for i in range(300)])
+                con.executemany(
+                    "INSERT INTO t (name, blob) VALUES (?, ?)",
+                    [(f"row {batch}-{i}", os.urandom(200)) for i in range(300)],
+                )
         with con:
             con.execute("DELETE FROM t WHERE id % 7 = 0")
             con.execute("UPDATE t SET name = name || ' updated' WHERE id % 5 = 0")
@@ -255,7 +263,7 @@ def test_venv_inside_mount(mounted):
 
 def test_script_chmod_exec(mounted):
     script = mounted.path / "hello.sh"
-    script.write_text("#!/bin/sh\necho \"hello $1\"\n")
+    script.write_text('#!/bin/sh\necho "hello $1"\n')
     with pytest.raises(PermissionError):
         subprocess.run([script, "x"], capture_output=True)
     os.chmod(script, 0o755)
@@ -454,7 +462,9 @@ def test_sqlite_two_processes(mounted, journal):
     procs = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, db, w, str(n)]) for w in ("A", "B")]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert con.execute("SELECT who, count(*), sum(n) FROM t GROUP BY who ORDER BY who").fetchall() == [
-        ("A", n, n * (n - 1) // 2), ("B", n, n * (n - 1) // 2)]
+        ("A", n, n * (n - 1) // 2),
+        ("B", n, n * (n - 1) // 2),
+    ]
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
     mounted.remount()

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import raises_errno, sealfs  # tests/fs/conftest.py
+
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import HEADER_SIZE as LOCAL_PREFIX
 from sealfs.volume import Volume
@@ -93,9 +93,13 @@ class Hands:
         else:
             current = self.s3.head_object(Bucket=self.bucket, Key=self.prefix + key)["Metadata"]
             assert current["m"] != captured[1]["m"]
-            self.s3.copy_object(Bucket=self.bucket, Key=self.prefix + key,
-                                CopySource={"Bucket": self.bucket, "Key": self.prefix + key},
-                                Metadata={**current, "m": captured[1]["m"]}, MetadataDirective="REPLACE")
+            self.s3.copy_object(
+                Bucket=self.bucket,
+                Key=self.prefix + key,
+                CopySource={"Bucket": self.bucket, "Key": self.prefix + key},
+                Metadata={**current, "m": captured[1]["m"]},
+                MetadataDirective="REPLACE",
+            )
 
     def delete(self, key: str) -> None:
         if self.s3 is None:

@@ -153,8 +153,12 @@ def users() -> dict[str, User]:
         try:
             pw = pwd.getpwnam(name)
         except KeyError:
-            proc = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                                  capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode not in (0, 9):  # 9: created meanwhile by another session
                 pytest.fail(f"useradd {name} failed: {proc.stderr.strip()}")
             pw = pwd.getpwnam(name)
@@ -195,8 +199,10 @@ def shop() -> Iterator[Shop]:
     gcc = _tool("gcc")
     _tool("setpriv")
     if not os.access(SYSTEM_PYTHON, os.X_OK):
-        pytest.fail(f"{SYSTEM_PYTHON} is missing (the business script needs an interpreter every user may run; "
-                    "scripts/setup installs python3)")
+        pytest.fail(
+            f"{SYSTEM_PYTHON} is missing (the business script needs an interpreter every user may run; "
+            "scripts/setup installs python3)"
+        )
     top = Path(tempfile.mkdtemp(prefix="sealfs-policy-", dir="/tmp"))
     try:
         top.chmod(0o755)
@@ -207,11 +213,15 @@ def shop() -> Iterator[Shop]:
         src = top / "program.c"
         src.write_text(PROGRAM_C)
         for w in ("customer", "payments", "frontend"):
-            subprocess.run([gcc, "-O1", "-o", str(bindir / w), f'-DWORKLOAD="{w}"', str(src)], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [gcc, "-O1", "-o", str(bindir / w), f'-DWORKLOAD="{w}"', str(src)], check=True, capture_output=True
+            )
         (top / "noop.c").write_text("void sealfs_test_noop(void) {}\n")
-        subprocess.run([gcc, "-shared", "-fPIC", "-o", str(bindir / "libnoop.so"), str(top / "noop.c")], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [gcc, "-shared", "-fPIC", "-o", str(bindir / "libnoop.so"), str(top / "noop.c")],
+            check=True,
+            capture_output=True,
+        )
         (bindir / "business.py").write_text(BUSINESS_PY)
         for p in bindir.iterdir():
             p.chmod(0o755)
@@ -223,8 +233,14 @@ def shop() -> Iterator[Shop]:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def run_as(user: User | None, argv: list[str], *, env: dict | None = None, wrapper: list[str] | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess:
+def run_as(
+    user: User | None,
+    argv: list[str],
+    *,
+    env: dict | None = None,
+    wrapper: list[str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess:
     """Run ``argv`` as ``user`` (setpriv: uid, gid, no supplementary
     groups), in a clean environment plus ``env``, with umask 0 (files it
     creates are writable by all, so the file modes never refuse);
@@ -232,8 +248,16 @@ def run_as(user: User | None, argv: list[str], *, env: dict | None = None, wrapp
     cmd = list(wrapper or []) + list(argv)
     if user is not None:
         cmd = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**CLEAN_ENV, **(env or {})}, timeout=timeout,
-                          cwd="/", umask=0, check=False)
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**CLEAN_ENV, **(env or {})},
+        timeout=timeout,
+        cwd="/",
+        umask=0,
+        check=False,
+    )
 
 
 def wait_exec(pid: int, exe: str) -> None:
@@ -262,8 +286,8 @@ def man_page_example() -> str:
     """The policy in the EXAMPLE section of sealfs-policy(5), as a reader
     copies it from the rendered page (roff escapes undone)."""
     text = MAN_POLICY.read_text()
-    section = text[text.index("\n.SH EXAMPLE"):]
-    body = section[section.index("\n.EX\n") + 5: section.index("\n.EE\n")]
+    section = text[text.index("\n.SH EXAMPLE") :]
+    body = section[section.index("\n.EX\n") + 5 : section.index("\n.EE\n")]
     for esc, plain in ((r"\-", "-"), (r"\e", "\\"), (r"\&", ""), (r"\(em", "\u2014")):
         body = body.replace(esc, plain)
     return body + "\n"
@@ -306,8 +330,7 @@ class PolicyMount(Mount):
 
     def denials(self, **match) -> list[dict]:
         """Audit denials whose fields equal ``match`` (``path`` inside the volume)."""
-        return [a for a in self.audit() if a.get("decision") == "deny"
-                and all(a.get(k) == v for k, v in match.items())]
+        return [a for a in self.audit() if a.get("decision") == "deny" and all(a.get(k) == v for k, v in match.items())]
 
 
 @pytest.fixture
@@ -326,13 +349,27 @@ def make_policy_mount(make_store_spec, store_kind, shop: Shop, tmp_path: Path, r
         n = next(counter)
         spec = make_store_spec()
         keyfile = tmp_path / f"key{n}"
-        sealfs("init", spec.url, "--keyfile", str(keyfile),
-               *(["-o", ",".join(f"{k}={v}" for k, v in spec.options.items())] if spec.options else []))
+        sealfs(
+            "init",
+            spec.url,
+            "--keyfile",
+            str(keyfile),
+            *(["-o", ",".join(f"{k}={v}" for k, v in spec.options.items())] if spec.options else []),
+        )
         mnt = Path(tempfile.mkdtemp(prefix=f"{store_kind}-", dir=shop.mounts))
         mnt.chmod(0o755)
-        m = PolicyMount(mnt, spec.url, dict(spec.options), keyfile, tmp_path / f"daemon{n}.log", tmp_path / f"cache{n}",
-                        ["allow_other", *(extra or [])], spec=spec, policy_file=tmp_path / f"policy{n}.toml",
-                        audit_file=tmp_path / f"audit{n}.log")
+        m = PolicyMount(
+            mnt,
+            spec.url,
+            dict(spec.options),
+            keyfile,
+            tmp_path / f"daemon{n}.log",
+            tmp_path / f"cache{n}",
+            ["allow_other", *(extra or [])],
+            spec=spec,
+            policy_file=tmp_path / f"policy{n}.toml",
+            audit_file=tmp_path / f"audit{n}.log",
+        )
         m.set_policy(policy_text)
         mounts.append(m)
         m.mount()
@@ -356,8 +393,10 @@ def errno_name(code: int) -> str:
 
 def assert_refused(proc: subprocess.CompletedProcess, code: int, what: str) -> None:
     """The program failed with errno ``code`` (its exit status)."""
-    assert proc.returncode == code, (f"{what}: expected {errno_name(code)}, got exit status {proc.returncode}; "
-                                     f"stdout {proc.stdout!r}, stderr {proc.stderr!r}")
+    assert proc.returncode == code, (
+        f"{what}: expected {errno_name(code)}, got exit status {proc.returncode}; "
+        f"stdout {proc.stdout!r}, stderr {proc.stderr!r}"
+    )
 
 
 def assert_ok(proc: subprocess.CompletedProcess, what: str) -> None:
@@ -376,6 +415,6 @@ def rewrite_workloads(text: str, values: dict[str, dict[str, str]]) -> str:
             current = None
         k = re.match(r"(\s*)([a-z_0-9]+)\s*=", line)
         if current in values and k and k.group(2) in values[current]:
-            line = f'{k.group(1)}{k.group(2)} = {json.dumps(values[current][k.group(2)])}'
+            line = f"{k.group(1)}{k.group(2)} = {json.dumps(values[current][k.group(2)])}"
         out.append(line)
     return "\n".join(out) + "\n"

@@ -14,8 +14,16 @@ FRONT = Identity(pid=4242, uid=33, gid=33, exe="/opt/shop/bin/frontend", exe_sha
 
 
 def deny(path="/payments/jan.csv", op="read", workloads=("frontend",)) -> Decision:
-    return Decision(False, op, path, tuple(workloads), None, None, False,
-                    "no rule allows read on this path to frontend (default deny)")
+    return Decision(
+        False,
+        op,
+        path,
+        tuple(workloads),
+        None,
+        None,
+        False,
+        "no rule allows read on this path to frontend (default deny)",
+    )
 
 
 class Clock:
@@ -38,9 +46,20 @@ def test_a_denial_is_one_json_line_with_every_field(tmp_path):
     log.close()
     (a, b) = lines(tmp_path / "audit.log")
     assert a == {
-        "time": "2026-01-01T00:00:00.250Z", "decision": "deny", "op": "read", "path": "/payments/jan.csv",
-        "pid": 4242, "uid": 33, "gid": 33, "exe": "/opt/shop/bin/frontend", "sha256": "c" * 64, "script": None,
-        "workload": ["frontend"], "rule": None, "rule_line": None, "hide": False,
+        "time": "2026-01-01T00:00:00.250Z",
+        "decision": "deny",
+        "op": "read",
+        "path": "/payments/jan.csv",
+        "pid": 4242,
+        "uid": 33,
+        "gid": 33,
+        "exe": "/opt/shop/bin/frontend",
+        "sha256": "c" * 64,
+        "script": None,
+        "workload": ["frontend"],
+        "rule": None,
+        "rule_line": None,
+        "hide": False,
         "reason": "no rule allows read on this path to frontend (default deny)",
     }
     assert (b["decision"], b["rule"], b["rule_line"]) == ("allow", 5, 41)
@@ -95,8 +114,9 @@ def test_suppressed_counts_are_written_at_close_and_when_a_window_ends_on_the_ne
 
 def test_keys_are_bounded(tmp_path):
     clock = Clock()
-    log = AuditLog(str(tmp_path / "audit.log"), burst=1, identity_burst=1000, uid_burst=1000, window=10.0,
-                   max_keys=10, clock=clock)
+    log = AuditLog(
+        str(tmp_path / "audit.log"), burst=1, identity_burst=1000, uid_burst=1000, window=10.0, max_keys=10, clock=clock
+    )
     for n in range(100):
         log.record(deny(path=f"/p/{n}"), FRONT)
         log.record(deny(path=f"/p/{n}"), FRONT)
@@ -184,5 +204,5 @@ def test_syslog(tmp_path):
         log.close()
     # <priority>: facility authpriv (10) * 8 + warning (4) = 84
     assert datagram.startswith("<84>sealfs-audit: {")
-    body = json.loads(datagram[len("<84>sealfs-audit: "):].rstrip("\0"))
+    body = json.loads(datagram[len("<84>sealfs-audit: ") :].rstrip("\0"))
     assert body["decision"] == "deny" and body["path"] == "/payments/jan.csv"

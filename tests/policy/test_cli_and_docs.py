@@ -33,8 +33,12 @@ def test_check_refuses_with_file_line_and_reason(tmp_path):
     assert proc.returncode == 2
     err = proc.stderr.decode().strip().splitlines()
     line = next(n for n, text in enumerate(f.read_text().splitlines(), 1) if "lsit" in text)
-    assert err == [(f"sealfs: {f}:{line}: unknown operation 'lsit' in deny of rule 6; operations are read, write, "
-                    "create, delete, list, rename, setattr, xattr")]
+    assert err == [
+        (
+            f"sealfs: {f}:{line}: unknown operation 'lsit' in deny of rule 6; operations are read, write, "
+            "create, delete, list, rename, setattr, xattr"
+        )
+    ]
 
 
 def test_explain_a_running_process(tmp_path):
@@ -62,11 +66,31 @@ allow = ["read", "list"]
         assert "workload nobody (line 7): no: uid" in text
         assert "rule 1 (line 10) matches the path; applies to sleeper: allow read" in text
         assert text.strip().endswith("decision: ALLOW read /data/x.csv: rule 1 (line 10) allows read to sleeper")
-        denied = sealfs("policy", "explain", "--policy", str(f), "--pid", str(proc.pid), "--op", "write",
-                        "data/../data/x.csv", check=False)
+        denied = sealfs(
+            "policy",
+            "explain",
+            "--policy",
+            str(f),
+            "--pid",
+            str(proc.pid),
+            "--op",
+            "write",
+            "data/../data/x.csv",
+            check=False,
+        )
         assert denied.returncode == 2 and "starting with /" in denied.stderr.decode()
-        denied = sealfs("policy", "explain", "--policy", str(f), "--pid", str(proc.pid), "--op", "write",
-                        "/data/../data/x.csv", check=False)
+        denied = sealfs(
+            "policy",
+            "explain",
+            "--policy",
+            str(f),
+            "--pid",
+            str(proc.pid),
+            "--op",
+            "write",
+            "/data/../data/x.csv",
+            check=False,
+        )
         assert denied.returncode == 1
         assert "decision: DENY write /data/x.csv: no rule allows write" in denied.stdout.decode()
     finally:
@@ -90,11 +114,13 @@ def _page() -> str:
 def test_every_operation_and_selector_is_an_item_of_the_page():
     page = _page()
     for op in rules.OPERATIONS:
-        assert re.search(rf"^\.TP(?: \d+)?\n\.B {op}\n", page, re.MULTILINE), f"operation {op} is not an item of the page"
+        assert re.search(rf"^\.TP(?: \d+)?\n\.B {op}\n", page, re.MULTILINE), (
+            f"operation {op} is not an item of the page"
+        )
     for sel in rules.SELECTORS:
-        assert re.search(rf'^\.(?:BI|B) {sel}\b', page, re.MULTILINE), f"selector {sel} is not an item of the page"
+        assert re.search(rf"^\.(?:BI|B) {sel}\b", page, re.MULTILINE), f"selector {sel} is not an item of the page"
     for key in rules.RULE_KEYS:
-        assert re.search(rf'^\.(?:BI|B) {key}\b', page, re.MULTILINE), f"rule key {key} is not an item of the page"
+        assert re.search(rf"^\.(?:BI|B) {key}\b", page, re.MULTILINE), f"rule key {key} is not an item of the page"
 
 
 def test_every_injection_variable_is_listed():
@@ -113,6 +139,11 @@ def test_the_example_keeps_its_scenario():
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_the_page_renders_without_warnings():
-    out = subprocess.run(["groff", "-man", "-ww", "-z", str(MAN_POLICY)], capture_output=True, text=True,
-                         env={**os.environ, "LC_ALL": "C"}, check=False)
+    out = subprocess.run(
+        ["groff", "-man", "-ww", "-z", str(MAN_POLICY)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C"},
+        check=False,
+    )
     assert out.returncode == 0 and out.stdout + out.stderr == "", out.stderr

@@ -203,8 +203,15 @@ def lab(users) -> Iterator[Lab]:
         bindir, own = top / "bin", top / "home"
         bindir.mkdir(mode=0o755)
         own.mkdir(mode=0o755)
-        for name, src in (("waiter", WAITER_C), ("anon", ANON_C), ("dlopener", DLOPEN_C), ("execer", EXECER_C),
-                          ("execee", WAITER_C), ("eraser", ERASER_C), ("vforker", VFORKER_C)):
+        for name, src in (
+            ("waiter", WAITER_C),
+            ("anon", ANON_C),
+            ("dlopener", DLOPEN_C),
+            ("execer", EXECER_C),
+            ("execee", WAITER_C),
+            ("eraser", ERASER_C),
+            ("vforker", VFORKER_C),
+        ):
             _cc(bindir / name, src, "-ldl")
         _cc(own / "libhider.so", HIDER_C, "-shared", "-fPIC")
         _cc(own / "libaudit.so", AUDIT_C, "-shared", "-fPIC")
@@ -222,8 +229,9 @@ def lab(users) -> Iterator[Lab]:
 
 
 @contextlib.contextmanager
-def attack(user: User | None, argv: list[str], *, env: dict | None = None, ready: bool = True,
-           exe: str | None = None) -> Iterator[subprocess.Popen]:
+def attack(
+    user: User | None, argv: list[str], *, env: dict | None = None, ready: bool = True, exe: str | None = None
+) -> Iterator[subprocess.Popen]:
     """``argv`` running as ``user`` until the block ends, with ``env``
     added to its environment (by env(1), so that a preload is not the
     one of setpriv); waits for its "ready" line, or (``ready=False``)
@@ -445,9 +453,14 @@ def test_a_daemon_that_cannot_read_map_files_trusts_no_code(lab):
     """map_files needs CAP_SYS_ADMIN: a daemon without it (here: an
     Identifier run as the attacker's uid, on his own process) cannot tell
     whose code runs, and says so; no_preload then refuses."""
-    out = subprocess.run([sys.executable, "-c", IDENTIFY_AS, str(lab.attacker.uid), str(lab.attacker.gid),
-                          lab.prog("waiter")], capture_output=True, text=True, timeout=60,
-                         env={**CLEAN_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", IDENTIFY_AS, str(lab.attacker.uid), str(lab.attacker.gid), lab.prog("waiter")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**CLEAN_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     valid, exe, problem = out.stdout.splitlines()
     assert (valid, exe) == ("True", lab.prog("waiter"))
@@ -547,8 +560,7 @@ def test_a_vfork_child_that_execs_gets_a_new_identity(lab):
     maps descriptor opened on it then still reads afterwards (the parent
     keeps it alive): the new layout of the child tells the exec."""
     ident = Identifier(stable_ttl=3600)
-    with attack(lab.attacker, [lab.prog("vforker"), lab.prog("execee")], ready=False,
-                exe=lab.prog("vforker")) as p:
+    with attack(lab.attacker, [lab.prog("vforker"), lab.prog("execee")], ready=False, exe=lab.prog("vforker")) as p:
         child = int(p.stdout.readline())
         first = ident.identify(child, lab.attacker.uid, lab.attacker.gid)
         assert first.exe == lab.prog("vforker")
@@ -579,8 +591,7 @@ def test_exec_of_the_same_program_is_looked_at_again(lab):
 
 SERVICE_PY = "print('ready', flush=True)\nimport sys\nsys.stdin.read()\n"
 # code the attacker gets run, which then erases its traces from the environment and the command line
-SNEAKY = ("import os\n"
-          "open(os.environ.get('SEALFS_MARK', '/dev/null'), 'w').write('ran')\n")
+SNEAKY = "import os\nopen(os.environ.get('SEALFS_MARK', '/dev/null'), 'w').write('ran')\n"
 
 
 def _python_lab(lab: Lab) -> tuple[Path, str]:
@@ -588,15 +599,18 @@ def _python_lab(lab: Lab) -> tuple[Path, str]:
     script.write_text(SERVICE_PY)
     script.chmod(0o644)
     digest = hashlib.sha256(script.read_bytes()).hexdigest()
-    return script, policy(lab, exe=f'"{PYTHON}"', script=f'"{script}"', script_sha256=f'"{digest}"',
-                          no_preload="true")
+    return script, policy(lab, exe=f'"{PYTHON}"', script=f'"{script}"', script_sha256=f'"{digest}"', no_preload="true")
 
 
 def _attacker_home(lab: Lab, name: str) -> Path:
     """A HOME whose user site-packages hold a .pth and usercustomize."""
     home = lab.own / name
-    ver = subprocess.run([PYTHON, "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    ver = subprocess.run(
+        [PYTHON, "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     site = home / ".local" / "lib" / f"python{ver}" / "site-packages"
     site.mkdir(parents=True, exist_ok=True)
     (site / "usercustomize.py").write_text(SNEAKY)
@@ -638,8 +652,11 @@ def test_isolated_python_is_allowed_and_ignores_the_callers_files(lab):
     script, text = _python_lab(lab)
     home = _attacker_home(lab, "home2")
     mark = lab.own / "mark-isolated"
-    with attack(lab.attacker, [PYTHON, "-I", str(script)],
-                env={"HOME": str(home), "PYTHONPATH": str(home), "SEALFS_MARK": str(mark)}) as p:
+    with attack(
+        lab.attacker,
+        [PYTHON, "-I", str(script)],
+        env={"HOME": str(home), "PYTHONPATH": str(home), "SEALFS_MARK": str(mark)},
+    ) as p:
         i = identify(p, lab.attacker)
     assert not mark.exists(), "python -I ran the attacker's code"
     assert i.preload == (), "python -I ignores PYTHONPATH"
@@ -676,19 +693,22 @@ def test_policy_check_warns_that_python_with_no_preload_needs_minus_I(lab):
     assert not any("-I" in w for w in parse_policy(policy(lab, exe=f'"{SLEEP}"', no_preload="true")).warnings)
 
 
-@pytest.mark.parametrize("argv, risks", [
-    (["python3", "-I", "app.py"], 0),
-    (["python3", "-Es", "app.py"], 0),
-    (["python3", "-E", "-s", "-B", "app.py"], 0),
-    (["python3", "-IWignore", "app.py"], 0),
-    (["python3", "-W", "ignore", "-I", "app.py"], 0),
-    (["python3", "app.py", "-I"], 1),          # an argument of the script, not of python
-    (["python3", "-E", "app.py"], 1),
-    (["python3", "-Ii", "app.py"], 1),
-    (["python3", "-i", "app.py"], 2),
-    (["python3", "-c", "-I"], 1),
-    (["python3", "-X", "-I", "app.py"], 1),    # -I is the value of -X here
-])
+@pytest.mark.parametrize(
+    "argv, risks",
+    [
+        (["python3", "-I", "app.py"], 0),
+        (["python3", "-Es", "app.py"], 0),
+        (["python3", "-E", "-s", "-B", "app.py"], 0),
+        (["python3", "-IWignore", "app.py"], 0),
+        (["python3", "-W", "ignore", "-I", "app.py"], 0),
+        (["python3", "app.py", "-I"], 1),  # an argument of the script, not of python
+        (["python3", "-E", "app.py"], 1),
+        (["python3", "-Ii", "app.py"], 1),
+        (["python3", "-i", "app.py"], 2),
+        (["python3", "-c", "-I"], 1),
+        (["python3", "-X", "-I", "app.py"], 1),  # -I is the value of -X here
+    ],
+)
 def test_python_startup_flags(argv, risks):
     assert len(python_startup(b"\0".join(a.encode() for a in argv) + b"\0")) == risks
 
@@ -699,14 +719,17 @@ def test_python_startup_flags(argv, risks):
 @pytest.mark.parametrize("store_kind", ["local"])
 def test_through_a_mount_the_hiding_preload_and_the_lent_path_read_nothing(lab, make_policy_mount):
     allowed = lab.prog("reader")
-    _cc(lab.bin / "reader", r"""
+    _cc(
+        lab.bin / "reader",
+        r"""
 #include <stdio.h>
 int main(int argc, char **argv) {
     char buf[256]; size_t n; FILE *f = fopen(argv[1], "r");
     if (!f) { perror(argv[1]); return 13; }
     n = fread(buf, 1, sizeof buf, f); fwrite(buf, 1, n, stdout); return 0;
 }
-""")
+""",
+    )
     os.chmod(allowed, 0o755)
     text = f"""
 [workloads.setup]
@@ -751,8 +774,10 @@ allow = ["read", "list"]
     target = str(m.path / "front" / "secret")
     assert_ok(run_as(lab.attacker, ["unshare", "-Urm", allowed, target]), "control: the program in a namespace")
     # the front workload (no hash, no no_preload): cat under the allowed name, in a namespace of its own
-    lent = run_as(lab.attacker, ["unshare", "-Urm", "sh", "-c",
-                                 f'mount --bind "{CAT}" "{allowed}" && exec "{allowed}" "{target}"'])
+    lent = run_as(
+        lab.attacker,
+        ["unshare", "-Urm", "sh", "-c", f'mount --bind "{CAT}" "{allowed}" && exec "{allowed}" "{target}"'],
+    )
     assert "the secret" not in lent.stdout
     assert lent.returncode != 0, lent
     assert any("deleted or replaced" in a["reason"] for a in m.denials(path="/front/secret"))

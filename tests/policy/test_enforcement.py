@@ -144,8 +144,9 @@ def test_each_operation_needs_its_permission(make_policy_mount, tmp_path):
     refused(errno.ENOENT, os.stat, mnt / "hidden")
     refused(errno.ENOENT, open, mnt / "hidden" / "f")
     assert sorted(os.listdir(mnt)) == ["keep", "ro", "rw", "x"]
-    assert run_as(None, [TOOLS["cp"], str(mnt / "hidden" / "f"), str(tmp_path / "copy")]).returncode == 0, \
+    assert run_as(None, [TOOLS["cp"], str(mnt / "hidden" / "f"), str(tmp_path / "copy")]).returncode == 0, (
         "setup is not hidden from"
+    )
 
     # root running another program is in no workload
     proc = run_as(None, ["cat", str(mnt / "rw" / "f")])
@@ -153,9 +154,20 @@ def test_each_operation_needs_its_permission(make_policy_mount, tmp_path):
 
     # every refusal above is in the audit log, with the operation that was missing
     seen = {(a["op"], a["path"]) for a in m.denials(workload=["me"])}
-    for expected in [("write", "/ro/f"), ("setattr", "/ro/f"), ("create", "/ro/new"), ("create", "/ro/d"),
-                     ("delete", "/ro/f"), ("read", "/rw/secret1"), ("delete", "/keep/f"), ("delete", "/keep/d"),
-                     ("delete", "/keep/moved"), ("rename", "/ro/a"), ("xattr", "/rw/f"), ("lookup", "/hidden")]:
+    for expected in [
+        ("write", "/ro/f"),
+        ("setattr", "/ro/f"),
+        ("create", "/ro/new"),
+        ("create", "/ro/d"),
+        ("delete", "/ro/f"),
+        ("read", "/rw/secret1"),
+        ("delete", "/keep/f"),
+        ("delete", "/keep/d"),
+        ("delete", "/keep/moved"),
+        ("rename", "/ro/a"),
+        ("xattr", "/rw/f"),
+        ("lookup", "/hidden"),
+    ]:
         assert expected in seen, f"no audit line for {expected}: {sorted(seen)}"
     assert m.denials(op="read", path="/rw/f", exe=os.path.realpath(shutil.which("cat")), workload=[])
 
@@ -180,11 +192,12 @@ def test_an_invalid_policy_is_refused_before_mounting(make_policy_mount, tmp_pat
     proc = sealfs("mount", m.url, str(other), "-o", m.options() + f",policy={bad}", check=False)
     err = proc.stderr.decode().strip()
     assert proc.returncode == 2, err
-    assert err == f"sealfs: {bad}:7: unknown operation 'reed' in allow of rule 1; operations are read, write, " \
-                  "create, delete, list, rename, setattr, xattr"
+    assert (
+        err == f"sealfs: {bad}:7: unknown operation 'reed' in allow of rule 1; operations are read, write, "
+        "create, delete, list, rename, setattr, xattr"
+    )
     assert not is_mounted(other)
-    proc = sealfs("mount", m.url, str(other), "-o", m.options() + f",policy={tmp_path / 'missing.toml'}",
-                  check=False)
+    proc = sealfs("mount", m.url, str(other), "-o", m.options() + f",policy={tmp_path / 'missing.toml'}", check=False)
     assert proc.returncode == 2 and "cannot read the policy file" in proc.stderr.decode()
     assert not is_mounted(other)
 
@@ -197,7 +210,7 @@ def test_readdir_filters_only_what_is_hidden_from_the_opener(make_policy_mount, 
 exe = "{PY}"
 uid = 0
 [workloads.frontend]
-uid = {users['frontend'].uid}
+uid = {users["frontend"].uid}
 [[rule]]
 paths = ["/**"]
 workloads = ["me", "frontend"]
@@ -228,8 +241,7 @@ def test_kernel_requests_and_vanished_callers_are_denied():
     from sealfs.policy.guard import Guard, PolicyDenied
     from sealfs.policy.rules import parse_policy
 
-    g = Guard(parse_policy(f'[workloads.w]\nuid = 0\n[[rule]]\npaths = ["/**"]\nworkloads = ["w"]\n'
-                           f'allow = {ALL}\n'))
+    g = Guard(parse_policy(f'[workloads.w]\nuid = 0\n[[rule]]\npaths = ["/**"]\nworkloads = ["w"]\nallow = {ALL}\n'))
     g.check(os.getpid(), 0, 0, ("read",), "/x")
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
@@ -237,8 +249,9 @@ def test_kernel_requests_and_vanished_callers_are_denied():
     finally:
         sleeper.kill()
         sleeper.wait()
-    nobody = Guard(parse_policy('[workloads.w]\nuid = 12345\n[[rule]]\npaths = ["/**"]\nworkloads = ["w"]\n'
-                                'allow = ["read"]\n'))
+    nobody = Guard(
+        parse_policy('[workloads.w]\nuid = 12345\n[[rule]]\npaths = ["/**"]\nworkloads = ["w"]\nallow = ["read"]\n')
+    )
     nobody.check(os.getpid(), 0, 0, ("read",), "/x")  # the daemon itself, though in no workload
     for pid in (0, sleeper.pid):
         for guard in (g, nobody):
@@ -286,8 +299,7 @@ hide = true
     f.write_text("old\n")
     os.chown(f, front.uid, front.gid)  # its owner: the file modes would let it chmod
     os.chmod(f, 0o4666)
-    wrote = run_as(front, ["/usr/bin/python3", "-c",
-                           f"f = open({str(f)!r}, 'r+'); f.write('new'); f.close()"])
+    wrote = run_as(front, ["/usr/bin/python3", "-c", f"f = open({str(f)!r}, 'r+'); f.write('new'); f.close()"])
     assert wrote.returncode == 0, wrote.stderr
     assert f.read_text() == "new\n"
     assert os.stat(f).st_mode & 0o7777 == 0o666, "the kernel cleared the set-user-ID bit"

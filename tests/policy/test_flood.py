@@ -75,14 +75,17 @@ def test_a_denied_process_making_new_names_cannot_flood_the_audit_log(make_polic
     executable and how many denials it dropped."""
     front = users["frontend"]
     creator = build(shop, "creator", CREATOR_C)
-    m = open_drop_box(make_policy_mount, f"""
+    m = open_drop_box(
+        make_policy_mount,
+        f"""
 [workloads.frontend]
 uid = {front.uid}
 [[rule]]
 paths = ["/**"]
 workloads = ["frontend"]
 allow = ["list"]
-""")
+""",
+    )
     tries = 3000
     proc = run_as(front, [creator, str(m.path / "box"), str(tries)], timeout=600)
     assert proc.returncode == 0, f"a create was not refused with EACCES: {proc.stdout} {proc.stderr}"
@@ -174,9 +177,11 @@ def test_files_the_policy_cannot_need_are_not_hashed(tmp_path):
     from sealfs.policy.identity import Identifier
     from sealfs.policy.rules import parse_policy
 
-    policy = parse_policy(f'[workloads.a]\nuid = 4321\nexe_sha256 = "{"0" * 64}"\n'
-                          f'[workloads.b]\nexe = "/opt/b"\nexe_sha256 = "{"0" * 64}"\n'
-                          '[[rule]]\npaths = ["/**"]\nworkloads = ["a", "b"]\nallow = ["read"]\n')
+    policy = parse_policy(
+        f'[workloads.a]\nuid = 4321\nexe_sha256 = "{"0" * 64}"\n'
+        f'[workloads.b]\nexe = "/opt/b"\nexe_sha256 = "{"0" * 64}"\n'
+        '[[rule]]\npaths = ["/**"]\nworkloads = ["a", "b"]\nallow = ["read"]\n'
+    )
     assert policy.needs_hash("exe", 4321, "/usr/bin/anything")
     assert policy.needs_hash("exe", 1, "/opt/b") and not policy.needs_hash("exe", 1, "/usr/bin/cat")
     assert not policy.needs_hash("script", 4321, "/x.py")
@@ -254,17 +259,37 @@ allow = ["read", "list"]
     try:
         for j in range(12):
             size, prog = ((48 << 20), progs["python3"]) if j else ((1 << 30), progs["python3.99"])
-            env = {**CLEAN_ENV, "SIZE": str(size), "FILE": str(huge / f"f{j}"), "PROG": str(prog),
-                   "DIR": str(m.path / f"d{j}"), "ERR": str(err)}
-            loops.append(subprocess.Popen(
-                ["setpriv", f"--reuid={front.uid}", f"--regid={front.gid}", "--clear-groups", "sh", "-c", ATTACK_SH],
-                env=env, cwd="/", start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            env = {
+                **CLEAN_ENV,
+                "SIZE": str(size),
+                "FILE": str(huge / f"f{j}"),
+                "PROG": str(prog),
+                "DIR": str(m.path / f"d{j}"),
+                "ERR": str(err),
+            }
+            loops.append(
+                subprocess.Popen(
+                    [
+                        "setpriv",
+                        f"--reuid={front.uid}",
+                        f"--regid={front.gid}",
+                        "--clear-groups",
+                        "sh",
+                        "-c",
+                        ATTACK_SH,
+                    ],
+                    env=env,
+                    cwd="/",
+                    start_new_session=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
 
         def refused(words: str):
             return [a for a in m.denials(uid=front.uid) if words in a["reason"]]
 
-        wait_for(lambda: refused("hashes in progress"),
-                 "the attacker to be refused by the hashing budget")
+        wait_for(lambda: refused("hashes in progress"), "the attacker to be refused by the hashing budget")
         wait_for(lambda: refused("above the 64.0 MiB that sealfs hashes"), "a refusal by the size limit")
         for _ in range(3):
             got = run_as(None, [cat, str(m.path / "data")])
@@ -277,7 +302,8 @@ allow = ["read", "list"]
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         for p in loops:  # (and every ls it started: none may keep the mount busy)
-            wait_for(lambda: not group_alive(p.pid), "the attack's processes to exit")
+            pgid = p.pid
+            wait_for(lambda pgid=pgid: not group_alive(pgid), "the attack's processes to exit")
     assert refused("was not hashed")[0]["reason"].startswith("the caller cannot be identified: the script ")
 
 
@@ -323,8 +349,11 @@ def test_max_hash_mib_is_checked_and_applied_at_mount_and_reload(tmp_path):
 
     body = '[workloads.w]\nuid = 0\n[[rule]]\npaths = ["/**"]\nworkloads = ["w"]\nallow = ["read"]\n'
     for bad in ("0", "1.5", '"64M"', "true", "16385"):
-        with pytest.raises(PolicyError, match=r"^p\.toml:1: max_hash_mib = .*: give a whole number of MiB from 1 "
-                                              r"to 16384"):
+        with pytest.raises(
+            PolicyError,
+            match=r"^p\.toml:1: max_hash_mib = .*: give a whole number of MiB from 1 "
+            r"to 16384",
+        ):
             parse_policy(f"max_hash_mib = {bad}\n" + body, "p.toml")
     f = tmp_path / "policy.toml"
     f.write_text("max_hash_mib = 1\n" + body)

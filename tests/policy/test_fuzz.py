@@ -16,10 +16,26 @@ from sealfs.policy.rules import OPERATIONS, SELECTORS, Policy, PolicyError, pars
 
 from .policyhelp import man_page_example
 
-KEYS = ["audit", "workloads", "rule", "paths", "allow", "deny", "hide", "w", "payments", "x", "", "a b",
-        *SELECTORS]
-STRINGS = ["deny", "all", "/", "/**", "/a/**", "/a/*.csv", "/a/[b", "a", "", "w", "payments", "root",
-           "/usr/bin/cat", "a" * 64, "/a//b", "/a/**b", *OPERATIONS]
+KEYS = ["audit", "workloads", "rule", "paths", "allow", "deny", "hide", "w", "payments", "x", "", "a b", *SELECTORS]
+STRINGS = [
+    "deny",
+    "all",
+    "/",
+    "/**",
+    "/a/**",
+    "/a/*.csv",
+    "/a/[b",
+    "a",
+    "",
+    "w",
+    "payments",
+    "root",
+    "/usr/bin/cat",
+    "a" * 64,
+    "/a//b",
+    "/a/**b",
+    *OPERATIONS,
+]
 
 
 def toml_key(k: str) -> str:
@@ -41,28 +57,41 @@ def toml_value(v) -> str:
 
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)  # (TOML has no lone surrogates)
-scalars = st.one_of(st.booleans(), st.integers(-2**40, 2**40), st.floats(), st.sampled_from(STRINGS), text)
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                        st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)),
-                      max_leaves=20)
+scalars = st.one_of(st.booleans(), st.integers(-(2**40), 2**40), st.floats(), st.sampled_from(STRINGS), text)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)),
+    max_leaves=20,
+)
 # mostly plausible values, so that parsing gets past the first check
-selector_values = st.one_of(st.integers(0, 70000), st.sampled_from(STRINGS), st.booleans(),
-                            st.lists(st.sampled_from(STRINGS), max_size=3), values)
+selector_values = st.one_of(
+    st.integers(0, 70000),
+    st.sampled_from(STRINGS),
+    st.booleans(),
+    st.lists(st.sampled_from(STRINGS), max_size=3),
+    values,
+)
 workload = st.dictionaries(st.sampled_from(list(SELECTORS) + ["color"]), selector_values, max_size=4)
 names = st.sampled_from(["w", "w", "payments", "payments", "a b", ""])
-rule = st.fixed_dictionaries({}, optional={
-    "paths": st.one_of(st.lists(st.sampled_from(STRINGS), max_size=3), values),
-    "workloads": st.one_of(st.lists(names, max_size=3), values),
-    "allow": st.one_of(st.lists(st.sampled_from([*OPERATIONS, "reed"]), max_size=4), values),
-    "deny": st.one_of(st.lists(st.sampled_from([*OPERATIONS, "reed"]), max_size=4), values),
-    "hide": st.one_of(st.booleans(), values),
-    "why": values,
-})
-documents = st.fixed_dictionaries({}, optional={
-    "audit": st.one_of(st.sampled_from(["deny", "all"]), values),
-    "workloads": st.dictionaries(names, workload, max_size=3),
-    "rule": st.lists(rule, max_size=3),
-})
+rule = st.fixed_dictionaries(
+    {},
+    optional={
+        "paths": st.one_of(st.lists(st.sampled_from(STRINGS), max_size=3), values),
+        "workloads": st.one_of(st.lists(names, max_size=3), values),
+        "allow": st.one_of(st.lists(st.sampled_from([*OPERATIONS, "reed"]), max_size=4), values),
+        "deny": st.one_of(st.lists(st.sampled_from([*OPERATIONS, "reed"]), max_size=4), values),
+        "hide": st.one_of(st.booleans(), values),
+        "why": values,
+    },
+)
+documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "audit": st.one_of(st.sampled_from(["deny", "all"]), values),
+        "workloads": st.dictionaries(names, workload, max_size=3),
+        "rule": st.lists(rule, max_size=3),
+    },
+)
 
 
 def render(doc: dict) -> str:
@@ -117,13 +146,16 @@ def test_man_page_example_with_random_edits(data):
         at = data.draw(st.integers(0, len(text)))
         cut = data.draw(st.integers(0, 12))
         insert = data.draw(st.one_of(st.text(max_size=6), st.sampled_from(['"', "[", "]", "=", "\n", "**", ","])))
-        text = text[:at] + insert + text[at + cut:]
+        text = text[:at] + insert + text[at + cut :]
     check(text)
 
 
 def test_the_renderer_makes_valid_policies():
     """The document strategy can reach valid policies (else it would test
     only the first error path)."""
-    doc = {"audit": "all", "workloads": {"w": {"uid": 5}},
-           "rule": [{"paths": ["/a/**"], "workloads": ["w"], "allow": ["read"]}]}
+    doc = {
+        "audit": "all",
+        "workloads": {"w": {"uid": 5}},
+        "rule": [{"paths": ["/a/**"], "workloads": ["w"], "allow": ["read"]}],
+    }
     assert isinstance(parse_policy(render(doc)), Policy)

@@ -47,9 +47,12 @@ def _attach(user, pid: int) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("hardened", [True, False], ids=["harden", "control"])
 def test_harden_makes_a_process_unreadable_even_for_its_own_user(users, hardened):
     user = users["frontend"]
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(user.uid), str(user.gid),
-                             "harden" if hardened else "control"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env={**CLEAN_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(user.uid), str(user.gid), "harden" if hardened else "control"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**CLEAN_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     try:
         assert proc.stdout.readline() == b"ready\n"
         pid = proc.pid

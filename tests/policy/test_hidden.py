@@ -6,10 +6,11 @@ that exist (a directory, a file, a symlink) and on one that does not, all
 matched by the same hiding rule; the answers must be the same, and the
 objects of the store (keys, etags, metadata) the same before and after."""
 
+# ruff: noqa: E501 (the C prober below keeps one operation per line)
+
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
 
 from .policyhelp import run_as
@@ -100,27 +101,73 @@ int main(int argc, char **argv) {
 }
 """
 
-OPS = ["stat", "lstat", "access", "open_read", "open_write", "open_dir", "create_excl", "create", "create_trunc",
-       "mkdir", "mknod", "mkfifo", "symlink", "readlink", "link_to", "link_from", "rename_to", "rename_to_noreplace",
-       "rename_exchange", "rename_from", "unlink", "rmdir", "truncate", "chmod", "chown", "utimes", "setxattr",
-       "getxattr", "listxattr", "removexattr", "child_stat", "child_create", "child_mkdir"]
+OPS = [
+    "stat",
+    "lstat",
+    "access",
+    "open_read",
+    "open_write",
+    "open_dir",
+    "create_excl",
+    "create",
+    "create_trunc",
+    "mkdir",
+    "mknod",
+    "mkfifo",
+    "symlink",
+    "readlink",
+    "link_to",
+    "link_from",
+    "rename_to",
+    "rename_to_noreplace",
+    "rename_exchange",
+    "rename_from",
+    "unlink",
+    "rmdir",
+    "truncate",
+    "chmod",
+    "chown",
+    "utimes",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "child_stat",
+    "child_create",
+    "child_mkdir",
+]
 #: What an absent name under the hidden tree answers (and so what a hidden
 #: existing one must answer): the kernel's lookup says ENOENT, except for
 #: the calls that create the name, which the policy refuses with EACCES.
 #: (link is EPERM: sealfs has no hard links; mkfifo: no FIFOs either, but
 #: the policy refuses the create first.)
-EXPECTED = {op: errno.ENOENT for op in OPS} | {
-    op: errno.EACCES for op in ("create_excl", "create", "create_trunc", "mkdir", "mknod", "mkfifo", "symlink",
-                                "rename_to", "rename_to_noreplace")
-} | {"link_to": errno.EPERM}
+EXPECTED = (
+    {op: errno.ENOENT for op in OPS}
+    | {
+        op: errno.EACCES
+        for op in (
+            "create_excl",
+            "create",
+            "create_trunc",
+            "mkdir",
+            "mknod",
+            "mkfifo",
+            "symlink",
+            "rename_to",
+            "rename_to_noreplace",
+        )
+    }
+    | {"link_to": errno.EPERM}
+)
 
 
 def snapshot(spec) -> list[tuple]:
     """Every object of the store: key, size, etag and metadata."""
     store = spec.open()
     try:
-        return sorted((o.key, o.size, o.etag, tuple(sorted(store.head(o.key).metadata.items())))
-                      for o in store.list_all(""))
+        return sorted(
+            (o.key, o.size, o.etag, tuple(sorted(store.head(o.key).metadata.items()))) for o in store.list_all("")
+        )
     finally:
         store.close()
 
@@ -145,8 +192,7 @@ def test_hidden_names_answer_as_absent_ones_and_leave_the_store_alone(make_polic
     (box / "secret-link").symlink_to("secret-file")
     (box / "mine").write_text("mine")
     (box / "mine").chmod(0o666)
-    for d, names in (("with", ["m1", "secret-x", "secret-y", "t2"]), ("without", ["m1", "t2"]),
-                     ("only", ["secret-z"])):
+    for d, names in (("with", ["m1", "secret-x", "secret-y", "t2"]), ("without", ["m1", "t2"]), ("only", ["secret-z"])):
         (box / d).mkdir()
         for n in names:
             (box / d / n).write_text(n)
@@ -166,8 +212,12 @@ hide = true
     m.unmount()
     before = snapshot(m.spec)
     m.mount()
-    names = {"dir": box / "secret-dir", "file": box / "secret-file", "link": box / "secret-link",
-             "absent": box / "secret-none"}
+    names = {
+        "dir": box / "secret-dir",
+        "file": box / "secret-file",
+        "link": box / "secret-link",
+        "absent": box / "secret-none",
+    }
     results: dict[str, dict[str, int]] = {}
     for what, path in names.items():
         args = [str(probe), str(box / "mine")]
@@ -179,19 +229,29 @@ hide = true
     absent = results["absent"]
     assert absent == EXPECTED, {op: errno.errorcode.get(e, e) for op, e in absent.items() if EXPECTED[op] != e}
     for what in ("dir", "file", "link"):
-        differ = {op: (errno.errorcode.get(results[what][op]), errno.errorcode.get(absent[op]))
-                  for op in OPS if results[what][op] != absent[op]}
+        differ = {
+            op: (errno.errorcode.get(results[what][op]), errno.errorcode.get(absent[op]))
+            for op in OPS
+            if results[what][op] != absent[op]
+        }
         assert not differ, f"the hidden {what} answers otherwise than an absent name: {differ}"
     listing = run_as(front, ["ls", "-A1", str(box)])
     assert listing.stdout.split() == ["mine", "only", "with", "without"], listing
     offsets = [run_as(front, [str(probe), "--list", str(box / d)]).stdout for d in ("with", "without")]
-    assert offsets[0] == offsets[1] and offsets[0].split()[::2] == ["m1", "t2"], \
+    assert offsets[0] == offsets[1] and offsets[0].split()[::2] == ["m1", "t2"], (
         f"the offsets of a listing show where hidden names are: {offsets}"
+    )
     # The documented limit: a directory that holds only hidden names looks
     # empty, but cannot be removed (its hidden files are not deleted).
     only = run_as(front, [str(probe), str(box / "mine"), "open_dir", str(box / "only"), "rmdir", str(box / "only")])
-    assert only.stdout.split() == ["open_dir", str(box / "only"), "0", "rmdir", str(box / "only"),
-                                   str(errno.ENOTEMPTY)], only
+    assert only.stdout.split() == [
+        "open_dir",
+        str(box / "only"),
+        "0",
+        "rmdir",
+        str(box / "only"),
+        str(errno.ENOTEMPTY),
+    ], only
     assert run_as(front, ["ls", "-A", str(box / "only")]).stdout == ""
     visible = run_as(front, ["stat", "-c", "%h", str(box)])
     assert visible.stdout.strip() == "1", "the link count of /box would count its hidden subdirectory"
@@ -200,7 +260,6 @@ hide = true
     m.unmount()
     assert snapshot(m.spec) == before, "probing hidden names changed the store"
     assert "changed by another mount" not in m.log.read_text()
-
 
 
 def test_a_caller_that_cannot_be_identified_sees_nothing_any_rule_hides(make_policy_mount, shop, users):
@@ -216,10 +275,10 @@ def test_a_caller_that_cannot_be_identified_sees_nothing_any_rule_hides(make_pol
     text = f"""
 max_hash_mib = 1
 [workloads.frontend]
-uid = {users['frontend'].uid}
-script_sha256 = "{'0' * 64}"
+uid = {users["frontend"].uid}
+script_sha256 = "{"0" * 64}"
 [workloads.other]
-uid = {users['business'].uid}
+uid = {users["business"].uid}
 [[rule]]
 paths = ["/**"]
 workloads = ["frontend", "other"]

@@ -73,11 +73,15 @@ def test_an_exe_that_is_a_symbolic_link(tmp_path):
     target = os.path.realpath("/usr/bin/python3")
     assert target != "/usr/bin/python3", "this test needs /usr/bin/python3 to be a symbolic link"
     f = tmp_path / "p.toml"
-    f.write_text(SAFE + '\n[workloads.py]\nexe = "/usr/bin/python3"\nuid = 0\n\n[[rule]]\npaths = ["/x"]\n'
-                 'workloads = ["py"]\nallow = ["read"]\n')
+    f.write_text(
+        SAFE + '\n[workloads.py]\nexe = "/usr/bin/python3"\nuid = 0\n\n[[rule]]\npaths = ["/x"]\n'
+        'workloads = ["py"]\nallow = ["read"]\n'
+    )
     err = _check(f)
-    assert (f"exe '/usr/bin/python3' of workload 'py' is a symbolic link to {target}" in err
-            and f'write exe = "{target}"' in err), err
+    assert (
+        f"exe '/usr/bin/python3' of workload 'py' is a symbolic link to {target}" in err
+        and f'write exe = "{target}"' in err
+    ), err
 
 
 @LOCAL
@@ -102,8 +106,10 @@ def test_warnings_at_mount_and_at_reload(make_policy_mount):
     assert m.log.read_text().count("the policy file:") == before + 1, "the reload warns"
     assert f"{m.policy_file} is writable by others (mode 0646)" in m.log.read_text()
     m.policy_file.chmod(0o644)
-    m.reload(SAFE + '\n[workloads.sh]\nexe = "/usr/bin/dash"\nuid = 0\n\n[[rule]]\npaths = ["/x"]\n'
-                    'workloads = ["sh"]\nallow = ["read"]\n')
+    m.reload(
+        SAFE + '\n[workloads.sh]\nexe = "/usr/bin/dash"\nuid = 0\n\n[[rule]]\npaths = ["/x"]\n'
+        'workloads = ["sh"]\nallow = ["read"]\n'
+    )
     assert "workload sh tells processes of one uid apart, but this kernel has no Yama" in m.log.read_text()
 
 
@@ -143,11 +149,14 @@ def test_doctor(tmp_path, users, shop):
     assert out.strip().endswith("0 warnings")
 
     exe = shop.exe("payments")
-    f.write_text(SAFE + f'\n[workloads.pay]\nexe = "{exe}"\nuser = "{pay.name}"\n\n[[rule]]\npaths = ["/p/**"]\n'
-                        'workloads = ["pay"]\nallow = ["read"]\n')
+    f.write_text(
+        SAFE + f'\n[workloads.pay]\nexe = "{exe}"\nuser = "{pay.name}"\n\n[[rule]]\npaths = ["/p/**"]\n'
+        'workloads = ["pay"]\nallow = ["read"]\n'
+    )
     key.chmod(0o644)
-    sleeper = subprocess.Popen(["setpriv", f"--reuid={pay.uid}", f"--regid={pay.gid}", "--clear-groups", "sleep",
-                                "60"], env=CLEAN_ENV)
+    sleeper = subprocess.Popen(
+        ["setpriv", f"--reuid={pay.uid}", f"--regid={pay.gid}", "--clear-groups", "sleep", "60"], env=CLEAN_ENV
+    )
     try:
         wait_exec(sleeper.pid, os.path.realpath("/usr/bin/sleep"))
         bad = _doctor("--policy", str(f), "-o", f"keyfile={key}")
@@ -158,8 +167,9 @@ def test_doctor(tmp_path, users, shop):
     assert bad.returncode == 1, out
     assert f"warning: key file {key}: {key} is readable by its group and others" in out
     assert "warning: workload pay: this kernel has no Yama" in out and "add nondumpable = true" in out
-    assert (f"warning: workload pay: uid {pay.uid} also runs other programs ({os.path.realpath('/usr/bin/sleep')}"
-            in out), out
+    assert (
+        f"warning: workload pay: uid {pay.uid} also runs other programs ({os.path.realpath('/usr/bin/sleep')}" in out
+    ), out
     assert f"ok: workload pay: exe {exe} is writable by trusted users only" in out
     exe.chmod(0o777)
     try:
@@ -178,8 +188,10 @@ def test_doctor_on_setgid_programs(tmp_path, users, shop):
     exe = shop.dir / "payments-setgid"
     shutil.copyfile(shop.exe("payments"), exe)
     f = tmp_path / "p.toml"
-    f.write_text(SAFE + f'\n[workloads.pay]\nexe = "{exe}"\nuser = "{pay.name}"\nnondumpable = true\n\n'
-                        '[[rule]]\npaths = ["/p/**"]\nworkloads = ["pay"]\nallow = ["read"]\n')
+    f.write_text(
+        SAFE + f'\n[workloads.pay]\nexe = "{exe}"\nuser = "{pay.name}"\nnondumpable = true\n\n'
+        '[[rule]]\npaths = ["/p/**"]\nworkloads = ["pay"]\nallow = ["read"]\n'
+    )
     fifo = shop.dir / "payments-fifo"
     os.mkfifo(fifo)
     fifo.chmod(0o666)
@@ -193,8 +205,10 @@ def test_doctor_on_setgid_programs(tmp_path, users, shop):
             else:
                 assert f"ok: workload pay: exe {exe} is setgid: not dumpable from its exec" in out, out
             # what the kernel does with it: the program waits, opening a fifo nobody writes
-            proc = subprocess.Popen(["setpriv", f"--reuid={pay.uid}", f"--regid={pay.gid}", "--clear-groups",
-                                     str(exe), "read", str(fifo)], env=CLEAN_ENV)
+            proc = subprocess.Popen(
+                ["setpriv", f"--reuid={pay.uid}", f"--regid={pay.gid}", "--clear-groups", str(exe), "read", str(fifo)],
+                env=CLEAN_ENV,
+            )
             try:
                 wait_exec(proc.pid, str(exe))
                 owner = os.stat(f"/proc/{proc.pid}/stat").st_uid

@@ -257,35 +257,49 @@ def test_exec_stable_part_is_cached_but_credentials_are_not():
         assert not ident.identify(p.pid, os.getuid() + 1, os.getgid()).valid
 
 
-@pytest.mark.parametrize("exe, family", [
-    ("/usr/bin/python3.11", "python"), ("/usr/bin/python3", "python"), ("/usr/bin/pypy3", "python"),
-    ("/usr/bin/node", "node"), ("/bin/bash", "sh"), ("/bin/dash", "sh"), ("/usr/bin/perl5.36.0", "perl"),
-    ("/usr/bin/ruby3.1", "ruby"), ("/usr/bin/sleep", None), ("/usr/bin/shred", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "exe, family",
+    [
+        ("/usr/bin/python3.11", "python"),
+        ("/usr/bin/python3", "python"),
+        ("/usr/bin/pypy3", "python"),
+        ("/usr/bin/node", "node"),
+        ("/bin/bash", "sh"),
+        ("/bin/dash", "sh"),
+        ("/usr/bin/perl5.36.0", "perl"),
+        ("/usr/bin/ruby3.1", "ruby"),
+        ("/usr/bin/sleep", None),
+        ("/usr/bin/shred", None),
+        (None, None),
+    ],
+)
 def test_interpreter_family(exe, family):
     assert interpreter_family(exe) == family
 
 
-@pytest.mark.parametrize("family, argv, script", [
-    ("python", ["python3", "app.py", "-x"], "app.py"),
-    ("python", ["python3", "-u", "-W", "error", "-X", "dev", "app.py"], "app.py"),
-    ("python", ["python3", "-Wignore", "app.py"], "app.py"),
-    ("python", ["python3", "-c", "print(1)", "app.py"], None),
-    ("python", ["python3", "-Bc", "print(1)"], None),
-    ("python", ["python3", "-m", "http.server"], None),
-    ("python", ["python3", "--", "-odd.py"], "-odd.py"),
-    ("python", ["python3", "-"], None),
-    ("python", ["python3"], None),
-    ("sh", ["bash", "-e", "-o", "pipefail", "run.sh", "arg"], "run.sh"),
-    ("sh", ["bash", "+o", "errexit", "run.sh"], "run.sh"),
-    ("sh", ["sh", "-c", "echo hi"], None),
-    ("sh", ["sh", "-xc", "echo hi"], None),
-    ("node", ["node", "--require", "./hook.js", "server.js"], "server.js"),
-    ("node", ["node", "--max-old-space-size=512", "server.js"], "server.js"),
-    ("node", ["node", "-e", "1"], None),
-    ("perl", ["perl", "-w", "tool.pl"], "tool.pl"),
-    ("php", ["php", "-f", "index.php"], "index.php"),
-])
+@pytest.mark.parametrize(
+    "family, argv, script",
+    [
+        ("python", ["python3", "app.py", "-x"], "app.py"),
+        ("python", ["python3", "-u", "-W", "error", "-X", "dev", "app.py"], "app.py"),
+        ("python", ["python3", "-Wignore", "app.py"], "app.py"),
+        ("python", ["python3", "-c", "print(1)", "app.py"], None),
+        ("python", ["python3", "-Bc", "print(1)"], None),
+        ("python", ["python3", "-m", "http.server"], None),
+        ("python", ["python3", "--", "-odd.py"], "-odd.py"),
+        ("python", ["python3", "-"], None),
+        ("python", ["python3"], None),
+        ("sh", ["bash", "-e", "-o", "pipefail", "run.sh", "arg"], "run.sh"),
+        ("sh", ["bash", "+o", "errexit", "run.sh"], "run.sh"),
+        ("sh", ["sh", "-c", "echo hi"], None),
+        ("sh", ["sh", "-xc", "echo hi"], None),
+        ("node", ["node", "--require", "./hook.js", "server.js"], "server.js"),
+        ("node", ["node", "--max-old-space-size=512", "server.js"], "server.js"),
+        ("node", ["node", "-e", "1"], None),
+        ("perl", ["perl", "-w", "tool.pl"], "tool.pl"),
+        ("php", ["php", "-f", "index.php"], "index.php"),
+    ],
+)
 def test_script_argument(family, argv, script):
     cmdline = b"\0".join(a.encode() for a in argv) + b"\0"
     got = script_argument(family, cmdline)

@@ -16,7 +16,7 @@ from sealfs.policy.audit import AuditLog
 
 from .test_audit import FRONT, deny
 
-POLICY = '[workloads.nobody]\nuid = 54321\n'  # no rules: every request is denied, root's too
+POLICY = "[workloads.nobody]\nuid = 54321\n"  # no rules: every request is denied, root's too
 
 
 def mode(path) -> int:

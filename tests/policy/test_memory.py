@@ -197,10 +197,10 @@ int main(int argc, char **argv) {
 
 @dataclass
 class Lab:
-    victim: Path          # an ordinary binary: dumpable
-    protected: Path       # the same program, setgid GROUP: not dumpable from its exec
+    victim: Path  # an ordinary binary: dumpable
+    protected: Path  # the same program, setgid GROUP: not dumpable from its exec
     attack: Path
-    gid: int              # of GROUP
+    gid: int  # of GROUP
 
 
 @pytest.fixture(scope="session")
@@ -253,12 +253,23 @@ allow = ["read", "list"]
 class Victim:
     """The victim program running as ``user`` (through setpriv)."""
 
-    def __init__(self, user, exe: Path, path: Path, *, prctl: bool = False, hold: bool = False,
-                 wrapper: tuple[str, ...] = ()):
-        argv = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", *wrapper, str(exe),
-                str(path), "prctl" if prctl else "-", "hold" if hold else "-"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+    def __init__(
+        self, user, exe: Path, path: Path, *, prctl: bool = False, hold: bool = False, wrapper: tuple[str, ...] = ()
+    ):
+        argv = [
+            "setpriv",
+            f"--reuid={user.uid}",
+            f"--regid={user.gid}",
+            "--clear-groups",
+            *wrapper,
+            str(exe),
+            str(path),
+            "prctl" if prctl else "-",
+            "hold" if hold else "-",
+        ]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/"
+        )
         first = self.proc.stdout.readline().split()
         assert len(first) == 2, f"the victim did not start: {first}"
         self.path_addr, self.buf_addr = first
@@ -319,8 +330,13 @@ def test_same_uid_steals_from_a_dumpable_workload(make_policy_mount, lab, users,
     m = _mount(make_policy_mount, lab, users, nondumpable=False)
     pay = users["payments"]
     secret = m.path / "secret" / "f.txt"
-    refused = subprocess.run(["setpriv", f"--reuid={pay.uid}", f"--regid={pay.gid}", "--clear-groups", "cat",
-                              str(secret)], capture_output=True, text=True, env=CLEAN_ENV, check=False)
+    refused = subprocess.run(
+        ["setpriv", f"--reuid={pay.uid}", f"--regid={pay.gid}", "--clear-groups", "cat", str(secret)],
+        capture_output=True,
+        text=True,
+        env=CLEAN_ENV,
+        check=False,
+    )
     assert refused.returncode != 0 and "Permission denied" in refused.stderr, "cat, as the same user, is refused"
     v = Victim(pay, lab.victim, m.path / "public" / "f.txt")
     try:
@@ -395,14 +411,29 @@ def test_a_setgid_program_ignores_ld_preload(make_policy_mount, lab, users, tmp_
     pay = users["payments"]
     lib = Path(lab.attack).parent / "libmark.so"
     src = tmp_path / "mark.c"
-    src.write_text('#include <stdio.h>\n__attribute__((constructor)) static void m(void) '
-                   '{ fprintf(stderr, "PRELOADED\\n"); }\n')
+    src.write_text(
+        '#include <stdio.h>\n__attribute__((constructor)) static void m(void) { fprintf(stderr, "PRELOADED\\n"); }\n'
+    )
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, capture_output=True)
     lib.chmod(0o755)
     for exe, loaded in ((lab.victim, True), (lab.protected, False)):
-        proc = subprocess.run(["setpriv", f"--reuid={pay.uid}", f"--regid={pay.gid}", "--clear-groups", "env",
-                               f"LD_PRELOAD={lib}", str(exe), str(m.path / "public" / "f.txt")], input="go\n",
-                              capture_output=True, text=True, env=CLEAN_ENV, check=False)
+        proc = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={pay.uid}",
+                f"--regid={pay.gid}",
+                "--clear-groups",
+                "env",
+                f"LD_PRELOAD={lib}",
+                str(exe),
+                str(m.path / "public" / "f.txt"),
+            ],
+            input="go\n",
+            capture_output=True,
+            text=True,
+            env=CLEAN_ENV,
+            check=False,
+        )
         assert ("PRELOADED" in proc.stderr) == loaded, (exe, proc.stderr)
         assert f"errno {errno.EACCES}" in proc.stdout, "no_preload refuses either"
 
@@ -418,9 +449,21 @@ def test_traced_once_is_refused_until_it_execs(make_policy_mount, lab, users):
     fresh = None
     try:
         assert v.request() == f"read {len(PUBLIC)}"
-        tracer = subprocess.Popen(["setpriv", f"--reuid={pay.uid}", f"--regid={pay.gid}", "--clear-groups",
-                                   str(lab.attack), "seize", str(v.pid)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=CLEAN_ENV)
+        tracer = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={pay.uid}",
+                f"--regid={pay.gid}",
+                "--clear-groups",
+                str(lab.attack),
+                "seize",
+                str(v.pid),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=CLEAN_ENV,
+        )
         try:
             assert tracer.stdout.readline() == "seized\n"
             assert v.request() == f"errno {errno.EACCES}", "refused while traced"
@@ -480,8 +523,9 @@ def test_prctl_inside_a_user_namespace_does_not_count(make_policy_mount, lab, us
     so nondumpable does not match it."""
     m = _mount(make_policy_mount, lab, users, nondumpable=True)
     pay = users["payments"]
-    v = Victim(pay, lab.victim, m.path / "public" / "f.txt", prctl=True,
-               wrapper=("unshare", "--user", "--map-root-user"))
+    v = Victim(
+        pay, lab.victim, m.path / "public" / "f.txt", prctl=True, wrapper=("unshare", "--user", "--map-root-user")
+    )
     try:
         assert os.stat(f"/proc/{v.pid}/stat").st_uid == pay.uid, "the namespace's root is the user itself"
         assert v.request() == f"errno {errno.EACCES}", "nondumpable does not match it"
@@ -551,8 +595,13 @@ class _Seized:
     """A tracer (``attack seize``, as root) on thread ``tid`` until closed."""
 
     def __init__(self, lab: Lab, tid: int):
-        self.proc = subprocess.Popen([str(lab.attack), "seize", str(tid)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=CLEAN_ENV)
+        self.proc = subprocess.Popen(
+            [str(lab.attack), "seize", str(tid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=CLEAN_ENV,
+        )
         assert self.proc.stdout.readline() == "seized\n"
 
     def close(self) -> None:
@@ -567,8 +616,9 @@ def test_a_tracer_seen_on_one_thread_counts_for_every_thread(lab):
     from sealfs.policy.identity import Identifier
 
     py = os.path.realpath("/usr/bin/python3")
-    proc = subprocess.Popen([py, "-c", THREADS_PY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=CLEAN_ENV)
+    proc = subprocess.Popen(
+        [py, "-c", THREADS_PY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=CLEAN_ENV
+    )
     try:
         worker = int(proc.stdout.readline())
         ident = Identifier(stable_ttl=0)

@@ -73,7 +73,7 @@ def test_a_library_whose_mapping_keeps_splitting_is_never_overlooked(lab):
         assert b"LD_PRELOAD" not in Path(f"/proc/{p.pid}/environ").read_bytes(), "the library did not hide itself"
         looks = [identify(p, lab.attacker, Identifier()) for _ in range(ATTEMPTS)]
     whys = [verdict(text, i) for i in looks]
-    missed = [i for i, why in zip(looks, whys) if why is None]
+    missed = [i for i, why in zip(looks, whys, strict=True) if why is None]
     assert not missed, f"{len(missed)} of {ATTEMPTS} looks missed the library: {missed[0].describe()}"
     assert any("libsplitter.so" in why for why in whys), whys[:3]
 
@@ -103,14 +103,18 @@ def test_a_library_mapped_at_a_low_address_is_seen(lab):
     if not lib.exists():
         src = lab.own / "liblow.c"
         src.write_text(LOW_C)
-        subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-Wl,-Ttext-segment=0x800000", "-o", str(lib), str(src)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["cc", "-O1", "-shared", "-fPIC", "-Wl,-Ttext-segment=0x800000", "-o", str(lib), str(src)],
+            check=True,
+            capture_output=True,
+        )
         os.chown(lib, lab.attacker.uid, lab.attacker.gid)
     text = policy(lab, exe=f'"{lab.prog("waiter")}"', no_preload="true")
     with attack(lab.attacker, [lab.prog("waiter")], env={"LD_PRELOAD": str(lib)}) as p:
         maps = Path(f"/proc/{p.pid}/maps").read_text()
-        assert any(line.startswith("00") and "liblow.so" in line for line in maps.splitlines()), \
+        assert any(line.startswith("00") and "liblow.so" in line for line in maps.splitlines()), (
             "control: the library is mapped at a low address"
+        )
         assert b"LD_PRELOAD" not in Path(f"/proc/{p.pid}/environ").read_bytes(), "the library did not hide itself"
         i = identify(p, lab.attacker)
     why = verdict(text, i)
@@ -189,9 +193,12 @@ __attribute__((section(".init_array"), used)) static void (*vanish_ptr)(void) = 
 """
 
 
-@pytest.mark.xfail(strict=True, reason="out of reach: code that runs in the process before its first request "
-                   "(a preload that unmaps its own code and leaves only changed data) is gone by the time any "
-                   "request can be looked at; see SECURITY.md, 'Out of reach'")
+@pytest.mark.xfail(
+    strict=True,
+    reason="out of reach: code that runs in the process before its first request "
+    "(a preload that unmaps its own code and leaves only changed data) is gone by the time any "
+    "request can be looked at; see SECURITY.md, 'Out of reach'",
+)
 def test_a_preload_that_unmaps_itself_before_the_first_request(lab, make_policy_mount):
     """exe, exe_sha256, user, untraced, no_preload and nondumpable all hold
     at the open: nothing of the library's is executable any more, the
@@ -210,8 +217,11 @@ def test_a_preload_that_unmaps_itself_before_the_first_request(lab, make_policy_
     if not lib.exists():
         src = lab.own / "libvanish.c"
         src.write_text(VANISH_C)
-        subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-nostartfiles", "-o", str(lib), str(src)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["cc", "-O1", "-shared", "-fPIC", "-nostartfiles", "-o", str(lib), str(src)],
+            check=True,
+            capture_output=True,
+        )
         os.chown(lib, lab.attacker.uid, lab.attacker.gid)
     text = f"""
 [workloads.setup]
@@ -244,8 +254,7 @@ allow = ["read", "list"]
     plain = run_as(lab.attacker, [str(check), target, "guess"])
     assert_ok(plain, "control: the allowed program checks")
     assert plain.stdout == "no match\n", "control: the program never prints the secret"
-    stolen = run_as(lab.attacker, [str(check), target, "guess"],
-                    wrapper=["env", "LD_BIND_NOW=1", f"LD_PRELOAD={lib}"])
+    stolen = run_as(lab.attacker, [str(check), target, "guess"], wrapper=["env", "LD_BIND_NOW=1", f"LD_PRELOAD={lib}"])
     assert "the vanishing secret" not in stolen.stdout, "the preload read the secret through the allowed program"
 
 
@@ -342,9 +351,20 @@ def test_a_tracer_that_was_seen_cannot_make_the_process_forget_it(lab):
     with attack(lab.attacker, [lab.prog("waiter")]) as p:
         assert verdict(text, identify(p, lab.attacker, ident)) is None, "control: untraced, it is in the workload"
         before = Path(f"/proc/{p.pid}/stat").read_text()
-        tracer = subprocess.Popen(["setpriv", f"--reuid={lab.attacker.uid}", f"--regid={lab.attacker.gid}",
-                                   "--clear-groups", str(inject), str(p.pid)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=CLEAN_ENV)
+        tracer = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={lab.attacker.uid}",
+                f"--regid={lab.attacker.gid}",
+                "--clear-groups",
+                str(inject),
+                str(p.pid),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=CLEAN_ENV,
+        )
         try:
             assert tracer.stdout.readline() == "attached\n"
             seen = identify(p, lab.attacker, ident)
@@ -355,8 +375,9 @@ def test_a_tracer_that_was_seen_cannot_make_the_process_forget_it(lab):
         finally:
             tracer.stdin.close()
             assert tracer.wait(timeout=60) == 0
-        assert Path(f"/proc/{p.pid}/stat").read_text().split()[50] != before.split()[50], \
+        assert Path(f"/proc/{p.pid}/stat").read_text().split()[50] != before.split()[50], (
             "control: the layout (env_end) changed"
+        )
         later = identify(p, lab.attacker, ident)
     assert not later.traced, "control: the tracer is gone"
     why = verdict(text, later)
@@ -373,9 +394,20 @@ def test_a_tracer_is_forgotten_at_an_exec_of_the_same_program(lab):
     ident = Identifier(stable_ttl=0)
     execer = lab.prog("execer")
     with attack(lab.attacker, [execer, execer]) as p:
-        tracer = subprocess.Popen(["setpriv", f"--reuid={lab.attacker.uid}", f"--regid={lab.attacker.gid}",
-                                   "--clear-groups", str(inject), str(p.pid)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=CLEAN_ENV)
+        tracer = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={lab.attacker.uid}",
+                f"--regid={lab.attacker.gid}",
+                "--clear-groups",
+                str(inject),
+                str(p.pid),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=CLEAN_ENV,
+        )
         try:
             assert tracer.stdout.readline() == "attached\n"
             assert identify(p, lab.attacker, ident).traced
@@ -409,9 +441,21 @@ def test_a_loader_variable_seen_once_stays_seen_after_a_new_layout(lab):
         assert p.stdout.readline() == b"erased\n"
         assert b"LD_LIBRARY_PATH" not in Path(f"/proc/{p.pid}/environ").read_bytes()
         assert "LD_LIBRARY_PATH" in verdict(text, identify(p, lab.attacker, ident)), "control: seen once, kept"
-        tracer = subprocess.run(["setpriv", f"--reuid={lab.attacker.uid}", f"--regid={lab.attacker.gid}",
-                                 "--clear-groups", str(inject), str(p.pid)], input="go\n", capture_output=True,
-                                text=True, env=CLEAN_ENV, timeout=60)
+        tracer = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={lab.attacker.uid}",
+                f"--regid={lab.attacker.gid}",
+                "--clear-groups",
+                str(inject),
+                str(p.pid),
+            ],
+            input="go\n",
+            capture_output=True,
+            text=True,
+            env=CLEAN_ENV,
+            timeout=60,
+        )
         assert tracer.stdout.endswith("prctl 0\n"), tracer
         later = identify(p, lab.attacker, ident)
     why = verdict(text, later)
@@ -430,8 +474,7 @@ def test_a_library_not_hashed_for_the_budget_is_hashed_at_a_later_request(lab):
 
     lib = lab.mine("libplain.so")
     digest = hashlib.sha256(Path(lib).read_bytes()).hexdigest()
-    text = policy(lab, exe=f'"{lab.prog("dlopener")}"', no_preload="true",
-                  libraries=f'{{"{lib}" = "{digest}"}}')
+    text = policy(lab, exe=f'"{lab.prog("dlopener")}"', no_preload="true", libraries=f'{{"{lib}" = "{digest}"}}')
     hashes = HashCache(jobs=0)
     ident = Identifier(stable_ttl=0, hashes=hashes)
     ident.needs_hash = parse_policy(text).needs_hash  # (as the Guard sets it: no exe hash is needed)
@@ -450,7 +493,7 @@ def test_a_library_not_hashed_for_the_budget_is_hashed_at_a_later_request(lab):
 
 APP_PY = "print('ready', flush=True)\nimport sys\nsys.stdin.read()\n"
 # A perl module of the attacker's, loaded (PERL5OPT=-Mevil) before perl reads the script.
-EVIL_PM = "package evil; $| = 1; print \"ready\\n\"; my $l = <STDIN>; 1;\n"
+EVIL_PM = 'package evil; $| = 1; print "ready\\n"; my $l = <STDIN>; 1;\n'
 
 
 def _script_lab(lab) -> tuple[Path, str]:
@@ -485,9 +528,12 @@ def test_a_program_named_like_an_interpreter_cannot_claim_a_script(lab):
     assert why and "is not root's" in why, i.describe()
 
 
-@pytest.mark.xfail(strict=True, reason="out of reach without exe: a script workload that names no interpreter "
-                   "is claimed by any root interpreter that runs the caller's code first (PERL5OPT=-M, node -r); "
-                   "the policy warns, and naming the interpreter in exe closes it (see the next test)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="out of reach without exe: a script workload that names no interpreter "
+    "is claimed by any root interpreter that runs the caller's code first (PERL5OPT=-M, node -r); "
+    "the policy warns, and naming the interpreter in exe closes it (see the next test)",
+)
 def test_perl_loading_a_module_of_the_callers_cannot_claim_a_python_script(lab):
     script, text = _script_lab(lab)
     _write_evil_pm(lab)

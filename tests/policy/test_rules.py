@@ -29,8 +29,16 @@ def policy(text: str):
 
 
 def caller(**kw) -> Identity:
-    base = {"pid": 100, "uid": 1000, "gid": 1000, "groups": frozenset({1000}), "exe": "/opt/app/bin/app",
-            "exe_sha256": H1, "cgroup": "/system.slice/app.service", "start_time": 1}
+    base = {
+        "pid": 100,
+        "uid": 1000,
+        "gid": 1000,
+        "groups": frozenset({1000}),
+        "exe": "/opt/app/bin/app",
+        "exe_sha256": H1,
+        "cgroup": "/system.slice/app.service",
+        "start_time": 1,
+    }
     base.update(kw)
     return Identity(**base)
 
@@ -79,15 +87,15 @@ def test_an_unknown_user_alone_matches_no_one():
 ERRORS = [
     # (source, line, reason regex)
     ('audit = "some"\n', 1, r"audit = 'some': use \"deny\""),
-    ('colour = 1\n', 1, r"unknown top-level key 'colour'"),
+    ("colour = 1\n", 1, r"unknown top-level key 'colour'"),
     ('[[rules]]\npaths = ["/a"]\n', 1, r"unknown top-level key 'rules'.*\[\[rule\]\]"),
-    ('[workloads.w]\nuid = 1\nuidd = 2\n', 3, r"unknown selector 'uidd' in workload 'w'"),
-    ('[workloads.w]\n', 1, r"workload 'w' has no selectors"),
-    ('[workloads.w]\nuntraced = true\n', 1, r"selects only on untraced/no_preload"),
+    ("[workloads.w]\nuid = 1\nuidd = 2\n", 3, r"unknown selector 'uidd' in workload 'w'"),
+    ("[workloads.w]\n", 1, r"workload 'w' has no selectors"),
+    ("[workloads.w]\nuntraced = true\n", 1, r"selects only on untraced/no_preload"),
     ('[workloads.w]\nuid = 1\nexe = "bin/app"\n', 3, r"exe = 'bin/app' .*absolute"),
     ('[workloads.w]\nuid = 1\nexe = "/a/../b"\n', 3, r"normalised"),
-    ('[workloads.w]\nuid = -1\n', 2, r"uid must be a number"),
-    ('[workloads.w]\nuid = true\n', 2, r"uid must be a number"),
+    ("[workloads.w]\nuid = -1\n", 2, r"uid must be a number"),
+    ("[workloads.w]\nuid = true\n", 2, r"uid must be a number"),
     ('[workloads.w]\nuid = 1\nuser = "root"\n', 3, r"both uid and user"),
     ('[workloads.w]\nuid = 1\nexe_sha256 = "abc"\n', 3, r"exe_sha256 = 'abc' .*not a sha256"),
     ('[workloads.w]\nuid = 1\nscript_sha256 = ["' + "g" * 64 + '"]\n', 3, r"script_sha256 .*not a sha256"),
@@ -96,30 +104,50 @@ ERRORS = [
     ('[workloads.w]\nuid = 1\nlibraries = ["/lib/x.so"]\n', 3, r"libraries in workload 'w' must be a table"),
     ('[workloads.w]\nuid = 1\nlibraries = {"lib/x.so" = "' + "a" * 64 + '"}\n', 3, r"library 'lib/x.so' .*absolute"),
     ('[workloads.w]\nuid = 1\nlibraries = {"/lib/x.so" = "abc"}\n', 3, r"library '/lib/x.so' .*not a sha256"),
-    ('[workloads.w]\nuid = 1\nlibraries = {}\n', 3, r"libraries in workload 'w' is empty"),
-    ('[workloads.w]\nuid = 1\njit = true\n', 3, r"jit in workload 'w' .*add one of them"),
-    ('[workloads.w]\nuid = 1\nno_preload = true\njit = 1\n', 4, r"jit in workload 'w' must be true or false"),
-    ('[workloads.w]\njit = true\nno_preload = true\n', 1, r"selects only on untraced/no_preload/libraries/jit"),
+    ("[workloads.w]\nuid = 1\nlibraries = {}\n", 3, r"libraries in workload 'w' is empty"),
+    ("[workloads.w]\nuid = 1\njit = true\n", 3, r"jit in workload 'w' .*add one of them"),
+    ("[workloads.w]\nuid = 1\nno_preload = true\njit = 1\n", 4, r"jit in workload 'w' must be true or false"),
+    ("[workloads.w]\njit = true\nno_preload = true\n", 1, r"selects only on untraced/no_preload/libraries/jit"),
     ('[workloads."a b"]\nuid = 1\n', 1, r"workload name 'a b'"),
-    ('[workloads.w]\nuid = 1\n\n[[rule]]\npaths = ["/a/**"]\nworkloads = ["w"]\nallow = ["reed"]\n', 7,
-     r"unknown operation 'reed' in allow of rule 1; operations are read, write"),
-    (('[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a"]\nworkloads = ["w"]\nallow = ["read"]\n'
-      '[[rule]]\npaths = ["/b"]\nworkloads = ["v"]\ndeny = ["read"]\n'), 9,
-     r"rule 2 names workload 'v', which is not defined"),
-    ('[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a/[x"]\nworkloads = ["w"]\nallow = ["read"]\n', 4,
-     r"rule 1: path glob '/a/\[x' has a '\[' without its closing"),
+    (
+        '[workloads.w]\nuid = 1\n\n[[rule]]\npaths = ["/a/**"]\nworkloads = ["w"]\nallow = ["reed"]\n',
+        7,
+        r"unknown operation 'reed' in allow of rule 1; operations are read, write",
+    ),
+    (
+        (
+            '[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a"]\nworkloads = ["w"]\nallow = ["read"]\n'
+            '[[rule]]\npaths = ["/b"]\nworkloads = ["v"]\ndeny = ["read"]\n'
+        ),
+        9,
+        r"rule 2 names workload 'v', which is not defined",
+    ),
+    (
+        '[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a/[x"]\nworkloads = ["w"]\nallow = ["read"]\n',
+        4,
+        r"rule 1: path glob '/a/\[x' has a '\[' without its closing",
+    ),
     ('[workloads.w]\nuid = 1\n[[rule]]\npaths = ["a/**"]\nworkloads = ["w"]\nallow = ["read"]\n', 4, r"absolute"),
-    ('[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a/b**"]\nworkloads = ["w"]\nallow = ["read"]\n', 4,
-     r"'\*\*' must be a whole path component"),
+    (
+        '[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a/b**"]\nworkloads = ["w"]\nallow = ["read"]\n',
+        4,
+        r"'\*\*' must be a whole path component",
+    ),
     ('[workloads.w]\nuid = 1\n[[rule]]\npaths = []\nworkloads = ["w"]\nallow = ["read"]\n', 4, r"non-empty list"),
     ('[workloads.w]\nuid = 1\n[[rule]]\nworkloads = ["w"]\nallow = ["read"]\n', 3, r"rule 1 has no paths"),
     ('[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a"]\nworkloads = ["w"]\n', 3, r"allows and denies nothing"),
-    ('[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a"]\nworkloads = ["w"]\ndeny = ["write"]\nhide = true\n', 7,
-     r"hide = true but does not deny read or list"),
-    ('[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a"]\nworkloads = ["w"]\nallow = ["read"]\nwhy = "x"\n', 7,
-     r"unknown key 'why' in rule 1"),
-    ('workloads = { w = { uid = 1, colour = 2 } }\n', 1, r"unknown selector 'colour'"),
-    ('rule = 3\n', 1, r"rules must be written as \[\[rule\]\]"),
+    (
+        '[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a"]\nworkloads = ["w"]\ndeny = ["write"]\nhide = true\n',
+        7,
+        r"hide = true but does not deny read or list",
+    ),
+    (
+        '[workloads.w]\nuid = 1\n[[rule]]\npaths = ["/a"]\nworkloads = ["w"]\nallow = ["read"]\nwhy = "x"\n',
+        7,
+        r"unknown key 'why' in rule 1",
+    ),
+    ("workloads = { w = { uid = 1, colour = 2 } }\n", 1, r"unknown selector 'colour'"),
+    ("rule = 3\n", 1, r"rules must be written as \[\[rule\]\]"),
 ]
 
 
@@ -135,11 +163,11 @@ def test_errors_name_the_line_and_the_reason(text, line, reason):
 
 def test_toml_syntax_errors_carry_line_and_column():
     with pytest.raises(PolicyError) as info:
-        parse_policy('[workloads.w]\nuid = 1\nexe = \n', "p.toml")
+        parse_policy("[workloads.w]\nuid = 1\nexe = \n", "p.toml")
     assert (info.value.line, info.value.column) == (3, 7)
     assert str(info.value).startswith("p.toml:3:7: invalid TOML: ")
     with pytest.raises(PolicyError) as info:
-        parse_policy('[workloads.w]\nuid = [1,\n', "p.toml")
+        parse_policy("[workloads.w]\nuid = [1,\n", "p.toml")
     assert info.value.line in (2, 3)
 
 
@@ -192,8 +220,9 @@ def test_glob_semantics(glob, path, matches):
     assert glob_matches(compile_glob(glob), path) is matches
 
 
-@pytest.mark.parametrize("glob", ["", "a", "/a//b", "/a/", "/a/./b", "/a/../b", "/a**", "/a/[", "/a/[]",
-                                  "/a/[z-a]", "/a\\", "/a\0b"])
+@pytest.mark.parametrize(
+    "glob", ["", "a", "/a//b", "/a/", "/a/./b", "/a/../b", "/a**", "/a/[", "/a/[]", "/a/[z-a]", "/a\\", "/a\0b"]
+)
 def test_bad_globs(glob):
     with pytest.raises(ValueError):
         compile_glob(glob)
@@ -231,7 +260,7 @@ def test_allow_deny_and_default_deny():
 def test_deny_wins_whatever_the_order():
     allow = '[[rule]]\npaths = ["/**"]\nworkloads = ["app"]\nallow = ["read"]\n'
     deny = '[[rule]]\npaths = ["/x/**"]\nworkloads = ["app"]\ndeny = ["read"]\n'
-    head = '[workloads.app]\nuid = 1000\n'
+    head = "[workloads.app]\nuid = 1000\n"
     for text in (head + allow + deny, head + deny + allow):
         p = parse_policy(text)
         assert not p.decide(caller(), "read", "/x/y").allowed
@@ -273,11 +302,19 @@ def test_every_selector_must_match():
     assert p.workloads_of(good) == ("app",)
     assert p.decide(good, "read", "/x").allowed
     spoilers = {
-        "uid": {"uid": 1001}, "group": {"groups": frozenset({1000})}, "exe": {"exe": "/tmp/app"},
-        "exe missing": {"exe": None}, "exe_sha256": {"exe_sha256": H2}, "script": {"script": "/tmp/run.py"},
-        "script_sha256": {"script_sha256": H1}, "cgroup": {"cgroup": "/user.slice/app.service"},
-        "no cgroup": {"cgroup": None}, "untraced": {"tracer_pid": 4242}, "no_preload": {"preload": ("LD_PRELOAD",)},
-        "exe deleted": {"exe_deleted": True}, "exe replaced": {"exe_replaced": True},
+        "uid": {"uid": 1001},
+        "group": {"groups": frozenset({1000})},
+        "exe": {"exe": "/tmp/app"},
+        "exe missing": {"exe": None},
+        "exe_sha256": {"exe_sha256": H2},
+        "script": {"script": "/tmp/run.py"},
+        "script_sha256": {"script_sha256": H1},
+        "cgroup": {"cgroup": "/user.slice/app.service"},
+        "no cgroup": {"cgroup": None},
+        "untraced": {"tracer_pid": 4242},
+        "no_preload": {"preload": ("LD_PRELOAD",)},
+        "exe deleted": {"exe_deleted": True},
+        "exe replaced": {"exe_replaced": True},
         "invalid": {"problem": "the process exited"},
     }
     for name, change in spoilers.items():
@@ -348,7 +385,7 @@ def test_hiding():
 
 
 def test_decide_refuses_unknown_operations():
-    p = parse_policy('[workloads.w]\nuid = 1\n')
+    p = parse_policy("[workloads.w]\nuid = 1\n")
     with pytest.raises(ValueError):
         p.decide(caller(), "execute", "/x")
 

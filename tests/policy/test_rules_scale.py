@@ -20,7 +20,7 @@ from sealfs.policy.rules import PolicyError, compile_glob, parse_policy
 from .policyhelp import sealfs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def old_regex(pattern: str) -> re.Pattern:
     """The glob semantics as they were first written (a backtracking regex:
     right, but exponential in the number of ``**``): the reference."""
@@ -42,7 +42,7 @@ def old_regex(pattern: str) -> re.Pattern:
                 i += 1
                 comp.append(re.escape(part[i]))
             elif c == "[":
-                start = i + 2 if part[i + 1:i + 2] in ("!", "^") else i + 1
+                start = i + 2 if part[i + 1 : i + 2] in ("!", "^") else i + 1
                 end = part.find("]", start)
                 chars = "".join("\\" + ch if ch in "\\^[]" else ch for ch in part[start:end])
                 comp.append(f"(?!/)[^{chars}]" if start == i + 2 else f"(?!/)[{chars}]")
@@ -65,7 +65,7 @@ def reference(pattern: str, path: str) -> bool:
     pats = [] if pattern == "/" else pattern[1:].split("/")
     names = [] if path == "/" else path[1:].split("/")
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def at(i: int, j: int) -> bool:
         if i == len(pats):
             return j == len(names)
@@ -83,14 +83,17 @@ def normal(name: str) -> bool:
 names = st.text("ab.", min_size=1, max_size=4).filter(normal)
 glob_names = st.one_of(
     st.just("**"),
-    st.lists(st.sampled_from(["a", "b", ".", "*", "?", "[ab]", "[!a]", "\\*", "[a-b]"]), min_size=1,
-             max_size=5).map("".join).filter(lambda n: normal(n) and "**" not in n),
+    st.lists(st.sampled_from(["a", "b", ".", "*", "?", "[ab]", "[!a]", "\\*", "[a-b]"]), min_size=1, max_size=5)
+    .map("".join)
+    .filter(lambda n: normal(n) and "**" not in n),
 )
 
 
 @settings(max_examples=1500, deadline=None)
-@given(st.lists(glob_names, max_size=5).filter(lambda g: g.count("**") <= 3),
-       st.lists(st.one_of(names, st.just("*"), st.just("a*b")), max_size=6))
+@given(
+    st.lists(glob_names, max_size=5).filter(lambda g: g.count("**") <= 3),
+    st.lists(st.one_of(names, st.just("*"), st.just("a*b")), max_size=6),
+)
 def test_globs_match_as_the_original_regex_did(glob_parts, path_parts):
     glob = "/" + "/".join(glob_parts)
     path = "/" + "/".join(path_parts)
@@ -98,8 +101,10 @@ def test_globs_match_as_the_original_regex_did(glob_parts, path_parts):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(["**", "a", "*", "a*", "*b", "?", "*a*b*"]), min_size=1, max_size=10),
-       st.lists(st.sampled_from(["a", "b", "ab", "ba", "aab", "x"]), max_size=40))
+@given(
+    st.lists(st.sampled_from(["**", "a", "*", "a*", "*b", "?", "*a*b*"]), min_size=1, max_size=10),
+    st.lists(st.sampled_from(["a", "b", "ab", "ba", "aab", "x"]), max_size=40),
+)
 def test_many_double_stars_against_an_independent_matcher(glob_parts, path_parts):
     glob = "/" + "/".join(glob_parts)
     path = "/" + "/".join(path_parts)
@@ -130,8 +135,10 @@ def generated_policy(n_rules: int, n_workloads: int, seed: int = 1) -> str:
         verb = rnd.choice(["allow", "deny"])
         ops = rnd.sample(sorted(rules.OPERATIONS), 2)
         hide = verb == "deny" and "read" in ops and rnd.random() < 0.5
-        out.append(f"[[rule]]\npaths = {paths!r}\nworkloads = [\"w{i % n_workloads}\", \"w{(i * 7) % n_workloads}\"]\n"
-                   f"{verb} = {ops!r}\n" + ("hide = true\n" if hide else ""))
+        out.append(
+            f'[[rule]]\npaths = {paths!r}\nworkloads = ["w{i % n_workloads}", "w{(i * 7) % n_workloads}"]\n'
+            f"{verb} = {ops!r}\n" + ("hide = true\n" if hide else "")
+        )
     return "\n".join(out).replace("'", '"')
 
 
@@ -156,25 +163,37 @@ def test_a_20000_rule_policy_loads_and_decides_like_the_rules_say():
         uid = 1000 + rnd.randrange(50)
         ident = Identity(pid=1, uid=uid, gid=uid, start_time=1)
         i = rnd.randrange(20_000)
-        path = rnd.choice([f"/d{i}/x", f"/d{i}/a/x{i}/b", f"/d{i % 97}/f{i}", f"/q/r.k{i}", f"/d{i % 97}/a{i}b",
-                           "/", "/none"])
+        path = rnd.choice(
+            [f"/d{i}/x", f"/d{i}/a/x{i}/b", f"/d{i % 97}/f{i}", f"/q/r.k{i}", f"/d{i % 97}/a{i}b", "/", "/none"]
+        )
         op = rnd.choice(sorted(rules.OPERATIONS))
         d = policy.decide(ident, op, path)
         assert (d.allowed, d.rule) == naive_decision(policy, ident, op, path), (uid, op, path)
         hidden = policy.hiding(ident, path)
-        want = any(r.hide and r.workloads & set(policy.workloads_of(ident)) and r.matches(path)
-                   for r in policy.rules)
+        want = any(r.hide and r.workloads & set(policy.workloads_of(ident)) and r.matches(path) for r in policy.rules)
         assert (hidden is not None) is want
 
 
-@pytest.mark.parametrize("what, text, reason", [
-    ("double stars", '[[rule]]\npaths = ["/' + "/".join(["**", "a"] * 17) + '"]\nworkloads = ["w"]\n'
-     'allow = ["read"]\n', "has 17 '**' components; the limit is 16"),
-    ("components", '[[rule]]\npaths = ["/' + "/".join(["a"] * 257) + '"]\nworkloads = ["w"]\nallow = ["read"]\n',
-     "has 257 components; the limit is 256"),
-    ("length", '[[rule]]\npaths = ["/' + "a" * 5000 + '"]\nworkloads = ["w"]\nallow = ["read"]\n',
-     "is 5001 characters long; the limit is 4096"),
-])
+@pytest.mark.parametrize(
+    "what, text, reason",
+    [
+        (
+            "double stars",
+            '[[rule]]\npaths = ["/' + "/".join(["**", "a"] * 17) + '"]\nworkloads = ["w"]\nallow = ["read"]\n',
+            "has 17 '**' components; the limit is 16",
+        ),
+        (
+            "components",
+            '[[rule]]\npaths = ["/' + "/".join(["a"] * 257) + '"]\nworkloads = ["w"]\nallow = ["read"]\n',
+            "has 257 components; the limit is 256",
+        ),
+        (
+            "length",
+            '[[rule]]\npaths = ["/' + "a" * 5000 + '"]\nworkloads = ["w"]\nallow = ["read"]\n',
+            "is 5001 characters long; the limit is 4096",
+        ),
+    ],
+)
 def test_limits_of_a_glob_are_refused_with_the_line(what, text, reason, tmp_path):
     text = "[workloads.w]\nuid = 0\n\n" + text
     with pytest.raises(PolicyError) as info:

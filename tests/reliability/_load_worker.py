@@ -62,7 +62,7 @@ def check_version(data: bytes) -> tuple[int, int]:
     magic, writer, seed, size = HEAD.unpack_from(data)
     assert magic == MAGIC, f"bad magic {magic!r}"
     assert size == len(data), f"header says {size} bytes, read {len(data)}"
-    assert hashlib.sha256(data[HEADER_SIZE:]).digest() == data[HEAD.size:HEADER_SIZE], "payload digest mismatch"
+    assert hashlib.sha256(data[HEADER_SIZE:]).digest() == data[HEAD.size : HEADER_SIZE], "payload digest mismatch"
     return writer, seed
 
 
@@ -83,7 +83,7 @@ def write_all(fd: int, data: bytes, rnd: random.Random) -> None:
     pos = 0
     while pos < len(view):
         n = min(len(view) - pos, rnd.choice((1, 100, 4096, 65535, 65536, 65537, 131072, 1 << 20)))
-        pos += os.write(fd, view[pos:pos + n])
+        pos += os.write(fd, view[pos : pos + n])
 
 
 def read_all(path: str, rnd: random.Random) -> bytes:
@@ -178,7 +178,7 @@ class Worker:
                 os.close(fd)
             if off > len(model):
                 model.extend(bytes(off - len(model)))
-            model[off:off + len(data)] = data
+            model[off : off + len(data)] = data
         elif how == "truncate":
             size = self.rnd.randrange(0, len(model) + 2 * BLOCK)
             if size > PRIVATE_MAX:
@@ -195,9 +195,12 @@ class Worker:
         self.private[name] = model
         got = read_all(path, self.rnd)
         if got != model:
-            first = next((i for i, (a, b) in enumerate(zip(got, model)) if a != b), min(len(got), len(model)))
-            raise AssertionError(f"w{self.index}/{name} after {how}: {len(got)} bytes read, {len(model)} expected, "
-                                 f"first difference at {first}")
+            pairs = enumerate(zip(got, model, strict=False))
+            first = next((i for i, (a, b) in pairs if a != b), min(len(got), len(model)))
+            raise AssertionError(
+                f"w{self.index}/{name} after {how}: {len(got)} bytes read, {len(model)} expected, "
+                f"first difference at {first}"
+            )
         self.bytes_written += len(model) if how == "rewrite" else 0
         self.count(f"private-{how}")
 
@@ -231,8 +234,14 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------------
 
-    OPS = (("publish", 30), ("read_shared", 36), ("change_private", 20), ("rename_own", 5),
-           ("unlink_own", 4), ("list_shared", 5))
+    OPS = (
+        ("publish", 30),
+        ("read_shared", 36),
+        ("change_private", 20),
+        ("rename_own", 5),
+        ("unlink_own", 4),
+        ("list_shared", 5),
+    )
 
     def run(self, seconds: float) -> None:
         names = [n for n, _ in self.OPS]
@@ -244,8 +253,9 @@ class Worker:
                 getattr(self, op)()
             except Exception as exc:  # noqa: BLE001 - every error is reported to the test
                 code = errno.errorcode.get(getattr(exc, "errno", None) or 0, "")
-                self.errors.append(f"worker {self.index} {op}: {code} {exc!r}\n"
-                                   + "".join(traceback.format_exc(limit=3)))
+                self.errors.append(
+                    f"worker {self.index} {op}: {code} {exc!r}\n" + "".join(traceback.format_exc(limit=3))
+                )
 
     def manifest(self) -> dict:
         return {

@@ -86,8 +86,18 @@ _ERRORS = {
 }
 #: Headers that belong to one hop of a connection, not to the request.
 _HOP_HEADERS = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-     "te", "trailer", "transfer-encoding", "upgrade", "expect"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    }
 )
 #: An idle client connection is closed after this many seconds.
 IDLE_TIMEOUT = 120.0
@@ -402,8 +412,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 conn.endheaders(body or None)
                 response = conn.getresponse()
                 answer = response.read()
-                headers = [(k, v) for k, v in response.getheaders()
-                           if k.lower() not in _HOP_HEADERS and (k.lower() != "content-length" or method == "HEAD")]
+                headers = [
+                    (k, v)
+                    for k, v in response.getheaders()
+                    if k.lower() not in _HOP_HEADERS and (k.lower() != "content-length" or method == "HEAD")
+                ]
                 if response.will_close:
                     conn.close()
                     self._upstream = None
@@ -416,11 +429,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_error(self, status: int, code: str, message: str) -> None:
         request_id = uuid.uuid4().hex[:16].upper()
-        body = b"" if self.command == "HEAD" else (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{code}</Code><Message>{message}</Message>"
-            f"<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>"
-        ).encode()
+        body = (
+            b""
+            if self.command == "HEAD"
+            else (
+                '<?xml version="1.0" encoding="UTF-8"?>\n'
+                f"<Error><Code>{code}</Code><Message>{message}</Message>"
+                f"<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>"
+            ).encode()
+        )
         self.send_response_only(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(body)))

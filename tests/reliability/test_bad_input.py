@@ -77,9 +77,22 @@ def test_damaged_objects_give_eio_naming_the_file(make_mount, tmp_path):
     m = make_mount()
     p = m.path
     bs = 65536
-    contents = {name: os.urandom(3 * bs + 5000) for name in (
-        "good-big", "flipped-block", "flipped-header", "truncated-tag", "truncated-odd", "truncated-block",
-        "extended", "swapped-whole", "swapped-body", "foreign-whole", "foreign-body")}
+    contents = {
+        name: os.urandom(3 * bs + 5000)
+        for name in (
+            "good-big",
+            "flipped-block",
+            "flipped-header",
+            "truncated-tag",
+            "truncated-odd",
+            "truncated-block",
+            "extended",
+            "swapped-whole",
+            "swapped-body",
+            "foreign-whole",
+            "foreign-body",
+        )
+    }
     contents["good-small"] = b"small and intact\n"
     for name, data in contents.items():
         (p / name).write_bytes(data)
@@ -122,9 +135,13 @@ def test_damaged_objects_give_eio_naming_the_file(make_mount, tmp_path):
         b[HEADER_SIZE // 2] ^= 0x80
         store.put(key["flipped-header"], bytes(b), md("flipped-header"))
         store.put(key["truncated-tag"], body("truncated-tag")[:-100], md("truncated-tag"))  # a valid size
-        store.put(key["truncated-odd"], body("truncated-odd")[:-(5000 + BLOCK_OVERHEAD - 10)], md("truncated-odd"))  # no valid size
-        store.put(key["truncated-block"], body("truncated-block")[:HEADER_SIZE + 3 * sealed], md("truncated-block"))
-        store.put(key["extended"], body("extended") + body("extended")[HEADER_SIZE:HEADER_SIZE + sealed], md("extended"))
+        store.put(
+            key["truncated-odd"], body("truncated-odd")[: -(5000 + BLOCK_OVERHEAD - 10)], md("truncated-odd")
+        )  # no valid size
+        store.put(key["truncated-block"], body("truncated-block")[: HEADER_SIZE + 3 * sealed], md("truncated-block"))
+        store.put(
+            key["extended"], body("extended") + body("extended")[HEADER_SIZE : HEADER_SIZE + sealed], md("extended")
+        )
         store.put(key["swapped-whole"], body("good-big"), md("good-big"))  # object and metadata of another file
         store.put(key["swapped-body"], body("good-big"), md("swapped-body"))  # only the content
         store.put(key["foreign-whole"], foreign_body, foreign_info.metadata)
@@ -138,16 +155,24 @@ def test_damaged_objects_give_eio_naming_the_file(make_mount, tmp_path):
     for name in unlisted:
         with raises_errno(errno.EIO):
             os.stat(p / name)
-    for name in ("flipped-block", "flipped-header", "truncated-tag", "truncated-block", "extended", "swapped-body",
-                 "foreign-body"):
+    for name in (
+        "flipped-block",
+        "flipped-header",
+        "truncated-tag",
+        "truncated-block",
+        "extended",
+        "swapped-body",
+        "foreign-body",
+    ):
         with raises_errno(errno.EIO):
             read_file(p / name)
     with open(p / "flipped-block", "rb", buffering=0) as f:  # block 0 is intact
         assert f.read(bs) == contents["flipped-block"][:bs]
     # Every failure is logged with the file's name.
-    for name in (set(contents) - {"good-big", "good-small"}):
+    for name in set(contents) - {"good-big", "good-small"}:
         assert [line for line in log_lines(m, name) if " ERROR " in line], (
-            f"no error line names {name}:\n{m.log.read_text()[-3000:]}")
+            f"no error line names {name}:\n{m.log.read_text()[-3000:]}"
+        )
     # The rest of the volume is untouched.
     assert read_file(p / "good-big") == contents["good-big"]
     assert read_file(p / "good-small") == contents["good-small"]
@@ -233,8 +258,12 @@ def test_odd_names_through_the_mount(make_mount):
     check()
     # Offline, by plaintext path, as bytes on the command line.
     for name in (ODD_NAMES[0], ODD_NAMES[1], ODD_NAMES[2], ODD_NAMES[-2]):
-        out = subprocess.run([*fs_helpers.SEALFS, "cat", m.url, b"/" + name, *m.store_args()],
-                             capture_output=True, timeout=120, check=False)
+        out = subprocess.run(
+            [*fs_helpers.SEALFS, "cat", m.url, b"/" + name, *m.store_args()],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout == name * 300
 
@@ -328,7 +357,7 @@ def test_full_cache_directory(make_mount, tmp_path):
             fd = os.open(m.path / "big", os.O_WRONLY | os.O_CREAT, 0o644)
             try:
                 while acked < len(data):
-                    acked += os.write(fd, data[acked:acked + chunk])
+                    acked += os.write(fd, data[acked : acked + chunk])
             except OSError as exc:
                 failure = exc
             finally:
@@ -342,9 +371,10 @@ def test_full_cache_directory(make_mount, tmp_path):
             stored = (m.path / "big").read_bytes()
             # What close() stored: everything acknowledged, and nothing but
             # the data written (the failed write may or may not be in it).
-            assert len(stored) >= acked and stored == data[:len(stored)], (
+            assert len(stored) >= acked and stored == data[: len(stored)], (
                 f"{acked} bytes acknowledged, {len(stored)} stored, first difference at "
-                f"{next((i for i in range(len(stored)) if stored[i] != data[i]), None)}")
+                f"{next((i for i in range(len(stored)) if stored[i] != data[i]), None)}"
+            )
             for name, value in earlier.items():
                 assert (m.path / name).read_bytes() == value
 
@@ -396,15 +426,26 @@ def test_store_that_refuses_writes(make_mount, store_kind, tmp_path, request):
             # moto enforces a bucket policy's Deny of PutObject (also CopyObject)
             # and DeleteObject; it does not refuse CreateMultipartUpload.
             client = request.getfixturevalue("moto_s3")
-            bucket = m.url[len("s3://"):].split("/")[0]
-            policy = {"Version": "2012-10-17", "Statement": [{
-                "Effect": "Deny", "Principal": "*", "Action": ["s3:PutObject", "s3:DeleteObject"],
-                "Resource": f"arn:aws:s3:::{bucket}/*"}]}
+            bucket = m.url[len("s3://") :].split("/")[0]
+            policy = {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Deny",
+                        "Principal": "*",
+                        "Action": ["s3:PutObject", "s3:DeleteObject"],
+                        "Resource": f"arn:aws:s3:::{bucket}/*",
+                    }
+                ],
+            }
             client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
             undo.append(lambda: client.delete_bucket_policy(Bucket=bucket))
             refused = dataclasses.replace(m, log=tmp_path / "refused.log", expected_log=[])
-        refused.expected_log += [r"store failure in \w+: ", r"discarding changes to (f|new) ",
-                                 r"cannot write the times of directory / "]
+        refused.expected_log += [
+            r"store failure in \w+: ",
+            r"discarding changes to (f|new) ",
+            r"cannot write the times of directory / ",
+        ]
         refused.mount()
         try:
             assert (p / "f").read_bytes() == data

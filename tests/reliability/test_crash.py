@@ -224,7 +224,7 @@ def worker(root: str, journal: str, seed: int, marker: bytes, round_no: int, big
                 new = DIR_NAMES[1 - DIR_NAMES.index(dirname)]
                 log(step=step, op="dirrename", src=dirname, dst=new)
                 os.rename(os.path.join(root, dirname), os.path.join(root, new))
-                files = {(new + p[len(dirname):] if p.startswith(dirname + "/") else p): v for p, v in files.items()}
+                files = {(new + p[len(dirname) :] if p.startswith(dirname + "/") else p): v for p, v in files.items()}
                 dirname = new
         except OSError as exc:
             log(step=step, error=exc.errno, message=f"{exc.strerror} ({exc.filename})")
@@ -237,7 +237,8 @@ if __name__ == "__main__":  # the worker: started by the test below, stdlib only
     sys.exit(worker(a[0], a[1], int(a[2]), a[3].encode(), int(a[4]), a[5] == "1"))
 
 # -- the test ------------------------------------------------------------------------
-# (imported here, below the worker, which runs without them)
+# (imported here, below the worker, which runs as a script without them)
+# ruff: noqa: E402
 
 import re
 import signal
@@ -263,8 +264,12 @@ MOUNT_OPTIONS = ["dirty_size=64K"]
 #: Share of rounds whose worker starts with the big file.
 BIG_ROUNDS = 0.2
 #: What fsck may find after a crash (and --repair removes).
-CRASH_LEFTOVERS = {"stale multipart upload", "file unlinked while open, left by a crash",
-                   "times record of no entry version", "part of an object being written, left by a crash"}
+CRASH_LEFTOVERS = {
+    "stale multipart upload",
+    "file unlinked while open, left by a crash",
+    "times record of no entry version",
+    "part of an object being written, left by a crash",
+}
 EMPTY = digest(b"")
 ABSENT = None
 READY_TIMEOUT = 30.0
@@ -305,7 +310,7 @@ def _dir_renamed(state: State, src: str, dst: str, *, keep_src: bool) -> State:
     f = state.fmap()
     for p, v in list(f.items()):
         if p.startswith(src + "/"):
-            f[dst + p[len(src):]] = v
+            f[dst + p[len(src) :]] = v
             if not keep_src:
                 del f[p]
     dirs = set(state.dirs) | {dst}
@@ -352,11 +357,17 @@ def outcomes(state: State, op: dict, fsynced: int) -> list[tuple[str, State]]:
     if kind == "unlink":
         return [("old", state), ("unlinked", state.with_file(op["path"], ABSENT))]
     if kind == "rename":
-        return [("old", state), ("both names", _renamed(state, op["src"], op["dst"], keep_src=True)),
-                ("renamed", _renamed(state, op["src"], op["dst"], keep_src=False))]
+        return [
+            ("old", state),
+            ("both names", _renamed(state, op["src"], op["dst"], keep_src=True)),
+            ("renamed", _renamed(state, op["src"], op["dst"], keep_src=False)),
+        ]
     assert kind == "dirrename", op
-    return [("old", state), ("both names", _dir_renamed(state, op["src"], op["dst"], keep_src=True)),
-            ("renamed", _dir_renamed(state, op["src"], op["dst"], keep_src=False))]
+    return [
+        ("old", state),
+        ("both names", _dir_renamed(state, op["src"], op["dst"], keep_src=True)),
+        ("renamed", _dir_renamed(state, op["src"], op["dst"], keep_src=False)),
+    ]
 
 
 @dataclass
@@ -406,7 +417,7 @@ def _holds(path: Path | str, needle: bytes) -> bool:
         while chunk := f.read(4 * MiB):
             if needle in tail + chunk:
                 return True
-            tail = chunk[-len(needle):]
+            tail = chunk[-len(needle) :]
     return False
 
 
@@ -451,8 +462,16 @@ class CrashRun:
         return f"[SEALFS_CRASH_SEED={SEED} store={self.kind} round {r}]"
 
     def mount(self, r: int):
-        m = Mount(self.mnt, self.spec.url, dict(self.spec.options), self.keyfile, self.tmp / f"daemon{r}.log",
-                  self.cache, list(MOUNT_OPTIONS), spec=self.spec)
+        m = Mount(
+            self.mnt,
+            self.spec.url,
+            dict(self.spec.options),
+            self.keyfile,
+            self.tmp / f"daemon{r}.log",
+            self.cache,
+            list(MOUNT_OPTIONS),
+            spec=self.spec,
+        )
         self.mounts.append(m)
         m.mount()
         return m
@@ -475,9 +494,21 @@ class CrashRun:
         delay = rng.uniform(0.0, 0.45 if big else 0.8)
         with open(self.tmp / f"worker{r}.err", "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, __file__, str(self.mnt), str(journal), str(rng.getrandbits(64)),
-                 f"{self.marker_base}-r{r}", str(r), "1" if big else "0"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd="/")
+                [
+                    sys.executable,
+                    __file__,
+                    str(self.mnt),
+                    str(journal),
+                    str(rng.getrandbits(64)),
+                    f"{self.marker_base}-r{r}",
+                    str(r),
+                    "1" if big else "0",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd="/",
+            )
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while not (Journal.read(journal).holding if big else Journal.read(journal).ready):
@@ -538,8 +569,9 @@ class CrashRun:
         assert not unexpected, f"{self.where(r)} fsck found unexpected leftovers: {unexpected}"
         for w in report.warnings:
             expected = {"dirrename": "are one directory", "rename": "are one file"}.get(inflight and inflight["op"])
-            assert expected and expected in w and len(report.warnings) == 1, \
+            assert expected and expected in w and len(report.warnings) == 1, (
                 f"{self.where(r)} fsck warned: {report.warnings} (operation in flight: {inflight})"
+            )
         if report.leftovers:
             for _, why in report.leftovers:
                 self.stats[f"fsck repaired: {why}"] += 1
@@ -581,18 +613,22 @@ class CrashRun:
             if candidate == seen:
                 return label
         # Explain: what differs from each allowed outcome, and where the data came from.
-        lines = [f"{self.where(r)} no allowed outcome matches what the volume holds after the crash",
-                 f"  in flight: {journal.inflight} ({journal.fsynced} fsyncs acknowledged)",
-                 f"  last acknowledged: {journal.acked[-1] if journal.acked else None}",
-                 f"  directories seen: {sorted(seen.dirs)}"]
+        lines = [
+            f"{self.where(r)} no allowed outcome matches what the volume holds after the crash",
+            f"  in flight: {journal.inflight} ({journal.fsynced} fsyncs acknowledged)",
+            f"  last acknowledged: {journal.acked[-1] if journal.acked else None}",
+            f"  directories seen: {sorted(seen.dirs)}",
+        ]
         sf = seen.fmap()
         for label, candidate in options:
             cf = candidate.fmap()
             diff = sorted(p for p in set(cf) | set(sf) if cf.get(p) != sf.get(p))
             lines.append(f"  vs '{label}' (dirs {sorted(candidate.dirs)}):")
             for p in diff:
-                lines.append(f"    {p}: expected {cf.get(p)}, found {sf.get(p)} "
-                             f"({len(contents.get(p, b''))} bytes from {_tags(contents.get(p, b''))})")
+                lines.append(
+                    f"    {p}: expected {cf.get(p)}, found {sf.get(p)} "
+                    f"({len(contents.get(p, b''))} bytes from {_tags(contents.get(p, b''))})"
+                )
         raise AssertionError("\n".join(lines))
 
     def check_local_disk(self, r: int) -> None:
@@ -628,13 +664,14 @@ class CrashRun:
         seen, contents = self.observe(m)
         label = self.verify(r, before, journal, seen, contents)
         t.append(time.monotonic())
-        for phase, t0, t1 in zip(("run+kill", "fsck", "mount", "read+verify"), t, t[1:]):
+        for phase, t0, t1 in zip(("run+kill", "fsck", "mount", "read+verify"), t, t[1:], strict=False):
             self.seconds[phase] += t1 - t0
         self.check_local_disk(r)
         kind = journal.inflight["op"] if journal.inflight else "none"
         self.stats[f"in flight: {kind} -> {label}"] += 1
-        assert bool(warnings) == (label == "both names"), \
+        assert bool(warnings) == (label == "both names"), (
             f"{self.where(r)} fsck warned {warnings}, and the volume shows the outcome '{label}'"
+        )
         if label == "both names":
             self.resolve_two_names(r, m, journal.inflight)
             seen, _ = self.observe(m)
@@ -645,7 +682,9 @@ class CrashRun:
     def final_checks(self, m) -> None:
         m.unmount()
         proc = fs_helpers.sealfs("fsck", self.spec.url, *m.store_args(), check=False)
-        assert proc.returncode == 0, f"sealfs fsck exited {proc.returncode}:\n{proc.stdout.decode()}{proc.stderr.decode()}"
+        assert proc.returncode == 0, (
+            f"sealfs fsck exited {proc.returncode}:\n{proc.stdout.decode()}{proc.stderr.decode()}"
+        )
         needle = self.marker_base.encode()
         leaks = []
         for o in self.vol.store.list_all(""):
@@ -661,7 +700,9 @@ class CrashRun:
                     leaks.append(entry.path)
             except OSError:
                 continue  # gone meanwhile, or not ours to read
-        assert not leaks, f"[SEALFS_CRASH_SEED={SEED} store={self.kind}] plaintext on local disk or in the store: {leaks}"
+        assert not leaks, (
+            f"[SEALFS_CRASH_SEED={SEED} store={self.kind}] plaintext on local disk or in the store: {leaks}"
+        )
 
 
 @pytest.mark.timeout(900)

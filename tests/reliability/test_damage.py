@@ -73,8 +73,9 @@ def _listing_rewrite(change: Callable[[str], str]):
 
     def rewrite(method, path, status, headers, body):
         if method == "GET" and "list-type=2" in path and status == 200:
-            body = re.sub(rb"<Contents>.*?</Contents>", lambda m: change(m.group(0).decode()).encode(), body,
-                          flags=re.DOTALL)
+            body = re.sub(
+                rb"<Contents>.*?</Contents>", lambda m: change(m.group(0).decode()).encode(), body, flags=re.DOTALL
+            )
         return status, headers, body
 
     return rewrite
@@ -101,7 +102,8 @@ GARBLED_HEADERS = {
 
 @pytest.mark.parametrize("how", list(GARBLED_HEADERS))
 def test_s3_answer_about_one_object_that_does_not_parse_is_that_object_damaged(
-        proxy: FaultProxy, s3_bucket: str, how: str) -> None:
+    proxy: FaultProxy, s3_bucket: str, how: str
+) -> None:
     """HEAD and GET of the object with a garbled answer raise DamagedObject
     (never a KeyError or ValueError); its neighbours are unaffected and the
     listing still lists all three."""
@@ -140,7 +142,8 @@ GARBLED_ENTRIES = {
 
 @pytest.mark.parametrize("how", list(GARBLED_ENTRIES))
 def test_s3_listing_with_one_entry_that_does_not_parse_lists_the_others(
-        proxy: FaultProxy, s3_bucket: str, how: str) -> None:
+    proxy: FaultProxy, s3_bucket: str, how: str
+) -> None:
     """A listing whose entry for d/b does not parse still lists d/a and d/c
     with their true fields; d/b is listed with what parses (size -1, etag
     "" where unknown: a caller reads it to know more) or, without a usable
@@ -180,8 +183,13 @@ def test_s3_listing_of_uploads_with_one_bad_entry(proxy: FaultProxy, s3_bucket: 
 
 def test_s3_write_answer_without_etag_is_damage_not_a_key_error(proxy: FaultProxy, s3_bucket: str) -> None:
     store = S3Store(s3_bucket, "pfx", endpoint=proxy.url, path_style=True)
-    proxy.rewrite(lambda method, path, status, headers, body: (
-        status, [(k, v) for k, v in headers if k.lower() != "etag" or method != "PUT"], body))
+    proxy.rewrite(
+        lambda method, path, status, headers, body: (
+            status,
+            [(k, v) for k, v in headers if k.lower() != "etag" or method != "PUT"],
+            body,
+        )
+    )
     with pytest.raises(DamagedObject, match="ETag"):
         store.put("w", b"data")
     store.close()
@@ -209,10 +217,16 @@ def test_s3_store_replaced_under_a_watched_store(moto_s3, moto_server: str, s3_b
             moto_s3.delete_objects(Bucket=s3_bucket, Delete={"Objects": keys})
         moto_s3.delete_bucket(Bucket=s3_bucket)
 
-    calls = [lambda: store.head("d/a"), lambda: store.get("d/a"), lambda: store.list("d/"),
-             lambda: store.put("d/new", b"x", if_none_match=True), lambda: store.put("t/rec", b"x"),
-             lambda: store.create_multipart("d/big"), lambda: store.copy("d/a", "d/b", {}),
-             lambda: store.put("d/a", b"x", if_match="0123")]
+    calls = [
+        lambda: store.head("d/a"),
+        lambda: store.get("d/a"),
+        lambda: store.list("d/"),
+        lambda: store.put("d/new", b"x", if_none_match=True),
+        lambda: store.put("t/rec", b"x"),
+        lambda: store.create_multipart("d/big"),
+        lambda: store.copy("d/a", "d/b", {}),
+        lambda: store.put("d/a", b"x", if_match="0123"),
+    ]
     delete_bucket()
     for call in calls:  # (no bucket: a clear store error)
         with pytest.raises(StoreError):
@@ -290,7 +304,7 @@ def test_one_damaged_entry_leaves_its_directory_working(make_mount, store_kind):
         body, info = vol.store.get_object(key["garbled-meta"])
         vol.store.put(key["garbled-meta"], body, {**info.metadata, "m": "AAAA" + info.metadata["m"][8:]})
         body, info = vol.store.get_object(key["cut-short"])
-        vol.store.put(key["cut-short"], body[:HEADER_SIZE + 7], info.metadata)
+        vol.store.put(key["cut-short"], body[: HEADER_SIZE + 7], info.metadata)
         vol.store.delete(overflow_key(vol.lookup(dir_id, b"overflow-gone").id))
         if store_kind == "local":
             path = _local_root(m) / "objects" / key["local-header"].replace("/", "~/")
@@ -378,10 +392,16 @@ def test_local_store_gone_while_mounted(make_mount, store_kind, tmp_path):
     root, away, theirs = _local_root(m), tmp_path / "away", _local_root(other)
 
     def every_request_fails() -> None:
-        for call in (lambda: os.listdir(m.path), lambda: os.stat(m.path / "f"), lambda: (m.path / "f").read_bytes(),
-                     lambda: os.mkdir(m.path / "new-dir"), lambda: (m.path / "new-file").write_bytes(b"x"),
-                     lambda: os.unlink(m.path / "f"), lambda: os.rename(m.path / "f", m.path / "g"),
-                     lambda: os.listdir(m.path / "d")):
+        for call in (
+            lambda: os.listdir(m.path),
+            lambda: os.stat(m.path / "f"),
+            lambda: (m.path / "f").read_bytes(),
+            lambda: os.mkdir(m.path / "new-dir"),
+            lambda: (m.path / "new-file").write_bytes(b"x"),
+            lambda: os.unlink(m.path / "f"),
+            lambda: os.rename(m.path / "f", m.path / "g"),
+            lambda: os.listdir(m.path / "d"),
+        ):
             _eio(call)
 
     def tree(path: Path) -> dict[str, bytes]:
@@ -420,16 +440,24 @@ def test_s3_bucket_deleted_while_mounted(make_mount, store_kind, moto_s3):
     (m.path / "d").mkdir()
     m.remount()  # (nothing pending)
     m.expected_log += [r"store failure in \w+: .*(does not exist|no longer holds the volume)"]
-    bucket = m.url[len("s3://"):].split("/")[0]
-    saved = {o["Key"]: moto_s3.get_object(Bucket=bucket, Key=o["Key"])
-             for o in moto_s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    bucket = m.url[len("s3://") :].split("/")[0]
+    saved = {
+        o["Key"]: moto_s3.get_object(Bucket=bucket, Key=o["Key"])
+        for o in moto_s3.list_objects_v2(Bucket=bucket)["Contents"]
+    }
     saved = {k: (r["Body"].read(), r["Metadata"]) for k, r in saved.items()}
 
     def every_request_fails() -> None:
-        for call in (lambda: os.listdir(m.path), lambda: os.stat(m.path / "f"), lambda: (m.path / "f").read_bytes(),
-                     lambda: os.mkdir(m.path / "new-dir"), lambda: (m.path / "new-file").write_bytes(b"x"),
-                     lambda: os.symlink("f", m.path / "new-link"), lambda: os.listdir(m.path / "d"),
-                     lambda: os.rename(m.path / "f", m.path / "g")):
+        for call in (
+            lambda: os.listdir(m.path),
+            lambda: os.stat(m.path / "f"),
+            lambda: (m.path / "f").read_bytes(),
+            lambda: os.mkdir(m.path / "new-dir"),
+            lambda: (m.path / "new-file").write_bytes(b"x"),
+            lambda: os.symlink("f", m.path / "new-link"),
+            lambda: os.listdir(m.path / "d"),
+            lambda: os.rename(m.path / "f", m.path / "g"),
+        ):
             _eio(call)
 
     for k in saved:
@@ -461,7 +489,7 @@ def _small_volume(store):
 
     def file(dir_id: bytes, parent: str, name: bytes, data: bytes):
         e = vol.new_file_entry(dir_id, name, 0o640, 0, 0)
-        e = vol.write_content(e, len(data), lambda i: data[i * 4096:(i + 1) * 4096] or None, if_none_match=True)
+        e = vol.write_content(e, len(data), lambda i: data[i * 4096 : (i + 1) * 4096] or None, if_none_match=True)
         want[parent + name.decode()] = ("f", data)
         deps[parent + name.decode()] = deps.get(parent.rstrip("/"), set()) | {e.key}
         return e
@@ -561,7 +589,7 @@ def _text_mutations(text: str, rnd: random.Random, flips: int):
     for _ in range(flips):
         at = rnd.randrange(len(text))
         c = rnd.choice("AZaz09+/=_-.~ \x7f")
-        yield f"character {at} made {c!r}", text[:at] + c + text[at + 1:]
+        yield f"character {at} made {c!r}", text[:at] + c + text[at + 1 :]
 
 
 @pytest.mark.parametrize("store_kind", ["local", "s3"], indirect=True)
@@ -665,16 +693,25 @@ def test_s3_answer_fields_fuzzed(proxy: FaultProxy, s3_bucket: str) -> None:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
-    store = S3Store(s3_bucket, "pfx", endpoint=proxy.url, path_style=True, max_attempts=1, read_timeout=1,
-                    call_timeout=2)
+    store = S3Store(
+        s3_bucket, "pfx", endpoint=proxy.url, path_style=True, max_attempts=1, read_timeout=1, call_timeout=2
+    )
     etags = {k: store.put(k, b"0123456789", {"m": "v"}) for k in ("d/a", "d/b", "d/c")}
     header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=40)
     xml_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="<>&"), max_size=40)
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck),
-              phases=[Phase.explicit, Phase.generate])
-    @given(st.sampled_from(["etag", "last-modified", "content-length", "content-range", "x-amz-meta-m"]),
-           header_text, st.sampled_from(["Size", "ETag", "LastModified", "Key"]), xml_text)
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
+    @given(
+        st.sampled_from(["etag", "last-modified", "content-length", "content-range", "x-amz-meta-m"]),
+        header_text,
+        st.sampled_from(["Size", "ETag", "LastModified", "Key"]),
+        xml_text,
+    )
     def fuzzed(header: str, value: str, field: str, text: str) -> None:
         proxy.rewrite(_header_rewrite("d/b", _set(header, value)))
         calls = [lambda: store.head("d/b")]
@@ -685,6 +722,7 @@ def test_s3_answer_fields_fuzzed(proxy: FaultProxy, s3_bucket: str) -> None:
                 call()
             except DamagedObject:
                 pass
+
         def garble(x: str) -> str:
             if f"<Key>{PFX}d/b</Key>" not in x:
                 return x

@@ -106,9 +106,16 @@ class Rig:
         n = next(self.counter)
         mnt = self.tmp / f"mnt{n}"
         mnt.mkdir()
-        m = Mount(mnt, self.url, {"endpoint": self.proxy.url, "path_style": "1"}, self.keyfile,
-                  self.tmp / f"daemon{n}.log", self.tmp / f"cache{n}", list(extra or []),
-                  expected_log=list(expected_log or []))
+        m = Mount(
+            mnt,
+            self.url,
+            {"endpoint": self.proxy.url, "path_style": "1"},
+            self.keyfile,
+            self.tmp / f"daemon{n}.log",
+            self.tmp / f"cache{n}",
+            list(extra or []),
+            expected_log=list(expected_log or []),
+        )
         self.mounts.append(m)
         m.mount()
         return m
@@ -151,8 +158,9 @@ class _Report:
                 terminalreporter.write_line(f"  {what:<56}{secs:7.2f}")
         out = os.environ.get("SEALFS_FAULT_REPORT")
         if out:
-            Path(out).write_text(json.dumps({"seed": SEED, "faults": dict(REPORT), "time_to_eio": TIME_TO_EIO},
-                                            indent=2) + "\n")
+            Path(out).write_text(
+                json.dumps({"seed": SEED, "faults": dict(REPORT), "time_to_eio": TIME_TO_EIO}, indent=2) + "\n"
+            )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -255,8 +263,15 @@ def check_fsck(rig: Rig) -> None:
 @pytest.fixture
 def proxied_store(moto_server: str, make_bucket: Callable[[], str]) -> Iterator[tuple[S3Store, FaultProxy]]:
     with FaultProxy(moto_server, seed=SEED) as proxy:
-        store = S3Store(make_bucket(), "pfx", endpoint=proxy.url, path_style=True,
-                        connect_timeout=1.0, read_timeout=1.0, call_timeout=5.0)
+        store = S3Store(
+            make_bucket(),
+            "pfx",
+            endpoint=proxy.url,
+            path_style=True,
+            connect_timeout=1.0,
+            read_timeout=1.0,
+            call_timeout=5.0,
+        )
         try:
             yield store, proxy
         finally:
@@ -434,8 +449,8 @@ def fail_at_once(outage: str, ops: dict[str, Callable[[], object]]) -> None:
         return time.monotonic() - start, None
 
     with ThreadPoolExecutor(max_workers=len(ops)) as pool:
-        results = dict(zip(ops, pool.map(run, ops.values())))
-    for what, (took, error) in results.items():
+        results = dict(zip(ops, pool.map(run, ops.values()), strict=True))
+    for what, (took, _) in results.items():
         TIME_TO_EIO[f"{outage}: {what}"] = round(took, 2)
     for what, (took, error) in results.items():
         assert error is not None, f"{what} succeeded while the store was {outage}"
@@ -485,8 +500,12 @@ def test_store_outage_fails_fast_and_the_mount_recovers(rig: Rig, outage: str, t
     m = rig.mount(expected_log=OUTAGE_LOG, extra=["entry_timeout=60", "attr_timeout=60"])
     other = rig.mount(expected_log=OUTAGE_LOG)
     root = m.path
-    acked = {"closed": payload("closed", 300_000), "dir/synced": payload("synced", 2 * BLOCK + 7),
-             "cold": payload("cold", 5 * BLOCK), "by-other": payload("by-other", BLOCK + 99)}
+    acked = {
+        "closed": payload("closed", 300_000),
+        "dir/synced": payload("synced", 2 * BLOCK + 7),
+        "cold": payload("cold", 5 * BLOCK),
+        "by-other": payload("by-other", BLOCK + 99),
+    }
     (root / "dir").mkdir()
     (root / "dir2").mkdir()
     write_file(root / "closed", acked["closed"])
@@ -494,8 +513,9 @@ def test_store_outage_fails_fast_and_the_mount_recovers(rig: Rig, outage: str, t
     write_file(root / "scratch", scratch)
     # A file this mount has never read: its blocks are in no cache.
     (tmp_path / "cold").write_bytes(acked["cold"])
-    sealfs("put", rig.url, str(tmp_path / "cold"), "cold",
-           "-o", f"keyfile={rig.keyfile},endpoint={rig.moto},path_style=1")
+    sealfs(
+        "put", rig.url, str(tmp_path / "cold"), "cold", "-o", f"keyfile={rig.keyfile},endpoint={rig.moto},path_style=1"
+    )
     synced = os.open(root / "dir/synced", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(synced, acked["dir/synced"])
     os.fsync(synced)  # acknowledged
@@ -523,15 +543,18 @@ def test_store_outage_fails_fast_and_the_mount_recovers(rig: Rig, outage: str, t
     start_outage(rig.proxy, outage)
     with ThreadPoolExecutor(max_workers=1) as pool:
         unmount = pool.submit(close_and_unmount_other)
-        fail_at_once(outage, {
-            "stat of a new name": lambda: os.stat(root / "nosuch"),
-            "listdir": lambda: os.listdir(root / "dir"),
-            "open": lambda: os.close(os.open(root / "closed", os.O_RDONLY)),
-            "read": lambda: os.pread(cold, 4096, BLOCK),
-            "create (O_EXCL)": lambda: os.close(os.open(root / "dir2/new", os.O_WRONLY | os.O_CREAT | os.O_EXCL)),
-            "fsync": lambda: os.fsync(synced),
-            "close after a write": lambda: os.close(rewrite),
-        })
+        fail_at_once(
+            outage,
+            {
+                "stat of a new name": lambda: os.stat(root / "nosuch"),
+                "listdir": lambda: os.listdir(root / "dir"),
+                "open": lambda: os.close(os.open(root / "closed", os.O_RDONLY)),
+                "read": lambda: os.pread(cold, 4096, BLOCK),
+                "create (O_EXCL)": lambda: os.close(os.open(root / "dir2/new", os.O_WRONLY | os.O_CREAT | os.O_EXCL)),
+                "fsync": lambda: os.fsync(synced),
+                "close after a write": lambda: os.close(rewrite),
+            },
+        )
         took = unmount.result()
     TIME_TO_EIO[f"{outage}: unmount (until the daemon exits)"] = round(took, 2)
     assert took < OUTAGE_BOUND, f"the unmount took {took:.1f} s while the store was {outage}"

@@ -95,10 +95,25 @@ def run_workers(root: Path, seconds: float, out_dir: Path, seed: int) -> list[di
     for i in range(WORKERS):
         out = out_dir / f"worker{i}.json"
         out.unlink(missing_ok=True)
-        procs.append((subprocess.Popen(
-            [sys.executable, str(WORKER_SCRIPT), str(root), str(i), str(WORKERS), str(seed * 100 + i),
-             str(seconds), str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(WORKER_SCRIPT),
+                        str(root),
+                        str(i),
+                        str(WORKERS),
+                        str(seed * 100 + i),
+                        str(seconds),
+                        str(out),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                ),
+                out,
+            )
+        )
     manifests, failures = [], []
     try:
         for proc, out in procs:
@@ -207,24 +222,32 @@ def test_eight_writers_and_readers(make_mount, store_kind, tmp_path):
     written = sum(w["bytes_written"] for w in manifests)
     read = sum(w["bytes_read"] for w in manifests)
     mib = 1 << 20
-    print(f"\n[{store_kind}] {elapsed:.1f} s, {WORKERS} workers: {written / mib:.0f} MiB written, "
-          f"{read / mib:.0f} MiB read; {dict(sorted(counts.items()))}")
-    print(f"[{store_kind}] daemon pid {pid}: at start fds={start['fds']} threads={start['threads']} "
-          f"rss={start['rss'] / mib:.0f} MiB; after warm-up fds={base['fds']} threads={base['threads']} "
-          f"rss={base['rss'] / mib:.0f} MiB; peak under load fds={sampler.peak.get('fds')} "
-          f"threads={sampler.peak.get('threads')} rss={sampler.peak.get('rss', 0) / mib:.0f} MiB; "
-          f"after load (+{settle:.1f} s) fds={after['fds']} threads={after['threads']} "
-          f"rss={after['rss'] / mib:.0f} MiB hwm={after['hwm'] / mib:.0f} MiB")
+    print(
+        f"\n[{store_kind}] {elapsed:.1f} s, {WORKERS} workers: {written / mib:.0f} MiB written, "
+        f"{read / mib:.0f} MiB read; {dict(sorted(counts.items()))}"
+    )
+    print(
+        f"[{store_kind}] daemon pid {pid}: at start fds={start['fds']} threads={start['threads']} "
+        f"rss={start['rss'] / mib:.0f} MiB; after warm-up fds={base['fds']} threads={base['threads']} "
+        f"rss={base['rss'] / mib:.0f} MiB; peak under load fds={sampler.peak.get('fds')} "
+        f"threads={sampler.peak.get('threads')} rss={sampler.peak.get('rss', 0) / mib:.0f} MiB; "
+        f"after load (+{settle:.1f} s) fds={after['fds']} threads={after['threads']} "
+        f"rss={after['rss'] / mib:.0f} MiB hwm={after['hwm'] / mib:.0f} MiB"
+    )
 
     assert counts.get("read-other", 0) > 0 and counts.get("publish", 0) > 0, counts
     assert after["fds"] <= base["fds"] + FD_SLACK, (
-        f"descriptor leak: {base['fds']} after warm-up, {after['fds']} now: {fd_targets(pid)}")
+        f"descriptor leak: {base['fds']} after warm-up, {after['fds']} now: {fd_targets(pid)}"
+    )
     assert after["threads"] <= base["threads"] + THREAD_SLACK, (
-        f"thread leak: {base['threads']} after warm-up, {after['threads']} now: {thread_names(pid)}")
+        f"thread leak: {base['threads']} after warm-up, {after['threads']} now: {thread_names(pid)}"
+    )
     assert after["hwm"] < RSS_LIMIT, f"peak resident memory {after['hwm'] / mib:.0f} MiB"
 
     verify_files(root, manifests)
     m.remount()
     checked = verify_files(root, manifests)
-    print(f"[{store_kind}] after remount: {checked / mib:.0f} MiB in {sum(len(w['published']) for w in manifests)} "
-          f"shared and {sum(len(w['private']) for w in manifests)} private files verified")
+    print(
+        f"[{store_kind}] after remount: {checked / mib:.0f} MiB in {sum(len(w['published']) for w in manifests)} "
+        f"shared and {sum(len(w['private']) for w in manifests)} private files verified"
+    )
