@@ -2,7 +2,16 @@
 
     identity.py   the caller of a FUSE request, from /proc (exe and its
                   sha256, script, cgroup, tracer, LD_PRELOAD, start time,
-                  dumpable, traced since exec)
+                  dumpable, traced since exec); made of:
+      proc.py          reading a process's /proc files; stat, status
+      handles.py       its stat, status and maps held open per exec;
+                       exec detection
+      programs.py      what it runs, gathered once per exec (exe, script,
+                       environment, cgroup, executable mappings)
+      interpreters.py  interpreters, their scripts and startup options
+      hashing.py       the bounded sha256 cache of files
+      tracers.py       its tracers now and since its exec
+      mappings.py      its executable mappings, and whose code they are
     rules.py      the TOML policy file: workloads, rules, decisions, errors
                   with file:line (sealfs-policy(5))
     host.py       what a policy relies on outside it (Yama, the policy

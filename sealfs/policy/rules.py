@@ -53,7 +53,8 @@ from typing import Any
 
 from ..errors import UsageError
 from .host import policy_warnings
-from .identity import PYTHON_INTERACTIVE, Identity, interpreter_family
+from .identity import Identity
+from .interpreters import PYTHON_INTERACTIVE, interpreter_family
 
 #: Every operation a rule can name, and what it covers.
 OPERATIONS = {

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from sealfs.cli import main as cli_main
-from sealfs.policy import identity, rules
+from sealfs.policy import interpreters, rules
 
 from .policyhelp import CLEAN_ENV, MAN_POLICY, man_page_example, sealfs
 
@@ -125,7 +125,7 @@ def test_every_operation_and_selector_is_an_item_of_the_page():
 
 def test_every_injection_variable_is_listed():
     page = _page()
-    names = set(identity.LOADER_VARIABLES) | {v for vs in identity._INTERPRETER_VARIABLES.values() for v in vs}
+    names = set(interpreters.LOADER_VARIABLES) | {v for vs in interpreters._INTERPRETER_VARIABLES.values() for v in vs}
     missing = sorted(n for n in names if n not in page)
     assert not missing, f"sealfs-policy(5) does not list {missing} under no_preload"
 
