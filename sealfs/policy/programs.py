@@ -75,7 +75,8 @@ class ProgramReader:
     ``proc`` (a procfs mount), hashing through ``hashes`` the files that
     ``wanted(kind, uid, path)`` says the policy could need ("exe" or
     "script"; mapped libraries not root's are always hashed).  ``clock``
-    stamps what was gathered.  Thread-safe (it keeps nothing itself)."""
+    stamps what was gathered.  It keeps nothing itself: what it gathers is
+    kept with the handles of the process (:attr:`.handles.Handles.stable`)."""
 
     def __init__(
         self, proc: str, hashes: HashCache, clock: Callable[[], float], wanted: Callable[[str, int, str], bool]
