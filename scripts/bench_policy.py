@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sealfs.policy.globs import compile_glob  # noqa: E402
 from sealfs.policy.identity import Identity  # noqa: E402
-from sealfs.policy.rules import compile_glob, parse_policy  # noqa: E402
+from sealfs.policy.rules import parse_policy  # noqa: E402
 
 
 def policy_lines(rules: int = 20_000, workloads: int = 100) -> None:

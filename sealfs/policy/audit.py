@@ -54,8 +54,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .decisions import Decision
 from .identity import Identity
-from .rules import Decision
 
 log = logging.getLogger("sealfs.audit")
 

@@ -32,8 +32,9 @@ import os
 
 from ..errors import FsError, UsageError
 from .audit import AuditLog
+from .decisions import Policy
 from .identity import Identifier, Identity
-from .rules import Policy, PolicyError, load_policy
+from .rules import PolicyError, load_policy
 
 log = logging.getLogger("sealfs")
 

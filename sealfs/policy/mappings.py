@@ -88,7 +88,7 @@ def inspect(base: int, lines: list[tuple[bytes, int, str]], exe_key: tuple[int, 
     """Sort the executable mappings ``lines`` (:func:`executable_lines` of
     the maps of the process whose /proc directory is the descriptor ``base``).
     ``exe_key`` is the (st_dev, st_ino) of its running executable;
-    ``hash_fd(fd)`` hashes an open file (a :class:`HashCache`).
+    ``hash_fd(fd)`` hashes an open file (a :class:`.hashing.HashCache`).
 
     A range of ``lines`` that has no ``map_files`` entry any more was
     unmapped, moved, or split or merged with its neighbour (``mprotect`` of

@@ -7,8 +7,8 @@ import json
 import socket
 
 from sealfs.policy.audit import AuditLog
+from sealfs.policy.decisions import Decision
 from sealfs.policy.identity import Identity
-from sealfs.policy.rules import Decision
 
 FRONT = Identity(pid=4242, uid=33, gid=33, exe="/opt/shop/bin/frontend", exe_sha256="c" * 64, script=None)
 

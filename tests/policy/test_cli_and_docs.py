@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from sealfs.cli import main as cli_main
-from sealfs.policy import identity, rules
+from sealfs.policy import decisions, interpreters, rules, workloads
 
 from .policyhelp import CLEAN_ENV, MAN_POLICY, man_page_example, sealfs
 
@@ -101,7 +101,7 @@ allow = ["read", "list"]
 
 
 def test_the_cli_knows_every_operation():
-    assert cli_main.POLICY_OPERATIONS == tuple(rules.OPERATIONS)
+    assert cli_main.POLICY_OPERATIONS == tuple(decisions.OPERATIONS)
 
 
 # -- the man page against the code -------------------------------------------------------
@@ -113,11 +113,11 @@ def _page() -> str:
 
 def test_every_operation_and_selector_is_an_item_of_the_page():
     page = _page()
-    for op in rules.OPERATIONS:
+    for op in decisions.OPERATIONS:
         assert re.search(rf"^\.TP(?: \d+)?\n\.B {op}\n", page, re.MULTILINE), (
             f"operation {op} is not an item of the page"
         )
-    for sel in rules.SELECTORS:
+    for sel in workloads.SELECTORS:
         assert re.search(rf"^\.(?:BI|B) {sel}\b", page, re.MULTILINE), f"selector {sel} is not an item of the page"
     for key in rules.RULE_KEYS:
         assert re.search(rf"^\.(?:BI|B) {key}\b", page, re.MULTILINE), f"rule key {key} is not an item of the page"
@@ -125,7 +125,7 @@ def test_every_operation_and_selector_is_an_item_of_the_page():
 
 def test_every_injection_variable_is_listed():
     page = _page()
-    names = set(identity.LOADER_VARIABLES) | {v for vs in identity._INTERPRETER_VARIABLES.values() for v in vs}
+    names = set(interpreters.LOADER_VARIABLES) | {v for vs in interpreters._INTERPRETER_VARIABLES.values() for v in vs}
     missing = sorted(n for n in names if n not in page)
     assert not missing, f"sealfs-policy(5) does not list {missing} under no_preload"
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.policy.identity import Identifier, Identity, python_startup
+from sealfs.policy.identity import Identifier, Identity
+from sealfs.policy.interpreters import python_startup
 from sealfs.policy.rules import parse_policy
 
 from .policyhelp import (

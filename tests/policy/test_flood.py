@@ -121,7 +121,7 @@ def hash_of(hashes, path: Path, uid: int | None = None) -> str:
 
 
 def test_a_file_above_the_limit_is_refused_without_being_read(tmp_path):
-    from sealfs.policy.identity import HashCache, HashRefused
+    from sealfs.policy.hashing import HashCache, HashRefused
 
     hashes = HashCache(max_bytes=1 << 20)
     with pytest.raises(HashRefused, match=r"it is 1\.0 GiB, above the 1\.0 MiB that sealfs hashes"):
@@ -131,7 +131,7 @@ def test_a_file_above_the_limit_is_refused_without_being_read(tmp_path):
 
 
 def test_one_file_is_hashed_once_however_many_ask_at_the_same_time(tmp_path):
-    from sealfs.policy.identity import HashCache
+    from sealfs.policy.hashing import HashCache
 
     hashes = HashCache(jobs=8, jobs_per_uid=8)
     f = sparse(tmp_path / "big", 200 << 20)
@@ -155,7 +155,7 @@ def test_one_uid_cannot_take_more_than_its_share_of_hashing(tmp_path):
     """While a uid has its share of hashes running, its next one is refused
     at once (not queued: a queued job would hold a worker thread); other
     uids still get theirs, up to the limit in all."""
-    from sealfs.policy.identity import HashCache, HashRefused
+    from sealfs.policy.hashing import HashCache, HashRefused
 
     hashes = HashCache(max_bytes=1 << 40, jobs=2, jobs_per_uid=1)
     long_one = sparse(tmp_path / "long", 4 << 30)
@@ -311,7 +311,7 @@ def test_a_file_that_grows_while_it_is_hashed_is_refused_and_not_read_on(tmp_pat
     """A writer that extends the file during the hash (here: to 64 GiB,
     sparse) does not make the hash read on past the size it started with;
     the file changed, so it has no hash."""
-    from sealfs.policy.identity import HashCache, HashRefused
+    from sealfs.policy.hashing import HashCache, HashRefused
 
     hashes = HashCache(max_bytes=1 << 40)
     f = sparse(tmp_path / "growing", 2 << 30)

@@ -11,8 +11,10 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sealfs.policy.decisions import OPERATIONS, Policy
 from sealfs.policy.identity import Identity
-from sealfs.policy.rules import OPERATIONS, SELECTORS, Policy, PolicyError, parse_policy
+from sealfs.policy.rules import PolicyError, parse_policy
+from sealfs.policy.workloads import SELECTORS
 
 from .policyhelp import man_page_example
 

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from sealfs.policy.identity import (
-    HashCache,
-    Identifier,
-    interpreter_family,
-    script_argument,
-)
+from sealfs.policy.hashing import HashCache
+from sealfs.policy.identity import Identifier
+from sealfs.policy.interpreters import interpreter_family, script_argument
+from sealfs.policy.programs import ProgramReader
 
 from .policyhelp import CLEAN_ENV
 
@@ -235,7 +233,7 @@ def test_invalid_identities(ident):
 def test_pid_reused_while_identifying(monkeypatch, ident):
     """The start time is read before and after; a change means the pid now
     belongs to another process."""
-    real = Identifier._read_stat
+    real = ProgramReader._read_stat
     calls = []
 
     def flaky(self, base):
@@ -243,7 +241,7 @@ def test_pid_reused_while_identifying(monkeypatch, ident):
         calls.append(st)
         return st if len(calls) == 1 else type(st)(st.start_time + 1, st.vsize)
 
-    monkeypatch.setattr(Identifier, "_read_stat", flaky)
+    monkeypatch.setattr(ProgramReader, "_read_stat", flaky)
     i = ident.identify(os.getpid(), os.getuid(), os.getgid())
     assert not i.valid and "reused" in i.problem
 
@@ -309,9 +307,9 @@ def test_script_argument(family, argv, script):
 def test_held_descriptors_are_bounded_and_closed(monkeypatch):
     """stat/status/maps stay open for the last few callers only; evicted ones
     and close() release their descriptors."""
-    from sealfs.policy import identity as mod
+    from sealfs.policy import handles
 
-    monkeypatch.setattr(mod, "HANDLE_CACHE_ENTRIES", 2)
+    monkeypatch.setattr(handles, "HANDLE_CACHE_ENTRIES", 2)
     ident = Identifier()
     with contextlib.ExitStack() as stack:
         procs = [stack.enter_context(running([SLEEP, "60"])) for _ in range(4)]
@@ -331,9 +329,9 @@ def test_eviction_while_other_threads_identify_never_fails_them(monkeypatch):
     """Handles evicted by one request while another still reads them stay
     open until it is done: every identity is valid, none is taken for an
     exec, and no descriptor is left behind."""
-    from sealfs.policy import identity as mod
+    from sealfs.policy import handles
 
-    monkeypatch.setattr(mod, "HANDLE_CACHE_ENTRIES", 2)
+    monkeypatch.setattr(handles, "HANDLE_CACHE_ENTRIES", 2)
     ident = Identifier(stable_ttl=0)
     with contextlib.ExitStack() as stack:
         procs = [stack.enter_context(running([SLEEP, "60"])) for _ in range(5)]

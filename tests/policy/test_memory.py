@@ -640,9 +640,9 @@ def test_a_tracer_seen_on_one_thread_counts_for_every_thread(lab):
 
 def test_the_memory_of_tracers_is_bounded_and_keeps_live_processes(lab, monkeypatch):
     """Past TRACED_ENTRIES, processes that are gone are forgotten first."""
-    from sealfs.policy import identity
+    from sealfs.policy import identity, tracers
 
-    monkeypatch.setattr(identity, "TRACED_ENTRIES", 2)
+    monkeypatch.setattr(tracers, "TRACED_ENTRIES", 2)
     ident = identity.Identifier(stable_ttl=0)
     sleep = os.path.realpath("/usr/bin/sleep")
     procs = []
@@ -659,7 +659,7 @@ def test_the_memory_of_tracers_is_bounded_and_keeps_live_processes(lab, monkeypa
             if len(procs) == 2:  # the second is gone when the third comes: it goes, not the oldest
                 procs[1].kill()
                 procs[1].wait()
-        assert len(ident._traced) == 2
+        assert len(ident._tracers) == 2
         for p in (procs[0], procs[2]):
             assert ident.identify(p.pid, 0, 0).traced_since_exec, "a live process stays remembered"
     finally:

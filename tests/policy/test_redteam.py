@@ -470,7 +470,7 @@ def test_a_library_not_hashed_for_the_budget_is_hashed_at_a_later_request(lab):
     free.  Here the budget is spent by setting it to none, then given back."""
     import hashlib
 
-    from sealfs.policy.identity import HashCache
+    from sealfs.policy.hashing import HashCache
 
     lib = lab.mine("libplain.so")
     digest = hashlib.sha256(Path(lib).read_bytes()).hexdigest()

@@ -8,15 +8,10 @@ import textwrap
 
 import pytest
 
+from sealfs.policy.decisions import OPERATIONS
+from sealfs.policy.globs import compile_glob, glob_matches
 from sealfs.policy.identity import Identity
-from sealfs.policy.rules import (
-    OPERATIONS,
-    PolicyError,
-    compile_glob,
-    glob_matches,
-    load_policy,
-    parse_policy,
-)
+from sealfs.policy.rules import PolicyError, load_policy, parse_policy
 
 from .policyhelp import man_page_example
 

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sealfs.policy import rules
+from sealfs.policy import decisions, rules
+from sealfs.policy.globs import compile_glob
 from sealfs.policy.identity import Identity
-from sealfs.policy.rules import PolicyError, compile_glob, parse_policy
+from sealfs.policy.rules import PolicyError, parse_policy
 
 from .policyhelp import sealfs
 
@@ -133,7 +134,7 @@ def generated_policy(n_rules: int, n_workloads: int, seed: int = 1) -> str:
         shape = rnd.choice(["/d{i}/**", "/d{i}/**/x{i}/*", "/d{j}/f{i}", "/**/*.k{i}", "/d{j}/*{i}*"])
         paths = [shape.format(i=i, j=i % 97)]
         verb = rnd.choice(["allow", "deny"])
-        ops = rnd.sample(sorted(rules.OPERATIONS), 2)
+        ops = rnd.sample(sorted(decisions.OPERATIONS), 2)
         hide = verb == "deny" and "read" in ops and rnd.random() < 0.5
         out.append(
             f'[[rule]]\npaths = {paths!r}\nworkloads = ["w{i % n_workloads}", "w{(i * 7) % n_workloads}"]\n'
@@ -166,7 +167,7 @@ def test_a_20000_rule_policy_loads_and_decides_like_the_rules_say():
         path = rnd.choice(
             [f"/d{i}/x", f"/d{i}/a/x{i}/b", f"/d{i % 97}/f{i}", f"/q/r.k{i}", f"/d{i % 97}/a{i}b", "/", "/none"]
         )
-        op = rnd.choice(sorted(rules.OPERATIONS))
+        op = rnd.choice(sorted(decisions.OPERATIONS))
         d = policy.decide(ident, op, path)
         assert (d.allowed, d.rule) == naive_decision(policy, ident, op, path), (uid, op, path)
         hidden = policy.hiding(ident, path)
