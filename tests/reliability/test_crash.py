@@ -34,9 +34,11 @@ round:
    acknowledged fsync; an interrupted rename leaves the old name, both, or
    the new one, never neither.  Nothing may be left in the cache directory.
    Two names of one directory or file are resolved as fsck advises (the
-   entry of the old name is deleted) and the volume remounted: a mount
-   takes two names of one file for one inode (see
-   test_interrupted_file_rename_leaves_two_independent_names).
+   entry of the old name is deleted, in the store behind the mount's
+   back) and the volume remounted, so that neither the kernel nor the
+   mount still knows the deleted name.  (Until then the two names of a
+   file are two independent files, as
+   test_interrupted_file_rename_leaves_two_independent_names checks.)
 
 At the end the volume is unmounted cleanly, ``sealfs fsck`` must exit 0,
 and neither the store, nor any file of the test's directory (cache, logs,
@@ -640,9 +642,9 @@ class CrashRun:
         """Delete the entry of the old name of a directory or file left with
         two (as fsck's warning advises; only the entry object: an overflow
         object would be the other name's too), and remount so that the
-        kernel forgets the name.  (Needed for files too: a mount takes two
-        names of one file id for one inode; see
-        test_interrupted_file_rename_leaves_two_independent_names.)"""
+        kernel and the mount forget the name deleted behind their back
+        (of a file too: the mount had the two names as two independent
+        files, see test_interrupted_file_rename_leaves_two_independent_names)."""
         old = self.vol.resolve("/" + op["src"], follow=False)
         new = self.vol.resolve("/" + op["dst"], follow=False)
         assert old.id == new.id, f"{self.where(r)} two entries, not two names of one"
