@@ -201,7 +201,7 @@ def worker(root: str, journal: str, seed: int, marker: bytes, round_no: int, big
                     else:
                         if act[0] == "h":
                             log(step=step, hold=1)
-                        time.sleep(act[1])
+                        time.sleep(act[1])  # a pause of the worker: time for the kill to land within it
                 os.close(fd)
                 files[path] = bytes(cur)
             elif r < 0.62:
@@ -517,7 +517,7 @@ class CrashRun:
                 assert proc.poll() is None, f"{self.where(r)} the worker died: {self._err(r)}"
                 assert time.monotonic() < deadline, f"{self.where(r)} the worker did not start"
                 time.sleep(0.01)
-            time.sleep(delay)  # (a big round: from the hold at 9 MiB, which lasts 0.3 s)
+            time.sleep(delay)  # the kill's seeded moment (a big round: from the hold at 9 MiB, which lasts 0.3 s)
             pids = fs_helpers.daemon_pids(self.mnt)
             assert len(pids) == 1, f"{self.where(r)} daemons of {self.mnt}: {pids}"
             self.kill_daemon(r, pids[0])
@@ -528,7 +528,7 @@ class CrashRun:
         proc = subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True, text=True, check=False)
         assert not fs_helpers.is_mounted(self.mnt), f"{self.where(r)} lazy unmount failed: {proc.stderr}"
         if self.kind == "s3":
-            time.sleep(0.05)  # let the store finish requests the daemon sent before it died
+            time.sleep(0.05)  # let the store finish requests the daemon sent before it died (moto shows no sign)
         return Journal.read(journal)
 
     def _err(self, r: int) -> str:
