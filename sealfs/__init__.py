@@ -3,7 +3,8 @@ per calling workload.
 
 General layout (imports only go downwards):
 
-    cli/          argparse tree, the one -o parser, the mount.sealfs helper
+    cli/          argparse tree and dispatch, the commands, the one -o parser, the
+                  mount.sealfs helper
     daemon.py     mount lifecycle: harden, fork, serve, flush, unmount
     fuseops.py    the pyfuse3 adapter: request -> policy -> filesystem core -> reply
     policy/       who is calling (/proc), the TOML access policy, the audit log

@@ -67,7 +67,7 @@ def test_leftovers_found_and_repaired(store):
     assert "overflow metadata of no entry" in kinds  # sub's xattrs, and the fake one
     assert "stale multipart upload" in kinds
     assert not report.damaged
-    time.sleep(0.01)
+    time.sleep(0.01)  # the clock must move past the leftovers' times (stale_seconds=0: older than now)
     contents = {i: vol.reader(vol.lookup(docs.id, f"f{i}".encode())).read(0, 1 << 20) for i in range(5)}
     fixed = check(vol, repair=True, stale_seconds=0.0)
     assert fixed.repaired == len(report.leftovers)

@@ -79,15 +79,34 @@ def test_imports_only_go_down(path):
         assert RANK[target] < RANK[own], f"{path.relative_to(PKG.parent)}:{line}: {own} must not import {target}"
 
 
-def test_codec_and_store_load_no_fuse_or_trio():
-    # The local store and the volume on it, used as a library: no FUSE, no
-    # trio, and no boto3 until an s3:// store is opened.
+def _module(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_codec_and_store_load_no_fuse_or_trio(tmp_path):
+    # Every module below the adapter (codec, keys, both stores, the volume,
+    # the filesystem core...), imported and a local store used as a library:
+    # no FUSE and no trio, and no boto3 until the S3 store is imported.
+    below = [m for m in map(_module, MODULES) if (layer := _layer(m)) and RANK[layer] < RANK["fuseops"]]
+    s3 = [m for m in below if m.startswith("sealfs.store.s3")]
+    library = [m for m in below if m not in s3]
+    assert "sealfs.store.local" in library and "sealfs.codec.blocks" in library and "sealfs.volume" in library
+    assert "sealfs.store.s3" in s3
     code = (
-        "import sys, tempfile, sealfs.codec.blocks, sealfs.codec.names, sealfs.codec.meta, sealfs.volume; "
-        "from sealfs.store import open_store; "
-        "store = open_store('file://' + tempfile.mkdtemp() + '/s', create=True); store.put('probe', b'x'); "
-        "assert store.get('probe') == b'x'; "
-        "bad = [m for m in ('pyfuse3', 'trio', 'boto3') if m in sys.modules]; print(','.join(bad))"
+        "import importlib, sys\n"
+        "def loaded(): return ','.join(m for m in ('pyfuse3', 'trio', 'boto3') if m in sys.modules)\n"
+        "for name in sys.argv[1].split(','): importlib.import_module(name)\n"
+        "from sealfs.store import open_store\n"
+        "store = open_store('file://' + sys.argv[3], create=True)\n"
+        "store.put('probe', b'x')\n"
+        "assert store.get('probe') == b'x'\n"
+        "print(loaded())\n"
+        "for name in sys.argv[2].split(','): importlib.import_module(name)\n"
+        "print(loaded())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"the library layers loaded {out.stdout.strip()}"
+    argv = [sys.executable, "-c", code, ",".join(library), ",".join(s3), str(tmp_path / "s")]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    without_s3, with_s3 = out.stdout.splitlines()
+    assert without_s3 == "", f"the library layers loaded {without_s3}"
+    assert with_s3 == "boto3", f"with the S3 store, the library layers loaded {with_s3} (boto3 alone expected)"

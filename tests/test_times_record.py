@@ -84,7 +84,7 @@ def test_a_file_written_in_parts_has_its_last_write_time(vols, tmp_path):
     vol, other = vols
     e = vol.create_file(ROOT_ID, b"big", 0o644, 0, 0)
     started = e.mtime_ns
-    time.sleep(0.01)
+    time.sleep(0.01)  # the clock must move: the last write time must differ from the creation's
     vol.store.calls.clear()
     new = write_in_parts(vol, tmp_path, e, os.urandom(20 * BS + 5))
     assert vol.store.calls.get("copy", 0) == 0

@@ -19,7 +19,7 @@ def test_results_exceptions_and_the_bound():
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-        time.sleep(0.02)
+        time.sleep(0.02)  # each job lasts a while, so that jobs overlap
         with lock:
             running[0] -= 1
         if i == 7:
@@ -55,7 +55,7 @@ def test_a_call_is_not_abandoned_when_its_caller_is_cancelled():
     finished = threading.Event()
 
     def slow() -> None:
-        time.sleep(0.2)
+        time.sleep(0.2)  # longer than the caller waits (0.01 s): the cancel must wait for it
         finished.set()
 
     async def main() -> None:

@@ -57,6 +57,14 @@ def daemon_pids(mountpoint: Path) -> list[int]:
     return pids
 
 
+def wait_for(cond, what: str, timeout: float = 120.0) -> None:
+    """Poll until ``cond()`` is true; fail, naming ``what``, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def raises_errno(code: int):
     """``with raises_errno(errno.X): ...``: an OSError with exactly that errno."""

@@ -60,7 +60,7 @@ def test_changes_by_another_mount_are_seen_after_reopen(make_mount):
     assert (b.path / "f").read_bytes() == b"second version"
     assert os.stat(b.path / "f").st_mode & 0o777 == 0o640
     os.chmod(a.path / "f", 0o600)
-    time.sleep(1.1)
+    time.sleep(1.1)  # the attribute cache again
     assert os.stat(b.path / "f").st_mode & 0o777 == 0o600
 
 

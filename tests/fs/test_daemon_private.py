@@ -14,23 +14,15 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import SEALFS, UNMOUNT_TIMEOUT, is_mounted, sealfs
+from conftest import SEALFS, UNMOUNT_TIMEOUT, is_mounted, sealfs, wait_for
 
 from sealfs.daemon import daemon_pid
 
 FAST_KDF = ["--argon2-memory", "8192", "--argon2-iterations", "1"]
 MOUNT_TIMEOUT = 60.0
-
-
-def _wait(predicate, what: str, timeout: float = MOUNT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 # -- item 4: secrets ---------------------------------------------------------------------
@@ -80,7 +72,9 @@ def test_no_secret_in_the_daemons_environment_argv_or_log(
     pid = None
     try:
         if start == "foreground":
-            _wait(lambda: is_mounted(mnt) or proc.poll() is not None, "the foreground daemon did not mount")
+            wait_for(
+                lambda: is_mounted(mnt) or proc.poll() is not None, "the foreground daemon to mount", MOUNT_TIMEOUT
+            )
         else:
             out, err = proc.communicate(timeout=MOUNT_TIMEOUT)
             assert proc.returncode == 0, err.decode(errors="replace")
@@ -110,9 +104,7 @@ def test_no_secret_in_the_daemons_environment_argv_or_log(
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
         if pid is not None:
-            _wait(
-                lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), "the daemon did not exit", UNMOUNT_TIMEOUT
-            )
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), "the daemon to exit", UNMOUNT_TIMEOUT)
         if proc.poll() is None:
             proc.wait(timeout=UNMOUNT_TIMEOUT)
     assert proc.returncode == 0

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import Mount, daemon_pids, raises_errno, sealfs  # tests/fs/conftest.py
+from conftest import Mount, daemon_pids, raises_errno, sealfs, wait_for  # tests/fs/conftest.py
 
 
 def store_keys(m: Mount, request) -> set[str]:
@@ -889,13 +889,15 @@ def test_local_store_is_synced_to_disk_by_fsync_not_by_close(make_mount, store_k
             (m.path / f"f{i}").write_bytes(os.urandom(5000))
             os.chmod(m.path / f"f{i}", 0o600)
             os.utime(m.path / f"f{i}", (1_700_000_000, 1_700_000_000 + i))
+        # (a window, not a wait: the kernel sends the releases after close()
+        # returns, and what they must not do, sync, has nothing to wait for)
         time.sleep(0.5)
         closes_only = out.read_text()
         with open(m.path / "f0", "r+b") as f:
             f.write(b"x")
             f.flush()
             os.fsync(f.fileno())
-        time.sleep(0.5)
+        wait_for(lambda: "syncfs(" in out.read_text(), "strace to log the syncfs of the fsync", 30)
     finally:
         tracer.terminate()
         tracer.wait(timeout=30)

@@ -407,7 +407,7 @@ def test_flock_between_processes(mounted):
         assert run(sys.executable, "-c", FLOCKER, path, "nb").strip() == "busy"
         waiter = subprocess.Popen([sys.executable, "-c", FLOCKER, path, "wait"], stdout=subprocess.PIPE)
         assert waiter.stdout.readline() == b"busy\n"
-        time.sleep(0.3)
+        time.sleep(0.3)  # a window, not a wait: the blocked flock must not return within it
         assert waiter.poll() is None, "the blocking flock returned while the lock was held"
         fcntl.flock(f, fcntl.LOCK_UN)
         out, _ = waiter.communicate(timeout=30)

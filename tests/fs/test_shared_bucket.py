@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for  # tests/fs/conftest.py
 
 CONFLICT_LOG = r"changed by another mount"
 
@@ -117,7 +118,7 @@ def test_directory_renamed_while_another_mount_writes_into_it(make_mount):
             except OSError as exc:  # the old name is gone on B too: a clean error
                 assert exc.errno in (errno.ENOENT, errno.ESTALE), exc
                 failures.append(exc)
-                time.sleep(0.01)
+                time.sleep(0.01)  # (a pause, not a wait: the next name is tried after it)
             else:
                 written[name] = data
             n += 1
@@ -125,9 +126,11 @@ def test_directory_renamed_while_another_mount_writes_into_it(make_mount):
     t = threading.Thread(target=writer)
     t.start()
     try:
-        time.sleep(1.0)
+        wait_for(lambda: len(written) >= 20 or not t.is_alive(), "the writer to write into incoming", 60)
         os.rename(a.path / "incoming", a.path / "archive")
-        time.sleep(1.0)
+        # B writes on into the renamed directory (its kernel knows the old
+        # name for entry_timeout, 1 s) until it finds the name gone
+        wait_for(lambda: failures or not t.is_alive(), "B to find incoming gone", 60)
     finally:
         stop.set()
         t.join()

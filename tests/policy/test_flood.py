@@ -11,14 +11,15 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from sealfs.policy.audit import IDENTITY_BURST
 
-from .policyhelp import CLEAN_ENV, run_as
+from .policyhelp import CLEAN_ENV, fs_helpers, run_as
+
+wait_for = fs_helpers.wait_for
 
 local_only = pytest.mark.parametrize("store_kind", ["local"])
 
@@ -189,13 +190,6 @@ def test_files_the_policy_cannot_need_are_not_hashed(tmp_path):
     ident.needs_hash = policy.needs_hash
     me = ident.identify(os.getpid(), os.getuid(), os.getgid())
     assert me.valid and me.exe and me.exe_sha256 is None and ident.hashes.computed == 0
-
-
-def wait_for(cond, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def group_alive(pgid: int) -> bool:

@@ -186,17 +186,17 @@ def test_tracer_of_another_thread_counts(ident):
     Checked on the identity of a thread of this very test process."""
     tid = threading.get_native_id()
     other = {}
-    stop = threading.Event()
+    started, stop = threading.Event(), threading.Event()
 
     def worker():
         other["tid"] = threading.get_native_id()
+        started.set()
         stop.wait(WAIT)
 
     t = threading.Thread(target=worker)
     t.start()
     try:
-        while "tid" not in other:
-            time.sleep(0.001)
+        assert started.wait(WAIT), "the thread did not start"
         i = ident.identify(other["tid"], os.getuid(), os.getgid())
         assert i.valid and i.exe == PYTHON and not i.traced
         assert ident.identify(tid, os.getuid(), os.getgid()).valid

@@ -351,7 +351,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if kind == "delay":
             proxy._count(kind, method, self.path)
-            time.sleep(rule.delay)
+            time.sleep(rule.delay)  # the injected delay itself
         status, reason, headers, answer = self._forward(method, body)
         with proxy._lock:
             rewrite = proxy._rewrite

@@ -34,9 +34,11 @@ round:
    acknowledged fsync; an interrupted rename leaves the old name, both, or
    the new one, never neither.  Nothing may be left in the cache directory.
    Two names of one directory or file are resolved as fsck advises (the
-   entry of the old name is deleted) and the volume remounted: a mount
-   takes two names of one file for one inode (see
-   test_interrupted_file_rename_leaves_two_independent_names).
+   entry of the old name is deleted, in the store behind the mount's
+   back) and the volume remounted, so that neither the kernel nor the
+   mount still knows the deleted name.  (Until then the two names of a
+   file are two independent files, as
+   test_interrupted_file_rename_leaves_two_independent_names checks.)
 
 At the end the volume is unmounted cleanly, ``sealfs fsck`` must exit 0,
 and neither the store, nor any file of the test's directory (cache, logs,
@@ -199,7 +201,7 @@ def worker(root: str, journal: str, seed: int, marker: bytes, round_no: int, big
                     else:
                         if act[0] == "h":
                             log(step=step, hold=1)
-                        time.sleep(act[1])
+                        time.sleep(act[1])  # a pause of the worker: time for the kill to land within it
                 os.close(fd)
                 files[path] = bytes(cur)
             elif r < 0.62:
@@ -515,7 +517,7 @@ class CrashRun:
                 assert proc.poll() is None, f"{self.where(r)} the worker died: {self._err(r)}"
                 assert time.monotonic() < deadline, f"{self.where(r)} the worker did not start"
                 time.sleep(0.01)
-            time.sleep(delay)  # (a big round: from the hold at 9 MiB, which lasts 0.3 s)
+            time.sleep(delay)  # the kill's seeded moment (a big round: from the hold at 9 MiB, which lasts 0.3 s)
             pids = fs_helpers.daemon_pids(self.mnt)
             assert len(pids) == 1, f"{self.where(r)} daemons of {self.mnt}: {pids}"
             self.kill_daemon(r, pids[0])
@@ -526,7 +528,7 @@ class CrashRun:
         proc = subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True, text=True, check=False)
         assert not fs_helpers.is_mounted(self.mnt), f"{self.where(r)} lazy unmount failed: {proc.stderr}"
         if self.kind == "s3":
-            time.sleep(0.05)  # let the store finish requests the daemon sent before it died
+            time.sleep(0.05)  # let the store finish requests the daemon sent before it died (moto shows no sign)
         return Journal.read(journal)
 
     def _err(self, r: int) -> str:
@@ -640,9 +642,9 @@ class CrashRun:
         """Delete the entry of the old name of a directory or file left with
         two (as fsck's warning advises; only the entry object: an overflow
         object would be the other name's too), and remount so that the
-        kernel forgets the name.  (Needed for files too: a mount takes two
-        names of one file id for one inode; see
-        test_interrupted_file_rename_leaves_two_independent_names.)"""
+        kernel and the mount forget the name deleted behind their back
+        (of a file too: the mount had the two names as two independent
+        files, see test_interrupted_file_rename_leaves_two_independent_names)."""
         old = self.vol.resolve("/" + op["src"], follow=False)
         new = self.vol.resolve("/" + op["dst"], follow=False)
         assert old.id == new.id, f"{self.where(r)} two entries, not two names of one"

@@ -528,7 +528,7 @@ def test_store_outage_fails_fast_and_the_mount_recovers(rig: Rig, outage: str, t
     os.write(by_other, acked["by-other"])
     os.fsync(by_other)  # acknowledged
     os.pwrite(by_other, b"never acknowledged", 10)
-    time.sleep(1.5)  # directory times written
+    time.sleep(1.5)  # the daemon's timer writes new directory times within a second: none pending at the outage
     (other.path / "made-by-other").mkdir()  # (its parent's new times: written within a second)
     # From here until the store is back, no fork: see unmount_without_fork.
 

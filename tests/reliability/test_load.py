@@ -195,6 +195,8 @@ def test_eight_writers_and_readers(make_mount, store_kind, tmp_path):
 
     warm = run_workers(root, WARMUP_SECONDS, tmp_path, seed=1)
     assert not [e for w in warm for e in w["errors"]], "\n".join(e for w in warm for e in w["errors"])
+    # (a settle window: the releases of the warm-up's last closes reach the
+    # daemon after its workers exit, and nothing says when they are done)
     time.sleep(1.0)
     base = resources(pid)
 
