@@ -41,7 +41,7 @@ COMMANDS = (
     "doctor",
 )
 
-#: The operations of sealfs-policy(5) (sealfs.policy.rules.OPERATIONS, in order).
+#: The operations of sealfs-policy(5) (sealfs.policy.decisions.OPERATIONS, in order).
 POLICY_OPERATIONS = ("read", "write", "create", "delete", "list", "rename", "setattr", "xattr")
 
 
