@@ -875,7 +875,7 @@ def test_local_conditional_writes_check_under_the_exclusive_lock(
     checked while the store's lock is held exclusively, so no other writer
     (which needs the lock, shared or not, to rename) can slip in."""
     held = []
-    real = local._current_etag
+    real = local._files.current_etag
 
     def probing_current_etag(path: str, key: str) -> str | None:
         fd = os.open(os.path.join(local.root, "lock"), os.O_RDWR)
@@ -889,7 +889,7 @@ def test_local_conditional_writes_check_under_the_exclusive_lock(
             os.close(fd)
         return real(path, key)
 
-    monkeypatch.setattr(local, "_current_etag", probing_current_etag)
+    monkeypatch.setattr(local._files, "current_etag", probing_current_etag)
     etag = local.put("k", b"1", if_none_match=True)
     local.put("k", b"2", if_match=etag)
     upload_id = local.create_multipart("k")
