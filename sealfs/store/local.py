@@ -11,7 +11,7 @@ Layout of the store directory (``file:///path``)::
 each: ``local_dir`` (the directory: paths and key segments, the check
 that it is the directory opened, the lock, tmp/, syncing, errors),
 ``local_files`` (object files: their header, their bytes, installing one),
-``local_list`` (listing) and ``local_parts`` (multipart uploads).
+``local_list`` (listing) and ``local_multipart`` (multipart uploads).
 
 Concurrency.  Readers take no lock: an object file is only ever replaced by
 ``rename(2)``, so an open file is one complete version.  Writers build the
@@ -63,7 +63,7 @@ from .base import (
 from .local_dir import StoreDir
 from .local_files import HEADER_SIZE, LocalObjectWriter, ObjectFiles
 from .local_list import list_page
-from .local_parts import LocalUploads
+from .local_multipart import LocalMultipart
 
 
 class LocalStore(Store):
@@ -85,7 +85,7 @@ class LocalStore(Store):
         self.streaming_put = True
         self._dir = StoreDir(self.root, self.url, create=create)
         self._files = ObjectFiles(self._dir)
-        self._uploads = LocalUploads(self._files)
+        self._multipart = LocalMultipart(self._files)
         self.check()
 
     def defer_sync(self) -> None:
@@ -216,15 +216,15 @@ class LocalStore(Store):
             for directory in remaining:
                 d.sync_dir(directory)
 
-    # -- multipart (see local_parts) -----------------------------------------
+    # -- multipart (see local_multipart) -----------------------------------
     def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
-        return self._uploads.create(key, metadata)
+        return self._multipart.create(key, metadata)
 
     def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes | memoryview) -> str:
-        return self._uploads.upload_part(key, upload_id, part_number, data)
+        return self._multipart.upload_part(key, upload_id, part_number, data)
 
     def upload_part_copy(self, key: str, upload_id: str, part_number: int, src: str, start: int, end: int) -> str:
-        return self._uploads.upload_part_copy(key, upload_id, part_number, src, start, end)
+        return self._multipart.upload_part_copy(key, upload_id, part_number, src, start, end)
 
     def complete_multipart(
         self,
@@ -235,10 +235,10 @@ class LocalStore(Store):
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> str:
-        return self._uploads.complete(key, upload_id, parts, if_match, if_none_match, self.min_part_size)
+        return self._multipart.complete(key, upload_id, parts, if_match, if_none_match, self.min_part_size)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
-        self._uploads.abort(key, upload_id)
+        self._multipart.abort(key, upload_id)
 
     def list_multipart_uploads(self, prefix: str = "") -> list[Upload]:
-        return self._uploads.list_uploads(prefix)
+        return self._multipart.list_uploads(prefix)

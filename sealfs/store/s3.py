@@ -311,7 +311,7 @@ class S3Store(Store):
         log.info("a write of %s in %s was done, though its answer was lost (the retry found it done)", key, self.url)
         return info.etag
 
-    # -- multipart (see s3_multipart) ----------------------------------------
+    # -- multipart (see s3_multipart) --------------------------------------
     def create_multipart(self, key: str, metadata: dict[str, str] | None = None) -> str:
         return self._multipart.create(key, metadata)
 

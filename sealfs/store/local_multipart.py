@@ -30,7 +30,7 @@ _UPLOAD_ID_LEN = 32
 _INFO = "info.json"
 
 
-class LocalUploads:
+class LocalMultipart:
     """The multipart uploads of the store whose object files are ``files``
     (its Store methods delegate here)."""
 
