@@ -331,13 +331,13 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
         content = fs._node(attr.ino).content
         assert len(content.dirty) <= 24 and not content.spool
     assert content._parts is not None and content._parts.next_block >= 16
-    (temp,) = os.listdir(store.inner._tmp)
-    with open(os.path.join(store.inner._tmp, temp), "rb") as f:
+    (temp,) = os.listdir(store.inner._dir.tmp)
+    with open(os.path.join(store.inner._dir.tmp, temp), "rb") as f:
         assert data[:4096] not in f.read()
     assert content.read(65536 * 3, 100) == data[65536 * 3 : 65536 * 3 + 100]  # (read back from the new object)
     fs.release(fh)
     assert sorted(sealed) == list(range(41)), "each block sealed once"
-    assert os.listdir(store.inner._tmp) == []
+    assert os.listdir(store.inner._dir.tmp) == []
     fs.cache.drop_file(fs._node(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
 
@@ -351,7 +351,7 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
     assert content._parts is not None
     fs.write(fh, 100, b"patched")
     data[100:107] = b"patched"
-    assert content._parts is None and len(content.spool) >= 14 and os.listdir(store.inner._tmp) == []
+    assert content._parts is None and len(content.spool) >= 14 and os.listdir(store.inner._dir.tmp) == []
     fs.release(fh)
     fs.cache.drop_file(fs._node(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
@@ -364,7 +364,7 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
     (its disk full), stay in the new object, which the next flush finishes."""
     from sealfs.errors import StoreError
     from sealfs.fs.spool import Spool
-    from sealfs.store.local import _LocalObjectWriter
+    from sealfs.store.local_files import LocalObjectWriter
 
     fs, store, _ = setup
     data = os.urandom(40 * 65536 + 100)
@@ -373,12 +373,12 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
         fs.write(fh, off, data[off : off + 65536])
     content = fs._node(attr.ino).content
     assert content._parts is not None
-    real_commit = _LocalObjectWriter.commit
+    real_commit = LocalObjectWriter.commit
 
     def failing_commit(self, *args, **kwargs):
         raise StoreError("the store is gone")
 
-    monkeypatch.setattr(_LocalObjectWriter, "commit", failing_commit)
+    monkeypatch.setattr(LocalObjectWriter, "commit", failing_commit)
     if spool_full:
 
         def full(self, index, sealed):
@@ -389,13 +389,13 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
         fs.flush(fh)
     assert (content._parts is not None) == spool_full
     assert content.read(0, len(data)) == data
-    monkeypatch.setattr(_LocalObjectWriter, "commit", real_commit)
+    monkeypatch.setattr(LocalObjectWriter, "commit", real_commit)
     monkeypatch.undo()
     fs.release(fh)
     assert not content.changed
     fs.cache.drop_file(fs._node(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
-    assert os.listdir(store.inner._tmp) == []
+    assert os.listdir(store.inner._dir.tmp) == []
 
 
 def test_a_store_error_while_sending_does_not_fail_the_write(setup, monkeypatch):
@@ -403,12 +403,12 @@ def test_a_store_error_while_sending_does_not_fail_the_write(setup, monkeypatch)
     succeeds, the blocks stay in memory or the spool, and the flush stores
     the file whole (or reports the error)."""
     from sealfs.errors import StoreError
-    from sealfs.store.local import _LocalObjectWriter
+    from sealfs.store.local_files import LocalObjectWriter
 
     fs, store, _ = setup
     data = os.urandom(40 * 65536 + 100)
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
-    real_append = _LocalObjectWriter.append
+    real_append = LocalObjectWriter.append
     calls = []
 
     def fails_after_a_while(self, *chunks):
@@ -417,11 +417,11 @@ def test_a_store_error_while_sending_does_not_fail_the_write(setup, monkeypatch)
             raise StoreError("no space left on the store's disk")
         real_append(self, *chunks)
 
-    monkeypatch.setattr(_LocalObjectWriter, "append", fails_after_a_while)
+    monkeypatch.setattr(LocalObjectWriter, "append", fails_after_a_while)
     for off in range(0, len(data), 65536):
         fs.write(fh, off, data[off : off + 65536])
     content = fs._node(attr.ino).content
-    assert len(calls) == 2 and content._parts is None and os.listdir(store.inner._tmp) == []
+    assert len(calls) == 2 and content._parts is None and os.listdir(store.inner._dir.tmp) == []
     monkeypatch.undo()
     fs.release(fh)
     fs.cache.drop_file(fs._node(attr.ino).entry.id)
@@ -432,7 +432,7 @@ def test_fsck_lists_what_a_crash_left_in_the_local_store_s_tmp(setup, tmp_path):
     from sealfs.fsck import check
 
     fs, store, _ = setup
-    tmp = store.inner._tmp
+    tmp = store.inner._dir.tmp
     os.makedirs(tmp, exist_ok=True)
     for name, age in (("put-old", 3 * 86400), ("put-new", 0)):
         with open(os.path.join(tmp, name), "wb") as f:

@@ -875,7 +875,7 @@ def test_local_conditional_writes_check_under_the_exclusive_lock(
     checked while the store's lock is held exclusively, so no other writer
     (which needs the lock, shared or not, to rename) can slip in."""
     held = []
-    real = local._current_etag
+    real = local._files.current_etag
 
     def probing_current_etag(path: str, key: str) -> str | None:
         fd = os.open(os.path.join(local.root, "lock"), os.O_RDWR)
@@ -889,7 +889,7 @@ def test_local_conditional_writes_check_under_the_exclusive_lock(
             os.close(fd)
         return real(path, key)
 
-    monkeypatch.setattr(local, "_current_etag", probing_current_etag)
+    monkeypatch.setattr(local._files, "current_etag", probing_current_etag)
     etag = local.put("k", b"1", if_none_match=True)
     local.put("k", b"2", if_match=etag)
     upload_id = local.create_multipart("k")
@@ -1002,7 +1002,7 @@ def test_s3_error_mapping(
     moto_server: str, s3_bucket: str, code: str, status: int, error: type[StoreError], words: str
 ) -> None:
     store = _s3(s3_bucket, moto_server)
-    with Stubber(store._client) as stub:
+    with Stubber(store._requests.client) as stub:
         stub.add_client_error(
             "put_object", service_error_code=code, service_message="a\nmessage", http_status_code=status
         )
@@ -1034,7 +1034,7 @@ class _BrokenBody:
 def _break_bodies(store: S3Store, monkeypatch: pytest.MonkeyPatch, broken: int) -> list[int]:
     """Make the first ``broken`` GETs' bodies break off; return the call count."""
     calls = [0]
-    real = store._client.get_object
+    real = store._requests.client.get_object
 
     def get_object(**kwargs: object) -> dict:
         calls[0] += 1
@@ -1044,7 +1044,7 @@ def _break_bodies(store: S3Store, monkeypatch: pytest.MonkeyPatch, broken: int) 
             response["Body"] = _BrokenBody()
         return response
 
-    monkeypatch.setattr(store._client, "get_object", get_object)
+    monkeypatch.setattr(store._requests.client, "get_object", get_object)
     return calls
 
 
@@ -1052,7 +1052,7 @@ def test_s3_get_retries_a_body_that_breaks_off(
     moto_server: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = _s3(s3_bucket, moto_server)
-    store.body_read_backoff = 0.001
+    store._requests.body_read_backoff = 0.001
     store.put("k", b"0123456789")
     calls = _break_bodies(store, monkeypatch, broken=2)
     assert store.get("k", 2, 5) == b"234"
@@ -1060,13 +1060,13 @@ def test_s3_get_retries_a_body_that_breaks_off(
     calls = _break_bodies(store, monkeypatch, broken=100)
     with pytest.raises(StoreUnavailable, match="kept breaking off"):
         store.get_object("k")
-    assert calls[0] == store.body_read_attempts
+    assert calls[0] == store._requests.body_read_attempts
 
 
 def test_s3_delete_many_sends_batches_of_1000(moto_server: str, s3_bucket: str) -> None:
     store = _s3(s3_bucket, moto_server)
     batches: list[int] = []
-    store._client.meta.events.register(
+    store._requests.client.meta.events.register(
         "before-call.s3.DeleteObjects", lambda params, **kw: batches.append(params["body"].count(b"<Key>"))
     )
     store.delete_many([f"k{i}" for i in range(2500)])  # missing keys: deleting them is no error

@@ -65,7 +65,7 @@ BLOCK = 64 * 1024
 #: (30 s; 20 s when the server hangs: two attempts of read_timeout), and
 #: once the store is unreachable makes one attempt per request (at most
 #: connect_timeout + read_timeout = 15 s); see "Retries" in
-#: sealfs/store/s3.py.  A call may make a second request (a read fetches
+#: sealfs/store/s3_requests.py.  A call may make a second request (a read fetches
 #: the file's header, then its blocks): 20 + 15 s, with room to spare.
 #: (Before that bound existed, a stat took 212 s here.)
 OUTAGE_BOUND = 60.0
