@@ -58,7 +58,9 @@ import pyfuse3
 import trio
 
 from .errors import FsError, IntegrityError, SealfsError, StoreError, WouldBlock
-from .fs.core import Attr, Ctx, Filesystem
+from .fs.attrs import Attr
+from .fs.core import Filesystem
+from .fs.nodes import Ctx
 from .policy.guard import Guard
 
 log = logging.getLogger(__name__)
