@@ -207,11 +207,11 @@ class Files:
         with holding(node.lock, nowait):
             last_handle = node.opens == 1
             upload = (h.writable or last_handle) and not (node.orphan and last_handle) and self.wb.to_upload(node)
-            # The last handle closes the contents, which may wait for the
-            # disk or the store unless idle, and removes an orphan's object.
-            closes = last_handle and (node.orphan or not (node.content is None or node.content.idle))
-            if nowait and (upload or closes):
-                raise WouldBlock  # (decided before anything changes)
+            # (the last handle closes the contents, which waits for the disk
+            # or the store unless they are idle, and removes an orphan's object)
+            closing_waits = last_handle and (node.orphan or not (node.content is None or node.content.idle))
+            if nowait and (upload or closing_waits):
+                raise WouldBlock  # (the steps that wait, known before anything changes)
             with self.nodes.lock:
                 if self.handles.pop(fh, None) is None:
                     return  # (released meanwhile)
