@@ -2,10 +2,10 @@
 
 One handler per FUSE operation, each a few lines: take the caller from the
 request context, ask the policy (when one is loaded), run the filesystem
-core in a worker thread, convert the reply.  :meth:`SealfsOps._run` is the
-one error path: pyfuse3 only catches ``FUSEError`` in a handler, and any
-other exception escaping would take the mount down, so everything else is
-logged once and answered with EIO.
+core in a worker thread, convert the reply.  :func:`_errors` is the one
+error path: pyfuse3 only catches ``FUSEError`` in a handler, and any other
+exception escaping would take the mount down, so everything else is logged
+once and answered with EIO.
 
 **Access policy.**  With a :class:`~sealfs.policy.guard.Guard` (mount
 option ``policy=``), the handlers where the kernel always asks the daemon
@@ -43,6 +43,7 @@ Without a guard nothing is checked here; the kernel's mode checks
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -58,7 +59,9 @@ import pyfuse3
 import trio
 
 from .errors import FsError, IntegrityError, SealfsError, StoreError, WouldBlock
-from .fs.core import Attr, Ctx, Filesystem
+from .fs.attrs import Attr
+from .fs.core import Filesystem
+from .fs.nodes import Ctx
 from .policy.guard import Guard
 
 log = logging.getLogger(__name__)
@@ -116,41 +119,28 @@ class SealfsOps(pyfuse3.Operations):
 
     # -- plumbing ----------------------------------------------------------------------
 
-    async def _run(self, fn, *args, check=None, inline=False, quick=False, **kwargs):
+    async def _run(self, fn, *args, check=None, inline=False, quick=False, creates=None, **kwargs):
         """Run ``fn`` in a worker thread, after ``check`` (a policy check
         from :meth:`_may`, in the same thread call); turn every failure into
-        an errno.  Without a check, two thread switches can be saved:
-        ``inline``: ``fn`` only reads memory without taking a lock, so it
-        runs here; ``quick``: ``fn`` takes ``nowait`` (see
-        :mod:`sealfs.fs.core`) and is tried here first."""
+        an errno (:func:`_errors`).  Without a check, two thread switches
+        can be saved: ``inline``: ``fn`` only reads memory without taking a
+        lock, so it runs here; ``quick``: ``fn`` takes ``nowait`` (see
+        :mod:`sealfs.fs.core`) and is tried here first.  ``creates``:
+        (directory inode, name) of what ``fn`` creates; the result is then
+        ``fn``'s and whether the kernel must not cache the name
+        (:meth:`_creating`, in the same thread call)."""
         call = functools.partial(fn, *args, **kwargs)
+        if creates is not None:
+            call = functools.partial(self._creating, call, *creates)
         if check is not None:
             call = functools.partial(_checked, check, call)
-        try:
+        with _errors(fn.__name__):
             if check is None and (inline or quick):
                 try:
                     return call(nowait=True) if quick else call()
                 except WouldBlock:
                     pass
             return await self.workers.run(call)
-        except FsError as exc:
-            if exc.errno == errno.EIO:
-                log.error("%s: %s", fn.__name__, exc)
-            elif exc.errno == errno.ENOSPC:
-                log.warning("%s: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except IntegrityError as exc:
-            log.error("integrity failure in %s: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except StoreError as exc:
-            log.error("store failure in %s: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except SealfsError as exc:
-            log.error("%s failed: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
 
     @staticmethod
     def _ctx(ctx) -> Ctx:
@@ -171,15 +161,13 @@ class SealfsOps(pyfuse3.Operations):
 
         return check
 
-    def _volatile(self, parent: int, name: bytes) -> bool:
-        """Whether the kernel must not cache the name (a hiding rule may
-        hide it from some callers and not from others)."""
-        if self.guard is None:
-            return False
-        try:
-            return self.guard.may_hide(self.fs.path_of(parent, name))
-        except FsError:
-            return True
+    def _creating(self, call, parent: int, name: bytes, **kwargs) -> tuple:
+        """``call()``, which creates ``name`` in ``parent``, and whether the
+        kernel must not cache the name (a hiding rule may hide it from some
+        callers and not from others): decided first, so that if that fails,
+        nothing is created."""
+        volatile = self.guard is not None and self.guard.may_hide(self.fs.path_of(parent, name))
+        return call(**kwargs), volatile
 
     def _entry(self, attr: Attr, volatile: bool = False) -> pyfuse3.EntryAttributes:
         out = pyfuse3.EntryAttributes()
@@ -217,11 +205,10 @@ class SealfsOps(pyfuse3.Operations):
         return self.fs.lookup(parent, name, ctx), self.guard.may_hide(path)
 
     async def forget(self, inode_list):
-        # Must not fail or block: pure in-memory bookkeeping.
-        try:
+        # Must not fail or block: pure in-memory bookkeeping.  (No reply to
+        # send: a failure is only logged, by the one error path.)
+        with contextlib.suppress(pyfuse3.FUSEError), _errors("forget"):
             self.fs.forget(inode_list)
-        except Exception:
-            log.exception("forget failed")
 
     async def getattr(self, inode, ctx):
         return self._entry(await self._run(self.fs.getattr, inode, quick=True))
@@ -262,30 +249,28 @@ class SealfsOps(pyfuse3.Operations):
         return await self._run(self.fs.readlink, inode, check=self._may(ctx, ("read",), inode))
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return self._entry(
-            await self._run(
-                self.fs.mknod,
-                parent_inode,
-                name,
-                mode,
-                self._ctx(ctx),
-                check=self._may(ctx, ("create",), parent_inode, name),
-            ),
-            self._volatile(parent_inode, name),
+        attr, volatile = await self._run(
+            self.fs.mknod,
+            parent_inode,
+            name,
+            mode,
+            self._ctx(ctx),
+            check=self._may(ctx, ("create",), parent_inode, name),
+            creates=(parent_inode, name),
         )
+        return self._entry(attr, volatile)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._entry(
-            await self._run(
-                self.fs.mkdir,
-                parent_inode,
-                name,
-                mode,
-                self._ctx(ctx),
-                check=self._may(ctx, ("create",), parent_inode, name),
-            ),
-            self._volatile(parent_inode, name),
+        attr, volatile = await self._run(
+            self.fs.mkdir,
+            parent_inode,
+            name,
+            mode,
+            self._ctx(ctx),
+            check=self._may(ctx, ("create",), parent_inode, name),
+            creates=(parent_inode, name),
         )
+        return self._entry(attr, volatile)
 
     async def unlink(self, parent_inode, name, ctx):
         await self._run(
@@ -298,17 +283,16 @@ class SealfsOps(pyfuse3.Operations):
         )
 
     async def symlink(self, parent_inode, name, target, ctx):
-        return self._entry(
-            await self._run(
-                self.fs.symlink,
-                parent_inode,
-                name,
-                target,
-                self._ctx(ctx),
-                check=self._may(ctx, ("create",), parent_inode, name),
-            ),
-            self._volatile(parent_inode, name),
+        attr, volatile = await self._run(
+            self.fs.symlink,
+            parent_inode,
+            name,
+            target,
+            self._ctx(ctx),
+            check=self._may(ctx, ("create",), parent_inode, name),
+            creates=(parent_inode, name),
         )
+        return self._entry(attr, volatile)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         check = None
@@ -350,7 +334,7 @@ class SealfsOps(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        attr, fh = await self._run(
+        (attr, fh), volatile = await self._run(
             self.fs.create,
             parent_inode,
             name,
@@ -359,8 +343,9 @@ class SealfsOps(pyfuse3.Operations):
             self._ctx(ctx),
             check=self._may(ctx, ("create",) + _open_ops(flags), parent_inode, name),
             quick=True,
+            creates=(parent_inode, name),
         )
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr, self._volatile(parent_inode, name))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(attr, volatile)
 
     async def read(self, fh, off, size):
         return await self._run(self.fs.read, fh, off, size, quick=True)
@@ -410,19 +395,20 @@ class SealfsOps(pyfuse3.Operations):
             # not take (hidden, or past a full reply) are given back.
             untaken = [attr.ino for _, attr, _ in entries]
             try:
-                for name, attr, next_id in entries:
-                    start_id = next_id
-                    volatile = False
-                    if caller is not None:
-                        path = prefix + "/" + os.fsdecode(name)
-                        if self.guard.may_hide(path):
-                            if self.guard.hidden(ident, path):
-                                continue  # (hidden by a reload since the listing was taken)
-                            volatile = True
-                    if not pyfuse3.readdir_reply(token, name, self._entry(attr, volatile), next_id):
-                        return
-                    untaken.remove(attr.ino)
-                    replied = True
+                with _errors("readdir"):  # (a hiding check that fails: EIO, the name not shown)
+                    for name, attr, next_id in entries:
+                        start_id = next_id
+                        volatile = False
+                        if caller is not None:
+                            path = prefix + "/" + os.fsdecode(name)
+                            if self.guard.may_hide(path):
+                                if self.guard.hidden(ident, path):
+                                    continue  # (hidden by a reload since the listing was taken)
+                                volatile = True
+                        if not pyfuse3.readdir_reply(token, name, self._entry(attr, volatile), next_id):
+                            return
+                        untaken.remove(attr.ino)
+                        replied = True
             finally:
                 self.fs.forget([(ino, 1) for ino in untaken])
             # an empty reply ends the listing: a page of hidden names only must not
@@ -543,6 +529,32 @@ class Workers:
 
 def _not_abortable(_raise_cancel) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
+
+
+@contextlib.contextmanager
+def _errors(op: str):
+    """The one error path: a failure of ``op`` becomes the FUSEError of its
+    errno (FsError) or EIO (anything else), logged once."""
+    try:
+        yield
+    except FsError as exc:
+        if exc.errno == errno.EIO:
+            log.error("%s: %s", op, exc)
+        elif exc.errno == errno.ENOSPC:
+            log.warning("%s: %s", op, exc)
+        raise pyfuse3.FUSEError(exc.errno) from None
+    except IntegrityError as exc:
+        log.error("integrity failure in %s: %s", op, exc)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+    except StoreError as exc:
+        log.error("store failure in %s: %s", op, exc)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+    except SealfsError as exc:
+        log.error("%s failed: %s", op, exc)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+    except Exception:
+        log.exception("unexpected error in %s", op)
+        raise pyfuse3.FUSEError(errno.EIO) from None
 
 
 def _checked(check, call):

@@ -17,7 +17,9 @@ import pytest
 from test_volume import CountingStore  # tests/test_volume.py
 
 from sealfs.errors import FsError, IntegrityError, WouldBlock
-from sealfs.fs.core import OPEN_READ_BYTES, ROOT_INO, Ctx, Filesystem, Options
+from sealfs.fs.core import Filesystem, Options
+from sealfs.fs.files import OPEN_READ_BYTES
+from sealfs.fs.nodes import ROOT_INO, Ctx
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import LocalStore
 from sealfs.volume import SETTLED_SECONDS, Volume
@@ -56,7 +58,7 @@ def test_a_small_file_is_opened_and_read_in_one_request(setup):
     fs, store, _ = setup
     data = os.urandom(100_000)  # two blocks
     ino = write_file(fs, b"small", data)
-    fs.cache.drop_file(fs._node(ino).entry.id)  # as after a remount
+    fs.cache.drop_file(fs.nodes.get(ino).entry.id)  # as after a remount
     store.calls.clear()
     assert read_file(fs, ino) == data
     assert store.calls == {"get_object": 1}
@@ -75,7 +77,7 @@ def test_a_large_file_is_not_read_at_open(setup):
     fs, store, _ = setup
     data = os.urandom(OPEN_READ_BYTES + 1)
     ino = write_file(fs, b"large", data)
-    fs.cache.drop_file(fs._node(ino).entry.id)
+    fs.cache.drop_file(fs.nodes.get(ino).entry.id)
     store.calls.clear()
     fh, _ = fs.open(ino, os.O_RDONLY, CTX)
     assert store.calls == {"head": 1}
@@ -95,7 +97,7 @@ def test_open_reads_the_version_stored_now(setup):
 def test_a_file_grown_past_the_limit_since_lookup_is_read_by_ranges(setup):
     fs, store, other = setup
     ino = write_file(fs, b"f", b"small")
-    fs.cache.drop_file(fs._node(ino).entry.id)
+    fs.cache.drop_file(fs.nodes.get(ino).entry.id)
     big = os.urandom(4 * OPEN_READ_BYTES)
     e = other.lookup(other.root().id, b"f")
     bs = other.layout.block_size
@@ -108,7 +110,7 @@ def test_a_file_grown_past_the_limit_since_lookup_is_read_by_ranges(setup):
 def test_a_tampered_small_file_opens_and_its_read_fails(setup, tmp_path):
     fs, _, other = setup
     ino = write_file(fs, b"f", b"secret data")
-    fs.cache.drop_file(fs._node(ino).entry.id)
+    fs.cache.drop_file(fs.nodes.get(ino).entry.id)
     e = other.lookup(other.root().id, b"f")
     body = bytearray(other.store.get(e.key))
     body[-5] ^= 1
@@ -129,14 +131,14 @@ def test_nowait_answers_from_memory(setup):
     fs.flush(fh, nowait=True)
     fs.release(fh, nowait=True)
     assert store.calls == {}
-    assert fs._node(ino).opens == 0 and fs._node(ino).content is None
+    assert fs.nodes.get(ino).opens == 0 and fs.nodes.get(ino).content is None
 
 
 def open_uncached(fs: Filesystem, data: bytes):
     """A stored file of ``data`` none of whose blocks is cached, opened
     read-write (so not read at open): (inode, node, handle)."""
     ino = write_file(fs, b"f", data)
-    node = fs._node(ino)
+    node = fs.nodes.get(ino)
     fs.cache.drop_file(node.entry.id)
     fh, _ = fs.open(ino, os.O_RDWR, CTX)
     return ino, node, fh
@@ -208,10 +210,10 @@ def test_write_nowait_refuses_what_needs_the_store_or_the_disk(setup):
 def test_create_nowait_waits_for_nothing_and_leaves_no_trace(setup):
     fs, _, _ = setup
     got = while_held(
-        fs._node(ROOT_INO).lock, lambda: fs.create(ROOT_INO, b"late", 0o644, os.O_WRONLY, CTX, nowait=True)
+        fs.nodes.get(ROOT_INO).lock, lambda: fs.create(ROOT_INO, b"late", 0o644, os.O_WRONLY, CTX, nowait=True)
     )
     assert isinstance(got, WouldBlock)
-    assert not fs._unstored and not fs._handles
+    assert not fs.nodes.unstored and not fs.files.handles
     with pytest.raises(FsError) as err:
         fs.lookup(ROOT_INO, b"late", CTX)
     assert err.value.errno == errno.ENOENT
@@ -305,14 +307,14 @@ def test_spooled_blocks_are_stored_as_they_were_sealed(setup, monkeypatch):
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
     for off in reversed(range(65536, len(data), 65536)):  # (not front to back: nothing streams yet)
         fs.write(fh, off, data[off : off + 65536])
-    spool = fs._node(attr.ino).content.spool
+    spool = fs.nodes.get(attr.ino).content.spool
     assert spool is not None and len(spool) >= 10
     raw = b"".join(os.pread(spool._fd, 65536 + 28, i * spool.slot) for i in spool.indices())
     assert data[65536 : 65536 + 4096] not in raw
     fs.write(fh, 0, data[:65536])  # (now the spooled blocks can go into the new object as they are)
     fs.release(fh)
     assert sorted(sealed) == list(range(21)), "each block sealed once"
-    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    fs.cache.drop_file(fs.nodes.get(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
 
 
@@ -328,7 +330,7 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
     for off in range(0, len(data), 65536):
         fs.write(fh, off, bytes(data[off : off + 65536]))
-        content = fs._node(attr.ino).content
+        content = fs.nodes.get(attr.ino).content
         assert len(content.dirty) <= 24 and not content.spool
     assert content._parts is not None and content._parts.next_block >= 16
     (temp,) = os.listdir(store.inner._dir.tmp)
@@ -338,7 +340,7 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
     fs.release(fh)
     assert sorted(sealed) == list(range(41)), "each block sealed once"
     assert os.listdir(store.inner._dir.tmp) == []
-    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    fs.cache.drop_file(fs.nodes.get(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
 
     # rewritten from the start, then a write behind what was sent
@@ -347,13 +349,13 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
     data = bytearray(os.urandom(30 * 65536))
     for off in range(0, len(data), 65536):
         fs.write(fh, off, bytes(data[off : off + 65536]))
-    content = fs._node(attr.ino).content
+    content = fs.nodes.get(attr.ino).content
     assert content._parts is not None
     fs.write(fh, 100, b"patched")
     data[100:107] = b"patched"
     assert content._parts is None and len(content.spool) >= 14 and os.listdir(store.inner._dir.tmp) == []
     fs.release(fh)
-    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    fs.cache.drop_file(fs.nodes.get(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
 
 
@@ -371,7 +373,7 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
     attr, fh = fs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY, CTX)
     for off in range(0, len(data), 65536):
         fs.write(fh, off, data[off : off + 65536])
-    content = fs._node(attr.ino).content
+    content = fs.nodes.get(attr.ino).content
     assert content._parts is not None
     real_commit = LocalObjectWriter.commit
 
@@ -393,7 +395,7 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
     monkeypatch.undo()
     fs.release(fh)
     assert not content.changed
-    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    fs.cache.drop_file(fs.nodes.get(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
     assert os.listdir(store.inner._dir.tmp) == []
 
@@ -420,11 +422,11 @@ def test_a_store_error_while_sending_does_not_fail_the_write(setup, monkeypatch)
     monkeypatch.setattr(LocalObjectWriter, "append", fails_after_a_while)
     for off in range(0, len(data), 65536):
         fs.write(fh, off, data[off : off + 65536])
-    content = fs._node(attr.ino).content
+    content = fs.nodes.get(attr.ino).content
     assert len(calls) == 2 and content._parts is None and os.listdir(store.inner._dir.tmp) == []
     monkeypatch.undo()
     fs.release(fh)
-    fs.cache.drop_file(fs._node(attr.ino).entry.id)
+    fs.cache.drop_file(fs.nodes.get(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
 
 
@@ -454,7 +456,7 @@ def test_setattr_nowait_only_while_a_writer_has_an_upload_pending(setup):
     fs.setattr(attr.ino, CTX, mode=0o644, nowait=True)
     assert store.calls == {}
     fs.release(fh)
-    e = fs._node(attr.ino).entry
+    e = fs.nodes.get(attr.ino).entry
     assert (e.mode & 0o7777, e.mtime_ns) == (0o644, 1_700_000_000 * 10**9)
     assert store.writes() == 1  # the data and the metadata in one write
     with pytest.raises(WouldBlock):  # closed: a change is a store write
@@ -476,12 +478,12 @@ def test_a_chmod_after_another_mount_made_the_file_sparse_keeps_its_content(setu
     fs, _, other = setup
     bs = 64 * 1024
     ino = write_file(fs, b"f", os.urandom(3 * bs))
-    theirs = other.lookup(fs._node(ROOT_INO).entry.id, b"f")
+    theirs = other.lookup(fs.nodes.get(ROOT_INO).entry.id, b"f")
     first, last = os.urandom(bs), os.urandom(bs)
     blocks = {0: first, 2: last}
     sparse = other.write_content(theirs, 3 * bs, blocks.get, if_match=theirs.etag, extents=[(0, 1), (2, 3)])
     assert sparse.sparse
     fs.setattr(ino, CTX, mode=0o600)
-    stored = other.lookup(fs._node(ROOT_INO).entry.id, b"f")
+    stored = other.lookup(fs.nodes.get(ROOT_INO).entry.id, b"f")
     assert stored.mode & 0o7777 == 0o600
     assert other.reader(stored).read(0, 3 * bs) == first + bytes(bs) + last

@@ -23,7 +23,7 @@ import pytest
 from conftest import daemon_pids, raises_errno, sealfs  # tests/fs/conftest.py
 
 from sealfs.codec.blocks import MAX_FILE_SIZE
-from sealfs.fs.core import XATTR_SIZE_MAX, XATTR_TOTAL_MAX
+from sealfs.fs.attrs import XATTR_SIZE_MAX, XATTR_TOTAL_MAX
 
 #: What pjdfstest truncate/12.t asks for.
 HUGE = 999_999_999_999_999
