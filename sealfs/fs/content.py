@@ -18,16 +18,21 @@ Not thread-safe by itself: the filesystem core holds the node's lock.
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 
-from ..codec.blocks import MAX_FILE_SIZE
+from ..codec.blocks import MAX_FILE_SIZE, FileCipher
 from ..errors import FsError, IntegrityError, PreconditionFailed, StoreError, WouldBlock
-from ..volume import AppendStream, BlockStream, Entry, FileReader, PartStream, Volume
+from ..fileio.reader import BlockStream, FileReader, join_range
+from ..fileio.streams import AppendStream, PartStream, stream_class
+from ..fileio.writer import ContentWriter
+from ..volume import Entry, Volume
 from .cache import BlockCache, block_key
 from .spool import Spool
 
@@ -65,7 +70,29 @@ class DirtyBudget:
         return sum(len(c.dirty) * c.block_size for c in files) > self.limit
 
 
+class Place(enum.Enum):
+    """Where the current content of a block lives (see FileContent.where)."""
+
+    #: In memory, changed here.
+    DIRTY = "dirty"
+    #: Changed here and spilled to the spool (sealed, on disk).
+    SPOOLED = "spooled"
+    #: In a part of the new version already sent, read back from the store.
+    SENT = "sent"
+    #: In the base object, unchanged.
+    BASE = "base"
+    #: A hole of a sparse base: zeros, not stored.
+    HOLE = "hole"
+    #: Past what the base still holds (truncated away, or beyond its end):
+    #: zeros until written.
+    ZEROS = "zeros"
+
+
 class FileContent:
+    """One file's contents: its base version and the changes made here.  As
+    the :class:`~sealfs.fileio.writer.Blocks` of its next version, it tells
+    the writer which blocks changed."""
+
     def __init__(
         self,
         vol: Volume,
@@ -130,8 +157,10 @@ class FileContent:
     def _block_len(self, index: int) -> int:
         return self.vol.layout.plain_block_len(index, self.size)
 
-    def _fits(self, data: bytes | bytearray, index: int) -> bytes:
+    def _fits(self, data: bytes | bytearray | memoryview, index: int) -> bytes:
         want = self._block_len(index)
+        if len(data) == want:
+            return data if type(data) is bytes else bytes(data)  # (a block from the cache is not copied)
         data = bytes(data[:want])
         return data + bytes(want - len(data)) if len(data) < want else data
 
@@ -237,34 +266,47 @@ class FileContent:
                 self._stream.close()
                 self._stream = None
 
+    def where(self, index: int, nowait: bool = False) -> Place:
+        """Where the current content of block ``index`` lives.  A sparse
+        base's holes are known once its block map is read (with its
+        header): ``nowait``, WouldBlock until then."""
+        if index in self.dirty:
+            return Place.DIRTY
+        if self.spool is not None and index in self.spool:
+            return Place.SPOOLED
+        parts = self._parts
+        if parts is not None and not parts.keeps_sent and index < parts.next_block:
+            return Place.SENT
+        if index >= self._valid_base:
+            return Place.ZEROS
+        if self.base.sparse:
+            if nowait and not self.base.loaded:
+                raise WouldBlock
+            if self.base.is_hole(index):
+                return Place.HOLE
+        return Place.BASE
+
     def block(self, index: int, nowait: bool = False) -> bytes:
         """Current plaintext of block ``index``, exactly its length
         (``nowait``: from memory, else WouldBlock)."""
-        if index in self.dirty:
+        place = self.where(index, nowait)
+        if place is Place.DIRTY:
             return self._fits(self.dirty[index], index)
-        if self.spool is not None and index in self.spool:
-            if nowait:
-                raise WouldBlock
-            return self._fits(self.spool.get(index), index)
-        parts = self._parts
-        if parts is not None and not parts.keeps_sent and index < parts.next_block:
-            if nowait:
-                raise WouldBlock
-            return parts.block(index)
-        if index < self._valid_base:
-            if self.base.sparse:
-                if nowait and not self.base.loaded:
-                    raise WouldBlock  # (its block map is read with its header)
-                if self.base.is_hole(index):
-                    return bytes(self._block_len(index))
+        if place is Place.BASE:
             return self._fits(self._base_block(index, nowait), index)
-        return bytes(self._block_len(index))
+        if place in (Place.HOLE, Place.ZEROS):
+            return bytes(self._block_len(index))
+        if nowait:
+            raise WouldBlock
+        if place is Place.SPOOLED:
+            return self._fits(self.spool.get(index), index)  # type: ignore[union-attr]
+        return self._parts.block(index)  # type: ignore[union-attr]
 
     def extents(self) -> list[tuple[int, int]]:
         """The runs of blocks (``(first, stop)``, in order) that the next
         version stores: those written here and those kept from the base.
         The others are holes: unless the runs cover every block, the
-        version is stored sparse (see Volume.write_content)."""
+        version is stored sparse (see ContentWriter)."""
         n = self.vol.layout.block_count(self.size)
         if self.size == 0:
             return [(0, 1)]  # (the empty last block of an empty file)
@@ -314,9 +356,10 @@ class FileContent:
             self._window = 1
             self._next_block = stop
         self._read_stop = stop
-        data = b"".join(blocks if blocks is not None else (self.block(i) for i in range(first, stop)))
+        if blocks is None:
+            blocks = [self.block(i) for i in range(first, stop)]
         self._prefetch_next()
-        return data[offset - first * bs : end - first * bs]
+        return join_range(blocks, offset - first * bs, end - first * bs)
 
     # -- changing -----------------------------------------------------------------
 
@@ -383,14 +426,11 @@ class FileContent:
         if len(self.dirty.keys() | touched) * bs > self.dirty_limit or (self.budget is not None and self.budget.over()):
             return False
         return not (
-            self._rewritten_in_parts() and max(self.size, end) > self._parts_class().blocks_per_part(self.vol) * bs
+            self._rewritten_in_parts() and max(self.size, end) > self._parts_class().blocks_per_part(self.vol.io) * bs
         )
 
     def _parts_class(self) -> type[PartStream | AppendStream] | None:
-        """How this store takes a file while it is written: multipart parts
-        (S3), appends to the new object (local), or not at all."""
-        store = self.vol.store
-        return PartStream if store.server_side_copy else AppendStream if store.streaming_put else None
+        return stream_class(self.vol.io)
 
     def _rewritten_in_parts(self) -> bool:
         """Whether parts of this file are sent while it is written (see
@@ -445,10 +485,17 @@ class FileContent:
 
     # -- uploading ------------------------------------------------------------------
 
-    def _dirty_block(self, index: int) -> bytes | None:
-        if index in self.dirty or (self.spool is not None and index in self.spool) or index >= self._valid_base:
-            return self.block(index)
-        return None
+    def new_block(self, index: int) -> bytes | None:
+        """Block ``index`` for the next version (see Blocks.new_block): None
+        where the base has it."""
+        return None if self.where(index) in (Place.BASE, Place.HOLE) else self.block(index)
+
+    def sealed_block(self, index: int, cipher: FileCipher) -> bytes | None:
+        """Block ``index`` as ``cipher`` seals a whole block, if the spool
+        holds just that (see Spool.sealed)."""
+        if self.where(index) is not Place.SPOOLED:
+            return None
+        return self.spool.sealed(index, cipher)  # type: ignore[union-attr]
 
     def _spool_cipher(self):
         """The base's cipher, so that spooled blocks are stored as they are;
@@ -459,17 +506,11 @@ class FileContent:
         except PreconditionFailed:
             return self.vol.new_reader(self.base.entry).cipher()
 
-    def _sealed_block(self, index: int, cipher) -> bytes | None:
-        """Block ``index`` as ``cipher`` seals a whole block, if the spool
-        holds just that (see Spool.sealed)."""
-        if index in self.dirty or self.spool is None:
-            return None
-        return self.spool.sealed(index, cipher)
-
     def _sendable(self, index: int) -> bool:
-        if index in self.dirty:
+        place = self.where(index)
+        if place is Place.DIRTY:
             return len(self.dirty[index]) == self.block_size
-        return self.spool is not None and self.spool.is_full(index)
+        return place is Place.SPOOLED and self.spool.is_full(index)  # type: ignore[union-attr]
 
     def _send_parts(self) -> None:
         """A file rewritten from its start (new, or truncated to zero) on a
@@ -480,15 +521,15 @@ class FileContent:
         if not self._rewritten_in_parts():
             return
         cls = self._parts_class()
-        per_part = cls.blocks_per_part(self.vol)
+        per_part = cls.blocks_per_part(self.vol.io)
         start = self._parts.next_block if self._parts is not None else 0
         while self.size > (start + per_part) * self.block_size and all(
             self._sendable(i) for i in range(start, start + per_part + 1)
         ):
             try:
                 if self._parts is None:
-                    self._parts = cls(self.vol, self.base.entry, self.base.cipher())
-                self._parts.send(self.block, self._sealed_block)
+                    self._parts = self.vol.start_stream(self.base.entry, self.base.cipher())
+                self._parts.send(self)
             except StoreError as exc:
                 # The store cannot take it now (or the version we opened is
                 # gone: another mount): the blocks stay here, and the flush
@@ -526,10 +567,10 @@ class FileContent:
         (another mount wrote it); local changes are then kept."""
         cond = {"if_match": None, "if_none_match": True} if self.unstored else {"if_match": self.base.etag}
         if self._parts is not None and self.extents() != [(0, self.vol.layout.block_count(self.size))]:
-            self._abort_parts()  # it has holes: stored sparse, by write_content
+            self._abort_parts()  # it has holes: stored sparse, by a ContentWriter
         if self._parts is not None:
             try:
-                new = self._parts.finish(entry, self.size, self.block, sealed_block=self._sealed_block, **cond)
+                new = self.vol.finish_stream(self._parts, entry, self.size, self, **cond)
             except BaseException:
                 self._abort_parts()  # every block is still here for the next try
                 raise
@@ -537,16 +578,8 @@ class FileContent:
             if progress:
                 progress(self.size)
         else:
-            new = self.vol.write_content(
-                entry,
-                self.size,
-                self._dirty_block,
-                base=self.base,
-                progress=progress,
-                sealed_block=self._sealed_block,
-                extents=self.extents(),
-                **cond,
-            )
+            writer = ContentWriter(self.vol.io, entry, self.size, self, self.base, self.extents())
+            new = self.vol.install(entry, replace(entry), writer, progress=progress, **cond)
         reader = self.vol.reader(new)
         reader.adopt(self.base)
         for i, data in self.dirty.items():
