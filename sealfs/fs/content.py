@@ -24,29 +24,19 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import replace
 
 from ..codec.blocks import MAX_FILE_SIZE, FileCipher
-from ..errors import FsError, IntegrityError, PreconditionFailed, StoreError, WouldBlock
-from ..fileio.reader import BlockStream, FileReader, join_range
+from ..errors import FsError, PreconditionFailed, StoreError, WouldBlock
+from ..fileio.reader import FileReader, join_range
 from ..fileio.streams import AppendStream, PartStream, stream_class
 from ..fileio.writer import ContentWriter
 from ..volume import Entry, Volume
 from .cache import BlockCache, block_key
+from .readahead import BaseReads
 from .spool import Spool
 
-#: Readahead starts at one block and doubles on sequential reads up to this.
-MAX_READAHEAD_BYTES = 8 * 1024 * 1024
-#: Once the readahead window reaches this many blocks, reads come from one
-#: streaming GET rather than a ranged GET per window.
-STREAM_AFTER_BLOCKS = 4
-
 log = logging.getLogger(__name__)
-#: A read starting this close to where the previous one ended still counts
-#: as sequential: the kernel sends readahead requests in parallel, and they
-#: reach us in any order.
-SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
 
 
 class DirtyBudget:
@@ -114,21 +104,17 @@ class FileContent:
         #: Changed blocks: a bytearray, or a memoryview of bytes written whole.
         self.dirty: dict[int, bytearray | memoryview] = {}
         self.spool: Spool | None = None
-        self._stream: BlockStream | None = None
+        self.reads = BaseReads(vol, cache)
         #: The upload of a sequential rewrite, sent while it is written.
         self._parts: PartStream | AppendStream | None = None
-        self._prefetch: Future | None = None
         self._set_base(vol.new_reader(entry) if new else vol.reader(entry))
         #: Not yet in the store (created here): its first upload creates
         #: the object, if the name is still free; until then it has
         #: something to upload, itself.
         self.unstored = self.changed = new
-        self._next_block = -1
-        self._window = 1
-        self._read_stop = 0
 
     def _set_base(self, reader: FileReader) -> None:
-        self._close_stream()  # it reads the previous base
+        self.reads.set_base(reader)
         self._abort_parts()
         self.base = reader
         self.size = reader.size
@@ -164,107 +150,9 @@ class FileContent:
         data = bytes(data[:want])
         return data + bytes(want - len(data)) if len(data) < want else data
 
-    def _cache_key(self, index: int) -> tuple:
-        """The block cache's key of block ``index`` of the base."""
-        return block_key(self.base.entry.id, self.base.etag, self.base.entry.header_hash, index)
-
-    def _base_block(self, index: int, nowait: bool = False) -> bytes:
-        key = self._cache_key(index)
-        data = self.cache.get(key)
-        if data is None:
-            if nowait:
-                raise WouldBlock
-            self._fetch(index)
-            data = self.cache.get(key)
-            if data is None:  # the cache is smaller than one block
-                data = self.base.read_blocks(index, index + 1)[0]
-        return data
-
-    def _fetch(self, index: int) -> None:
-        """Bring blocks from ``index`` on into the cache: on a sequential
-        run from one streaming GET, else with one ranged GET of the window."""
-        self._wait_prefetch()
-        if self.cache.get(self._cache_key(index)) is not None:
-            return  # the prefetch brought it
-        stop = min(self._valid_base, max(index + self._window, self._read_stop))
-        blocks, first = None, index
-        stream = self._stream
-        # The kernel's readahead requests reach us in any order: a block a
-        # little ahead of the stream is read through the stream (caching
-        # what lies between), one behind it with a ranged read; only a real
-        # seek starts a new stream (on S3 each GET costs a request, on moto
-        # a copy of the whole object).
-        behind = stream is not None and index < stream.next
-        if self._window >= STREAM_AFTER_BLOCKS and not behind and not self.base.sparse:
-            try:
-                if stream is not None and index <= stream.next + self._window:
-                    first = stream.next
-                else:
-                    self._close_stream()
-                    self._stream = self.base.stream(index)
-                blocks = self._stream.read_blocks(stop)
-            except (PreconditionFailed, IntegrityError):
-                self._close_stream()
-                raise
-            except StoreError as exc:  # a broken stream: ranged reads retry
-                log.info("streaming read of %s failed (%s); reading by ranges", self.base.name, exc)
-                self._close_stream()
-                blocks, first = None, index
-        if blocks is None:
-            blocks = self.base.read_blocks(index, min(stop, stream.next) if behind else stop)
-        for i, data in enumerate(blocks, start=first):
-            self.cache.put(self._cache_key(i), data)
-
     def preload(self, entry: Entry, body: bytes) -> None:
-        """Cache the base's blocks from ``body``, the start of ``entry``'s
-        object read at open (see :meth:`Volume.load`), if that is the base
-        and ``body`` holds all its blocks."""
-        if (entry.key, entry.etag) != (self.base.entry.key, self.base.etag):
-            return
-        try:
-            blocks = self.base.preload(body) or ()
-        except IntegrityError:
-            return  # (the read reports it, with the block; the open succeeds as it would without this)
-        for i, data in enumerate(blocks):
-            self.cache.put(self._cache_key(i), data)
-
-    def _close_stream(self) -> None:
-        self._wait_prefetch()
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
-
-    def _prefetch_next(self) -> None:
-        """During a streaming run, read the next window in the background
-        while the kernel consumes this one (fetching and decrypting overlap
-        with FUSE replies)."""
-        stream = self._stream
-        if stream is None or self._prefetch is not None or stream.next >= self._valid_base:
-            return
-        if stream.next - self._next_block > self._window // 2:
-            return  # far enough ahead already
-        stop = min(self._valid_base, stream.next + self._window)
-        start, base = stream.next, self.base
-
-        def work() -> None:
-            for i, data in enumerate(stream.read_blocks(stop), start=start):
-                self.cache.put(block_key(base.entry.id, base.etag, base.entry.header_hash, i), data)
-
-        self._prefetch = self.vol.submit(work)
-
-    def _wait_prefetch(self) -> None:
-        """Let a background read finish before the stream is used or closed;
-        if it failed, drop the stream (the next read reopens or uses ranges)."""
-        future, self._prefetch = self._prefetch, None
-        if future is None:
-            return
-        try:
-            future.result()
-        except Exception as exc:  # noqa: BLE001 - the foreground read reports its own errors
-            log.info("background read of %s failed (%s)", self.base.name, exc)
-            if self._stream is not None:
-                self._stream.close()
-                self._stream = None
+        """See BaseReads.preload."""
+        self.reads.preload(entry, body)
 
     def where(self, index: int, nowait: bool = False) -> Place:
         """Where the current content of block ``index`` lives.  A sparse
@@ -293,7 +181,7 @@ class FileContent:
         if place is Place.DIRTY:
             return self._fits(self.dirty[index], index)
         if place is Place.BASE:
-            return self._fits(self._base_block(index, nowait), index)
+            return self._fits(self.reads.block(index, self._valid_base, nowait), index)
         if place in (Place.HOLE, Place.ZEROS):
             return bytes(self._block_len(index))
         if nowait:
@@ -332,12 +220,7 @@ class FileContent:
     def idle(self) -> bool:
         """Whether :meth:`close` has nothing to wait for (no upload, stream,
         background read or spool file)."""
-        return (
-            self._parts is None
-            and self._stream is None
-            and self.spool is None
-            and (self._prefetch is None or self._prefetch.done())
-        )
+        return self._parts is None and self.spool is None and self.reads.idle
 
     def read(self, offset: int, length: int, nowait: bool = False) -> bytes:
         end = min(self.size, offset + length)
@@ -348,17 +231,10 @@ class FileContent:
         # (nowait: every block from memory, or WouldBlock before the
         # readahead state below changes)
         blocks = [self.block(i, nowait=True) for i in range(first, stop)] if nowait else None
-        slack = max(1, SEQUENTIAL_SLACK_BYTES // bs)
-        if self._next_block >= 0 and abs(first - self._next_block) <= slack:
-            self._window = min(self._window * 2, max(1, MAX_READAHEAD_BYTES // bs))
-            self._next_block = max(self._next_block, stop)
-        else:
-            self._window = 1
-            self._next_block = stop
-        self._read_stop = stop
+        self.reads.reading(first, stop)
         if blocks is None:
             blocks = [self.block(i) for i in range(first, stop)]
-        self._prefetch_next()
+        self.reads.read_ahead(self._valid_base)
         return join_range(blocks, offset - first * bs, end - first * bs)
 
     # -- changing -----------------------------------------------------------------
@@ -598,6 +474,6 @@ class FileContent:
 
     def close(self) -> None:
         self._abort_parts(keep=False)
-        self._close_stream()
+        self.reads.close()
         self._drop_spool()
         self.dirty.clear()
