@@ -10,7 +10,8 @@ General layout (imports only go downwards):
     policy/       who is calling (/proc), the TOML access policy, the audit log
     fs/           the filesystem core: inodes, open files, write-back, caches
                   (FUSE-shaped, never imports pyfuse3 or trio)
-    volume.py     the library API: entries, names, contents by plaintext path
+    volume/       the library API: entries, names, contents by plaintext path
+    fileio/       file I/O: file objects read and written (sealed metadata in, etag out)
     keys/         key slots, key sources, KMS
     store/        object stores: local directory, S3
     codec/        the format: pure crypto and byte layouts, no I/O

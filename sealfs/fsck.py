@@ -81,7 +81,7 @@ def check(
 
     def damaged(key: str, exc: Exception, where: str | None = None) -> None:
         report.damaged.append((where or key, str(exc)))
-        named = vol.times_key_named_by(key)  # (evidence, not a leftover)
+        named = vol.sealed.times_key_named_by(key)  # (evidence, not a leftover)
         if named is not None:
             times_keys.add(named)
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from sealfs import volume as volume_mod
+from sealfs.fileio import context
+from sealfs.fileio.streams import AppendStream
 from sealfs.fs.cache import BlockCache
 from sealfs.fs.content import FileContent
 from sealfs.keys.slots import KeyFile
@@ -30,9 +31,9 @@ MAX_SIZE = 10 * BS
 
 @pytest.fixture(autouse=True)
 def small_parts(monkeypatch):
-    monkeypatch.setattr(volume_mod, "SINGLE_PUT_MAX", 8 * BS)
-    monkeypatch.setattr(volume_mod, "PART_SIZE", 4 * BS + 100)  # parts that straddle blocks
-    monkeypatch.setattr(volume_mod.AppendStream, "APPEND_BYTES", 2 * BS + 100)
+    monkeypatch.setattr(context, "SINGLE_PUT_MAX", 8 * BS)
+    monkeypatch.setattr(context, "PART_SIZE", 4 * BS + 100)  # parts that straddle blocks
+    monkeypatch.setattr(AppendStream, "APPEND_BYTES", 2 * BS + 100)
 
 
 offsets = st.integers(min_value=0, max_value=MAX_SIZE)

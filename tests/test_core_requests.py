@@ -73,7 +73,7 @@ def test_open_of_a_cached_file_only_revalidates(setup):
     assert store.calls == {"head": 1}
 
 
-def test_a_large_file_is_not_read_at_open(setup):
+def test_a_large_file_is_not_read_at_open_and_its_first_read_is_one_request(setup):
     fs, store, _ = setup
     data = os.urandom(OPEN_READ_BYTES + 1)
     ino = write_file(fs, b"large", data)
@@ -81,7 +81,9 @@ def test_a_large_file_is_not_read_at_open(setup):
     store.calls.clear()
     fh, _ = fs.open(ino, os.O_RDONLY, CTX)
     assert store.calls == {"head": 1}
+    store.calls.clear()
     assert fs.read(fh, 0, len(data)) == data
+    assert store.calls == {"get": 1}  # (the header comes with the blocks)
     fs.release(fh)
 
 

@@ -1,6 +1,6 @@
 """The layering of DESIGN.md, held by parsing every import.
 
-    cli → daemon → fuseops → {policy, fs, fsck, rollback} → volume → {keys, store} → codec → errors
+    cli → daemon → fuseops → {policy, fs, fsck, rollback} → volume → fileio → {keys, store} → codec → errors
 
 A module may import its own package and anything on a lower layer, never
 upwards or sideways."""
@@ -16,14 +16,15 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "sealfs"
 RANK = {
-    "cli": 7,
-    "daemon": 6,
-    "fuseops": 5,
-    "policy": 4,
-    "fs": 4,
-    "fsck": 4,
-    "rollback": 4,
-    "volume": 3,
+    "cli": 8,
+    "daemon": 7,
+    "fuseops": 6,
+    "policy": 5,
+    "fs": 5,
+    "fsck": 5,
+    "rollback": 5,
+    "volume": 4,
+    "fileio": 3,
     "keys": 2,
     "store": 2,
     "codec": 1,

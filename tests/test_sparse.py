@@ -152,7 +152,7 @@ def test_a_bucket_writer_cannot_turn_data_into_holes(vol, store):
     tampered_reads_fail(vol, store, b"f", dense_body, md)
     # another size in m than the one sealed in the map
     fake = replace(e, size=7 * BS)
-    tampered_reads_fail(vol, store, b"f", body, vol._prepare_meta(fake))
+    tampered_reads_fail(vol, store, b"f", body, vol.sealed.seal(fake))
     # and the genuine object still reads
     store.put(e.key, body, md)
     assert read_all(vol, b"f") == a + bytes(2 * BS) + b + c + bytes(BS)

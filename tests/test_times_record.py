@@ -16,14 +16,14 @@ from dataclasses import replace
 import pytest
 from test_volume import CountingStore  # tests/test_volume.py
 
-from sealfs import volume as volume_mod
 from sealfs.errors import IntegrityError, PreconditionFailed, StoreError, StoreUnavailable
+from sealfs.fileio import context
 from sealfs.fs.cache import BlockCache
 from sealfs.fs.content import FileContent
 from sealfs.fsck import check
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import LocalStore
-from sealfs.volume import ROOT_ID, Volume, times_key
+from sealfs.volume import ROOT_ID, Volume, now_ns, times_key
 
 BS = 4096
 KEY = KeyFile("k", os.urandom(64))
@@ -33,8 +33,8 @@ KEY = KeyFile("k", os.urandom(64))
 def vols(tmp_path, monkeypatch):
     """A volume on a local store that uploads like S3 (parts of 4 blocks),
     and a second volume on the same bucket: another mount."""
-    monkeypatch.setattr(volume_mod, "PART_SIZE", 4 * BS)
-    monkeypatch.setattr(volume_mod, "SINGLE_PUT_MAX", 4 * BS)
+    monkeypatch.setattr(context, "PART_SIZE", 4 * BS)
+    monkeypatch.setattr(context, "SINGLE_PUT_MAX", 4 * BS)
 
     def open_store(create=False):
         store = LocalStore(str(tmp_path / "bucket"), create=create)
@@ -58,7 +58,7 @@ def write_in_parts(vol: Volume, tmp_path, e, data: bytes):
         content.truncate(0)
         for pos in range(0, len(data), 3000):
             content.write(pos, data[pos : pos + 3000])
-            e = replace(e, mtime_ns=volume_mod.now_ns(), ctime_ns=volume_mod.now_ns())
+            e = replace(e, mtime_ns=now_ns(), ctime_ns=now_ns())
         assert content._parts is not None, "parts were not sent while writing"
         return content.upload(e)
     finally:
@@ -306,11 +306,11 @@ def test_on_s3_a_file_written_in_parts_is_not_copied_at_close(make_bucket, moto_
         e = vol.create_file(ROOT_ID, b"big", 0o644, 0, 0)
         store.calls.clear()
         content = FileContent(vol, e, BlockCache(1 << 24), str(tmp_path / "spool"), 1 << 24)
-        data = os.urandom(3 * volume_mod.PART_SIZE + 100)
+        data = os.urandom(3 * context.PART_SIZE + 100)
         for pos in range(0, len(data), 1 << 20):
             content.write(pos, data[pos : pos + (1 << 20)])
         assert content._parts is not None
-        e = replace(e, mtime_ns=volume_mod.now_ns())
+        e = replace(e, mtime_ns=now_ns())
         new = content.upload(e)
         content.close()
         assert store.calls.get("copy", 0) == 0 and store.calls.get("complete_multipart") == 1

@@ -20,9 +20,11 @@ import pytest
 
 from sealfs.codec.header import FLAG_BOUND, HEADER_SIZE, header_hash, peek_header, seal_header
 from sealfs.errors import IntegrityError
+from sealfs.fileio.context import FileIO
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import LocalStore
 from sealfs.volume import ROOT_ID, Volume
+from sealfs.volume import sealed as sealed_mod
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "binding.json").read_text())
 CONFIG = json.loads((Path(__file__).parent / "vectors" / "config.json").read_text())
@@ -88,7 +90,7 @@ def vol(tmp_path):
 def written_by_an_older_sealfs(vol: Volume, monkeypatch, name: bytes, data: bytes):
     """A file as sealfs wrote it before the extension: a header without
     the flag, metadata without hh and vn."""
-    real_fields = Volume._fields
+    real_fields = sealed_mod.fields
 
     def old_header(self, file_id, dek):
         g = self.keyring.current
@@ -97,10 +99,8 @@ def written_by_an_older_sealfs(vol: Volume, monkeypatch, name: bytes, data: byte
         )
 
     with monkeypatch.context() as mp:
-        mp.setattr(Volume, "_new_header", old_header)
-        mp.setattr(
-            Volume, "_fields", lambda self, e: {k: v for k, v in real_fields(self, e).items() if k not in ("hh", "vn")}
-        )
+        mp.setattr(FileIO, "new_header", old_header)
+        mp.setattr(sealed_mod, "fields", lambda e: {k: v for k, v in real_fields(e).items() if k not in ("hh", "vn")})
         e = vol.new_file_entry(ROOT_ID, name, 0o644, 0, 0)
         vol.write_content(
             e, len(data), lambda i: data[i * 4096 : (i + 1) * 4096], base=vol.new_reader(e), if_none_match=True

@@ -5,4 +5,5 @@
 ``blocks``  offset arithmetic and per-block AEAD
 ``names``   deterministic name encryption (AES-SIV) and the long-name scheme
 ``meta``    encrypted entry metadata (mode, owner, times, xattrs, link target)
+``entry``   the entry-metadata schema: an Entry to and from its fields
 """

@@ -18,30 +18,25 @@ Not thread-safe by itself: the filesystem core holds the node's lock.
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
+from dataclasses import replace
 
-from ..codec.blocks import MAX_FILE_SIZE
-from ..errors import FsError, IntegrityError, PreconditionFailed, StoreError, WouldBlock
-from ..volume import AppendStream, BlockStream, Entry, FileReader, PartStream, Volume
+from ..codec.blocks import MAX_FILE_SIZE, FileCipher
+from ..errors import FsError, PreconditionFailed, StoreError, WouldBlock
+from ..fileio.reader import FileReader, join_range
+from ..fileio.streams import AppendStream, PartStream, stream_class
+from ..fileio.writer import ContentWriter
+from ..volume import Entry, Volume
 from .cache import BlockCache, block_key
+from .readahead import BaseReads
 from .spool import Spool
 
-#: Readahead starts at one block and doubles on sequential reads up to this.
-MAX_READAHEAD_BYTES = 8 * 1024 * 1024
-#: Once the readahead window reaches this many blocks, reads come from one
-#: streaming GET rather than a ranged GET per window.
-STREAM_AFTER_BLOCKS = 4
-
 log = logging.getLogger(__name__)
-#: A read starting this close to where the previous one ended still counts
-#: as sequential: the kernel sends readahead requests in parallel, and they
-#: reach us in any order.
-SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
 
 
 class DirtyBudget:
@@ -65,7 +60,29 @@ class DirtyBudget:
         return sum(len(c.dirty) * c.block_size for c in files) > self.limit
 
 
+class Place(enum.Enum):
+    """Where the current content of a block lives (see FileContent.where)."""
+
+    #: In memory, changed here.
+    DIRTY = "dirty"
+    #: Changed here and spilled to the spool (sealed, on disk).
+    SPOOLED = "spooled"
+    #: In a part of the new version already sent, read back from the store.
+    SENT = "sent"
+    #: In the base object, unchanged.
+    BASE = "base"
+    #: A hole of a sparse base: zeros, not stored.
+    HOLE = "hole"
+    #: Past what the base still holds (truncated away, or beyond its end):
+    #: zeros until written.
+    ZEROS = "zeros"
+
+
 class FileContent:
+    """One file's contents: its base version and the changes made here.  As
+    the :class:`~sealfs.fileio.writer.Blocks` of its next version, it tells
+    the writer which blocks changed."""
+
     def __init__(
         self,
         vol: Volume,
@@ -87,21 +104,17 @@ class FileContent:
         #: Changed blocks: a bytearray, or a memoryview of bytes written whole.
         self.dirty: dict[int, bytearray | memoryview] = {}
         self.spool: Spool | None = None
-        self._stream: BlockStream | None = None
+        self.reads = BaseReads(vol, cache)
         #: The upload of a sequential rewrite, sent while it is written.
         self._parts: PartStream | AppendStream | None = None
-        self._prefetch: Future | None = None
         self._set_base(vol.new_reader(entry) if new else vol.reader(entry))
         #: Not yet in the store (created here): its first upload creates
         #: the object, if the name is still free; until then it has
         #: something to upload, itself.
         self.unstored = self.changed = new
-        self._next_block = -1
-        self._window = 1
-        self._read_stop = 0
 
     def _set_base(self, reader: FileReader) -> None:
-        self._close_stream()  # it reads the previous base
+        self.reads.set_base(reader)
         self._abort_parts()
         self.base = reader
         self.size = reader.size
@@ -130,141 +143,58 @@ class FileContent:
     def _block_len(self, index: int) -> int:
         return self.vol.layout.plain_block_len(index, self.size)
 
-    def _fits(self, data: bytes | bytearray, index: int) -> bytes:
+    def _fits(self, data: bytes | bytearray | memoryview, index: int) -> bytes:
         want = self._block_len(index)
+        if len(data) == want:
+            return data if type(data) is bytes else bytes(data)  # (a block from the cache is not copied)
         data = bytes(data[:want])
         return data + bytes(want - len(data)) if len(data) < want else data
 
-    def _cache_key(self, index: int) -> tuple:
-        """The block cache's key of block ``index`` of the base."""
-        return block_key(self.base.entry.id, self.base.etag, self.base.entry.header_hash, index)
-
-    def _base_block(self, index: int, nowait: bool = False) -> bytes:
-        key = self._cache_key(index)
-        data = self.cache.get(key)
-        if data is None:
-            if nowait:
-                raise WouldBlock
-            self._fetch(index)
-            data = self.cache.get(key)
-            if data is None:  # the cache is smaller than one block
-                data = self.base.read_blocks(index, index + 1)[0]
-        return data
-
-    def _fetch(self, index: int) -> None:
-        """Bring blocks from ``index`` on into the cache: on a sequential
-        run from one streaming GET, else with one ranged GET of the window."""
-        self._wait_prefetch()
-        if self.cache.get(self._cache_key(index)) is not None:
-            return  # the prefetch brought it
-        stop = min(self._valid_base, max(index + self._window, self._read_stop))
-        blocks, first = None, index
-        stream = self._stream
-        # The kernel's readahead requests reach us in any order: a block a
-        # little ahead of the stream is read through the stream (caching
-        # what lies between), one behind it with a ranged read; only a real
-        # seek starts a new stream (on S3 each GET costs a request, on moto
-        # a copy of the whole object).
-        behind = stream is not None and index < stream.next
-        if self._window >= STREAM_AFTER_BLOCKS and not behind and not self.base.sparse:
-            try:
-                if stream is not None and index <= stream.next + self._window:
-                    first = stream.next
-                else:
-                    self._close_stream()
-                    self._stream = self.base.stream(index)
-                blocks = self._stream.read_blocks(stop)
-            except (PreconditionFailed, IntegrityError):
-                self._close_stream()
-                raise
-            except StoreError as exc:  # a broken stream: ranged reads retry
-                log.info("streaming read of %s failed (%s); reading by ranges", self.base.name, exc)
-                self._close_stream()
-                blocks, first = None, index
-        if blocks is None:
-            blocks = self.base.read_blocks(index, min(stop, stream.next) if behind else stop)
-        for i, data in enumerate(blocks, start=first):
-            self.cache.put(self._cache_key(i), data)
-
     def preload(self, entry: Entry, body: bytes) -> None:
-        """Cache the base's blocks from ``body``, the start of ``entry``'s
-        object read at open (see :meth:`Volume.load`), if that is the base
-        and ``body`` holds all its blocks."""
-        if (entry.key, entry.etag) != (self.base.entry.key, self.base.etag):
-            return
-        try:
-            blocks = self.base.preload(body) or ()
-        except IntegrityError:
-            return  # (the read reports it, with the block; the open succeeds as it would without this)
-        for i, data in enumerate(blocks):
-            self.cache.put(self._cache_key(i), data)
+        """See BaseReads.preload."""
+        self.reads.preload(entry, body)
 
-    def _close_stream(self) -> None:
-        self._wait_prefetch()
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
-
-    def _prefetch_next(self) -> None:
-        """During a streaming run, read the next window in the background
-        while the kernel consumes this one (fetching and decrypting overlap
-        with FUSE replies)."""
-        stream = self._stream
-        if stream is None or self._prefetch is not None or stream.next >= self._valid_base:
-            return
-        if stream.next - self._next_block > self._window // 2:
-            return  # far enough ahead already
-        stop = min(self._valid_base, stream.next + self._window)
-        start, base = stream.next, self.base
-
-        def work() -> None:
-            for i, data in enumerate(stream.read_blocks(stop), start=start):
-                self.cache.put(block_key(base.entry.id, base.etag, base.entry.header_hash, i), data)
-
-        self._prefetch = self.vol.submit(work)
-
-    def _wait_prefetch(self) -> None:
-        """Let a background read finish before the stream is used or closed;
-        if it failed, drop the stream (the next read reopens or uses ranges)."""
-        future, self._prefetch = self._prefetch, None
-        if future is None:
-            return
-        try:
-            future.result()
-        except Exception as exc:  # noqa: BLE001 - the foreground read reports its own errors
-            log.info("background read of %s failed (%s)", self.base.name, exc)
-            if self._stream is not None:
-                self._stream.close()
-                self._stream = None
+    def where(self, index: int, nowait: bool = False) -> Place:
+        """Where the current content of block ``index`` lives.  A sparse
+        base's holes are known once its block map is read (with its
+        header): ``nowait``, WouldBlock until then."""
+        if index in self.dirty:
+            return Place.DIRTY
+        if self.spool is not None and index in self.spool:
+            return Place.SPOOLED
+        parts = self._parts
+        if parts is not None and not parts.keeps_sent and index < parts.next_block:
+            return Place.SENT
+        if index >= self._valid_base:
+            return Place.ZEROS
+        if self.base.sparse:
+            if nowait and not self.base.loaded:
+                raise WouldBlock
+            if self.base.is_hole(index):
+                return Place.HOLE
+        return Place.BASE
 
     def block(self, index: int, nowait: bool = False) -> bytes:
         """Current plaintext of block ``index``, exactly its length
         (``nowait``: from memory, else WouldBlock)."""
-        if index in self.dirty:
+        place = self.where(index, nowait)
+        if place is Place.DIRTY:
             return self._fits(self.dirty[index], index)
-        if self.spool is not None and index in self.spool:
-            if nowait:
-                raise WouldBlock
-            return self._fits(self.spool.get(index), index)
-        parts = self._parts
-        if parts is not None and not parts.keeps_sent and index < parts.next_block:
-            if nowait:
-                raise WouldBlock
-            return parts.block(index)
-        if index < self._valid_base:
-            if self.base.sparse:
-                if nowait and not self.base.loaded:
-                    raise WouldBlock  # (its block map is read with its header)
-                if self.base.is_hole(index):
-                    return bytes(self._block_len(index))
-            return self._fits(self._base_block(index, nowait), index)
-        return bytes(self._block_len(index))
+        if place is Place.BASE:
+            return self._fits(self.reads.block(index, self._valid_base, nowait), index)
+        if place in (Place.HOLE, Place.ZEROS):
+            return bytes(self._block_len(index))
+        if nowait:
+            raise WouldBlock
+        if place is Place.SPOOLED:
+            return self._fits(self.spool.get(index), index)  # type: ignore[union-attr]
+        return self._parts.block(index)  # type: ignore[union-attr]
 
     def extents(self) -> list[tuple[int, int]]:
         """The runs of blocks (``(first, stop)``, in order) that the next
         version stores: those written here and those kept from the base.
         The others are holes: unless the runs cover every block, the
-        version is stored sparse (see Volume.write_content)."""
+        version is stored sparse (see ContentWriter)."""
         n = self.vol.layout.block_count(self.size)
         if self.size == 0:
             return [(0, 1)]  # (the empty last block of an empty file)
@@ -290,12 +220,7 @@ class FileContent:
     def idle(self) -> bool:
         """Whether :meth:`close` has nothing to wait for (no upload, stream,
         background read or spool file)."""
-        return (
-            self._parts is None
-            and self._stream is None
-            and self.spool is None
-            and (self._prefetch is None or self._prefetch.done())
-        )
+        return self._parts is None and self.spool is None and self.reads.idle
 
     def read(self, offset: int, length: int, nowait: bool = False) -> bytes:
         end = min(self.size, offset + length)
@@ -306,17 +231,11 @@ class FileContent:
         # (nowait: every block from memory, or WouldBlock before the
         # readahead state below changes)
         blocks = [self.block(i, nowait=True) for i in range(first, stop)] if nowait else None
-        slack = max(1, SEQUENTIAL_SLACK_BYTES // bs)
-        if self._next_block >= 0 and abs(first - self._next_block) <= slack:
-            self._window = min(self._window * 2, max(1, MAX_READAHEAD_BYTES // bs))
-            self._next_block = max(self._next_block, stop)
-        else:
-            self._window = 1
-            self._next_block = stop
-        self._read_stop = stop
-        data = b"".join(blocks if blocks is not None else (self.block(i) for i in range(first, stop)))
-        self._prefetch_next()
-        return data[offset - first * bs : end - first * bs]
+        self.reads.reading(first, stop)
+        if blocks is None:
+            blocks = [self.block(i) for i in range(first, stop)]
+        self.reads.read_ahead(self._valid_base)
+        return join_range(blocks, offset - first * bs, end - first * bs)
 
     # -- changing -----------------------------------------------------------------
 
@@ -383,14 +302,11 @@ class FileContent:
         if len(self.dirty.keys() | touched) * bs > self.dirty_limit or (self.budget is not None and self.budget.over()):
             return False
         return not (
-            self._rewritten_in_parts() and max(self.size, end) > self._parts_class().blocks_per_part(self.vol) * bs
+            self._rewritten_in_parts() and max(self.size, end) > self._parts_class().blocks_per_part(self.vol.io) * bs
         )
 
     def _parts_class(self) -> type[PartStream | AppendStream] | None:
-        """How this store takes a file while it is written: multipart parts
-        (S3), appends to the new object (local), or not at all."""
-        store = self.vol.store
-        return PartStream if store.server_side_copy else AppendStream if store.streaming_put else None
+        return stream_class(self.vol.io)
 
     def _rewritten_in_parts(self) -> bool:
         """Whether parts of this file are sent while it is written (see
@@ -445,10 +361,17 @@ class FileContent:
 
     # -- uploading ------------------------------------------------------------------
 
-    def _dirty_block(self, index: int) -> bytes | None:
-        if index in self.dirty or (self.spool is not None and index in self.spool) or index >= self._valid_base:
-            return self.block(index)
-        return None
+    def new_block(self, index: int) -> bytes | None:
+        """Block ``index`` for the next version (see Blocks.new_block): None
+        where the base has it."""
+        return None if self.where(index) in (Place.BASE, Place.HOLE) else self.block(index)
+
+    def sealed_block(self, index: int, cipher: FileCipher) -> bytes | None:
+        """Block ``index`` as ``cipher`` seals a whole block, if the spool
+        holds just that (see Spool.sealed)."""
+        if self.where(index) is not Place.SPOOLED:
+            return None
+        return self.spool.sealed(index, cipher)  # type: ignore[union-attr]
 
     def _spool_cipher(self):
         """The base's cipher, so that spooled blocks are stored as they are;
@@ -459,17 +382,11 @@ class FileContent:
         except PreconditionFailed:
             return self.vol.new_reader(self.base.entry).cipher()
 
-    def _sealed_block(self, index: int, cipher) -> bytes | None:
-        """Block ``index`` as ``cipher`` seals a whole block, if the spool
-        holds just that (see Spool.sealed)."""
-        if index in self.dirty or self.spool is None:
-            return None
-        return self.spool.sealed(index, cipher)
-
     def _sendable(self, index: int) -> bool:
-        if index in self.dirty:
+        place = self.where(index)
+        if place is Place.DIRTY:
             return len(self.dirty[index]) == self.block_size
-        return self.spool is not None and self.spool.is_full(index)
+        return place is Place.SPOOLED and self.spool.is_full(index)  # type: ignore[union-attr]
 
     def _send_parts(self) -> None:
         """A file rewritten from its start (new, or truncated to zero) on a
@@ -480,15 +397,15 @@ class FileContent:
         if not self._rewritten_in_parts():
             return
         cls = self._parts_class()
-        per_part = cls.blocks_per_part(self.vol)
+        per_part = cls.blocks_per_part(self.vol.io)
         start = self._parts.next_block if self._parts is not None else 0
         while self.size > (start + per_part) * self.block_size and all(
             self._sendable(i) for i in range(start, start + per_part + 1)
         ):
             try:
                 if self._parts is None:
-                    self._parts = cls(self.vol, self.base.entry, self.base.cipher())
-                self._parts.send(self.block, self._sealed_block)
+                    self._parts = self.vol.start_stream(self.base.entry, self.base.cipher())
+                self._parts.send(self)
             except StoreError as exc:
                 # The store cannot take it now (or the version we opened is
                 # gone: another mount): the blocks stay here, and the flush
@@ -526,10 +443,10 @@ class FileContent:
         (another mount wrote it); local changes are then kept."""
         cond = {"if_match": None, "if_none_match": True} if self.unstored else {"if_match": self.base.etag}
         if self._parts is not None and self.extents() != [(0, self.vol.layout.block_count(self.size))]:
-            self._abort_parts()  # it has holes: stored sparse, by write_content
+            self._abort_parts()  # it has holes: stored sparse, by a ContentWriter
         if self._parts is not None:
             try:
-                new = self._parts.finish(entry, self.size, self.block, sealed_block=self._sealed_block, **cond)
+                new = self.vol.finish_stream(self._parts, entry, self.size, self, **cond)
             except BaseException:
                 self._abort_parts()  # every block is still here for the next try
                 raise
@@ -537,16 +454,8 @@ class FileContent:
             if progress:
                 progress(self.size)
         else:
-            new = self.vol.write_content(
-                entry,
-                self.size,
-                self._dirty_block,
-                base=self.base,
-                progress=progress,
-                sealed_block=self._sealed_block,
-                extents=self.extents(),
-                **cond,
-            )
+            writer = ContentWriter(self.vol.io, entry, self.size, self, self.base, self.extents())
+            new = self.vol.install(entry, replace(entry), writer, progress=progress, **cond)
         reader = self.vol.reader(new)
         reader.adopt(self.base)
         for i, data in self.dirty.items():
@@ -565,6 +474,6 @@ class FileContent:
 
     def close(self) -> None:
         self._abort_parts(keep=False)
-        self._close_stream()
+        self.reads.close()
         self._drop_spool()
         self.dirty.clear()

@@ -508,8 +508,8 @@ def _small_volume(store):
     deps["/xattrs"].add(overflow_key(x.id))
     t = file(ROOT_ID, "/", b"timed", b"with a times record")
     nonce = os.urandom(16)  # (as a file uploaded in parts has: see PartStream)
-    vol.put_times(t, nonce)
-    store.copy(t.key, t.key, vol._prepare_meta(t, nonce))
+    vol.sealed.put_times(t, nonce)
+    store.copy(t.key, t.key, vol.sealed.seal(t, nonce))
     assert vol.lookup(ROOT_ID, b"timed").times_record == nonce
     deps["/timed"].add(times_key(t.id, nonce))
     vol.close()
