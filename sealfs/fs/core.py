@@ -34,7 +34,7 @@ from .content import DirtyBudget
 from .dirs import Listings
 from .files import Files
 from .names import Namespace
-from .nodes import NodeTable, Options, store_defer_sync
+from .nodes import NodeTable, Options
 from .writeback import Writeback
 
 #: The dirty blocks in memory of all files together: this many times
@@ -47,7 +47,7 @@ class Filesystem:
         self.vol = vol
         # As on a local filesystem: what close() stored survives a crash of
         # the daemon, and fsync() makes it survive a power loss too.
-        store_defer_sync(vol)
+        vol.defer_sync()
         self.opts = options or Options()
         self.cache = BlockCache(self.opts.cache_bytes)
         self.nodes = NodeTable(vol)

@@ -14,7 +14,7 @@ from ..volume import Volume, check_name, now_ns
 from .attrs import Attr, Attributes, without_setid
 from .cache import BlockCache, block_key
 from .names import new_owner
-from .nodes import Ctx, Node, NodeTable, Options, holding, store_sync
+from .nodes import Ctx, Node, NodeTable, Options, holding
 from .writeback import Writeback
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class Files:
 
     def fsync(self, fh: int) -> None:
         self.flush(fh)
-        store_sync(self.vol)
+        self.vol.sync()
 
     def release(self, fh: int, nowait: bool = False) -> None:
         h = self.handles.get(fh)

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..errors import FsError, NotFound, WouldBlock
+from ..errors import FsError, WouldBlock
 from ..volume import ROOT_ID, Entry, Volume
 from .content import FileContent
 
@@ -38,26 +38,6 @@ def holding(lock: threading.RLock, nowait: bool):
         yield
     finally:
         lock.release()
-
-
-# -- the store calls beside the Volume's ----------------------------------------------
-# (The one place where the core reaches past the Volume to its store.)
-
-
-def store_defer_sync(vol: Volume) -> None:
-    vol.store.defer_sync()
-
-
-def store_sync(vol: Volume) -> None:
-    vol.store.sync()
-
-
-def store_has(vol: Volume, key: str) -> bool:
-    try:
-        vol.store.head(key)
-    except NotFound:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -204,7 +184,7 @@ class NodeTable:
             if node is None or node.entry.key == entry.key or node.orphan or node.unstored:
                 return False
             other = node.entry.key
-        return store_has(self.vol, other)
+        return self.vol.exists(other)
 
     def node_of(self, entry: Entry) -> Node | None:
         """The node of stored ``entry``, if this mount knows it (a file's

@@ -26,7 +26,7 @@ from ..errors import FsError, NotFound, PreconditionFailed, SealfsError, WouldBl
 from ..volume import ROOT_ID, Entry, Volume, now_ns
 from .cache import BlockCache
 from .content import DirtyBudget, FileContent
-from .nodes import Node, NodeTable, Options, store_sync
+from .nodes import Node, NodeTable, Options
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class Writeback:
 
     def fsyncdir(self) -> None:
         self.flush_metadata()
-        store_sync(self.vol)
+        self.vol.sync()
 
     def sync_all(self) -> None:
         """Upload everything pending (unmount, SIGTERM)."""
@@ -273,4 +273,4 @@ class Writeback:
                 except Exception:  # (the boundary of the shutdown: one file must not stop the others)
                     log.exception("cannot upload %r at shutdown", node.entry.name)
         self.flush_metadata()
-        store_sync(self.vol)
+        self.vol.sync()

@@ -115,6 +115,23 @@ class Volume(Entries):
         self._pool.shutdown(wait=True)
         self.store.close()
 
+    def defer_sync(self) -> None:
+        """From now on writes need only survive a crash of this process;
+        :meth:`sync` makes them durable (what a mount does: see Store.defer_sync)."""
+        self.store.defer_sync()
+
+    def sync(self) -> None:
+        """Make every write acknowledged so far durable (fsync, syncfs)."""
+        self.store.sync()
+
+    def exists(self, key: str) -> bool:
+        """Whether the entry object ``key`` exists now (one HEAD)."""
+        try:
+            self.store.head(key)
+        except NotFound:
+            return False
+        return True
+
     # -- paths (for the offline CLI) ------------------------------------------------------------
 
     def resolve(self, path: str | bytes, *, follow: bool = True, _depth: int = 0) -> Entry:
