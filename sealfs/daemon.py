@@ -94,10 +94,14 @@ READ_AHEAD_KB = 4096
 
 
 def _raise_readahead(mountpoint: str) -> None:
-    """Set the mount's read_ahead_kb (root only; best effort).  The device
-    number comes from /proc/self/mountinfo: a stat of the mountpoint would
-    ask ourselves, before the main loop runs."""
+    """Set the mount's read_ahead_kb (root only; best effort), once the
+    kernel has taken the answer to FUSE_INIT, which caps readahead at what
+    it offered: the kernel sends no other request before that, so a stat
+    of the mountpoint (served by this daemon's loop, so called from a
+    worker thread) returns only after it.  The device number comes from
+    /proc/self/mountinfo."""
     try:
+        os.stat(mountpoint)
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
@@ -231,7 +235,6 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
         log.error(msg)
         return 8
     pidfile = _write_pidfile(pidfile_path)
-    _raise_readahead(cfg.mountpoint)
     _report(ready_fd, "")
     log.info("mounted %s on %s", cfg.fsname, cfg.mountpoint)
     if guard is None:
@@ -303,10 +306,8 @@ async def _signals(fs: Filesystem, pyfuse3, scope, guard: Guard | None = None) -
 async def _tune_readahead(mountpoint: str) -> None:
     import trio
 
-    for _ in range(20):  # FUSE_INIT is answered within moments of starting
-        await trio.sleep(0.05)
-        if await trio.to_thread.run_sync(_raise_readahead, mountpoint):
-            return
+    # (abandoned if the mount ends first: the stat then waits for the unmount)
+    await trio.to_thread.run_sync(_raise_readahead, mountpoint, abandon_on_cancel=True)
 
 
 async def _flush_timer(fs: Filesystem, guard: Guard | None = None) -> None:

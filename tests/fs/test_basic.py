@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from conftest import sealfs  # noqa: F401  (tests/fs/conftest.py)
+from conftest import sealfs, wait_for  # noqa: F401  (tests/fs/conftest.py)
+
+from sealfs.daemon import READ_AHEAD_KB
 
 
 def test_write_read_remount(mounted):
@@ -85,3 +87,13 @@ def test_reader_never_mixes_two_versions(make_mount):
         assert err.value.errno == errno.ESTALE
     b.expected_log.append("rewritten in the store")
     assert (b.path / "f").read_bytes() == b"B" * (3 * 65536 + 5)
+
+
+def test_the_mount_reads_ahead_in_large_requests(mounted):
+    """The daemon raises the mount's readahead once the kernel has its
+    answer to FUSE_INIT (which would cap a value set earlier), with no
+    request of a program needed first."""
+    with open("/proc/self/mountinfo") as f:
+        device = next(line.split()[2] for line in f if line.split()[4] == str(mounted.path))
+    ra = f"/sys/class/bdi/{device}/read_ahead_kb"
+    wait_for(lambda: int(open(ra).read()) == READ_AHEAD_KB, f"{ra} to be {READ_AHEAD_KB}", timeout=10)
