@@ -12,7 +12,7 @@ from ..codec.header import header_hash
 from .context import FileIO
 from .writer import Blocks
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sealfs.volume")  # (the name its log lines had before file I/O was a layer)
 
 
 class _WhileWritten:

@@ -12,7 +12,7 @@ from ..fileio.reader import BlockStream, FileReader
 from ..volume import Entry, Volume
 from .cache import BlockCache, block_key
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sealfs.fs.content")  # (the name its log lines had before they moved here)
 
 #: Readahead starts at one block and doubles on sequential reads up to this.
 MAX_READAHEAD_BYTES = 8 * 1024 * 1024

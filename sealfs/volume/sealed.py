@@ -29,7 +29,7 @@ from ..codec.names import NameCipher, is_long
 from ..errors import IntegrityError, NotFound, SealfsError
 from ..store.base import MAX_METADATA_BYTES, ObjectInfo, Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sealfs.volume")  # (the name its log lines had before the volume was a package)
 
 #: Room left in user metadata for the sealed blob after the long name.
 _META_BUDGET = MAX_METADATA_BYTES - 64
