@@ -6,7 +6,7 @@ General layout (imports only go downwards):
     cli/          argparse tree and dispatch, the commands, the one -o parser, the
                   mount.sealfs helper
     daemon.py     mount lifecycle: harden, fork, serve, flush, unmount
-    fuseops.py    the pyfuse3 adapter: request -> policy -> filesystem core -> reply
+    fuseops/      the pyfuse3 adapter: request -> policy -> filesystem core -> reply
     policy/       who is calling (/proc), the TOML access policy, the audit log
     fs/           the filesystem core: inodes, open files, write-back, caches
                   (FUSE-shaped, never imports pyfuse3 or trio)

@@ -213,7 +213,7 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
     import pyfuse3
     import trio
 
-    from .fuseops import SealfsOps, mount_options
+    from .fuseops.ops import SealfsOps, mount_options
 
     # (resolved before mounting: once mounted, a stat of the mountpoint would
     # be a request to ourselves, unanswered until the main loop runs)

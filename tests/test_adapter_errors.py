@@ -1,4 +1,4 @@
-"""The adapter's one error path (sealfs.fuseops._errors): a hiding check
+"""The adapter's one error path (sealfs.fuseops.run.fuse_errors): a hiding check
 that fails unexpectedly fails closed, and is logged there."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import trio
 from sealfs.errors import FsError
 from sealfs.fs.core import Filesystem, Options
 from sealfs.fs.nodes import ROOT_INO
-from sealfs.fuseops import SealfsOps
+from sealfs.fuseops.ops import SealfsOps
 from sealfs.keys.slots import KeyFile
 from sealfs.store.local import LocalStore
 from sealfs.volume import Volume

@@ -1,4 +1,4 @@
-"""The worker pool of the FUSE adapter (sealfs.fuseops.Workers)."""
+"""The worker pool of the FUSE adapter (sealfs.fuseops.run.Workers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 import trio
 
-from sealfs.fuseops import Workers
+from sealfs.fuseops.run import Workers
 
 
 def test_results_exceptions_and_the_bound():
