@@ -107,7 +107,8 @@ class Gate:
         """lookup, unless a hiding rule hides the name from the caller (worker thread)."""
         path = self.fs.path_of(parent, name)
         self.guard.visible(ctx.pid, ctx.uid, ctx.gid, path)
-        return self.fs.lookup(parent, name, ctx), self.guard.may_hide(path)
+        volatile = self.guard.may_hide(path)  # (first: if it fails, no lookup is counted)
+        return self.fs.lookup(parent, name, ctx), volatile
 
     def opendir_checked(self, ino: int, ctx: Ctx) -> tuple[int, tuple]:
         """opendir after the list check; returns the handle and (identity,

@@ -290,6 +290,10 @@ class SealfsOps(pyfuse3.Operations):
                             return
                         untaken.remove(attr.ino)
                         replied = True
+            except pyfuse3.FUSEError:
+                # (pyfuse3 drops the entries already replied with the error: the kernel takes none)
+                untaken = [attr.ino for _, attr, _ in entries]
+                raise
             finally:
                 self.fs.forget([(ino, 1) for ino in untaken])
             # an empty reply ends the listing: a page of hidden names only must not
