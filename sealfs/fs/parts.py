@@ -15,7 +15,7 @@ from ..volume import Entry
 if TYPE_CHECKING:
     from .content import FileContent
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sealfs.fs.content")  # (the name its log lines had before they moved here)
 
 
 class PartSender:
