@@ -107,7 +107,7 @@ class FileModel(RuleBasedStateMachine):
         self.entry = self.content.upload(replace(self.entry, mtime_ns=self.entry.mtime_ns + 1))
         self.stored = bytearray(self.model)
         assert not self.store.list_multipart_uploads(), "an upload was left behind"
-        assert not self.content._parts and not os.listdir(self.store._dir.tmp), "a new object was left behind"
+        assert not self.content.parts.stream and not os.listdir(self.store._dir.tmp), "a new object was left behind"
         # the times record of this version (uploaded in parts), and no other
         records = [o.key for o in self.store.list_all("t/")]
         assert records == ([times_key(self.entry.id, self.entry.times_record)] if self.entry.times_record else [])

@@ -334,7 +334,7 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
         fs.write(fh, off, bytes(data[off : off + 65536]))
         content = fs.nodes.get(attr.ino).content
         assert len(content.dirty) <= 24 and not content.spool
-    assert content._parts is not None and content._parts.next_block >= 16
+    assert content.parts.stream is not None and content.parts.stream.next_block >= 16
     (temp,) = os.listdir(store.inner._dir.tmp)
     with open(os.path.join(store.inner._dir.tmp, temp), "rb") as f:
         assert data[:4096] not in f.read()
@@ -352,10 +352,10 @@ def test_a_file_written_front_to_back_goes_into_its_new_object_once(setup, tmp_p
     for off in range(0, len(data), 65536):
         fs.write(fh, off, bytes(data[off : off + 65536]))
     content = fs.nodes.get(attr.ino).content
-    assert content._parts is not None
+    assert content.parts.stream is not None
     fs.write(fh, 100, b"patched")
     data[100:107] = b"patched"
-    assert content._parts is None and len(content.spool) >= 14 and os.listdir(store.inner._dir.tmp) == []
+    assert content.parts.stream is None and len(content.spool) >= 14 and os.listdir(store.inner._dir.tmp) == []
     fs.release(fh)
     fs.cache.drop_file(fs.nodes.get(attr.ino).entry.id)
     assert read_file(fs, attr.ino) == data
@@ -376,7 +376,7 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
     for off in range(0, len(data), 65536):
         fs.write(fh, off, data[off : off + 65536])
     content = fs.nodes.get(attr.ino).content
-    assert content._parts is not None
+    assert content.parts.stream is not None
     real_commit = LocalObjectWriter.commit
 
     def failing_commit(self, *args, **kwargs):
@@ -391,7 +391,7 @@ def test_a_failed_install_of_a_streamed_file_loses_nothing(setup, monkeypatch, s
         monkeypatch.setattr(Spool, "put_sealed", full)
     with pytest.raises((StoreError, FsError)):  # (the adapter answers EIO, or ENOSPC)
         fs.flush(fh)
-    assert (content._parts is not None) == spool_full
+    assert (content.parts.stream is not None) == spool_full
     assert content.read(0, len(data)) == data
     monkeypatch.setattr(LocalObjectWriter, "commit", real_commit)
     monkeypatch.undo()
@@ -425,7 +425,7 @@ def test_a_store_error_while_sending_does_not_fail_the_write(setup, monkeypatch)
     for off in range(0, len(data), 65536):
         fs.write(fh, off, data[off : off + 65536])
     content = fs.nodes.get(attr.ino).content
-    assert len(calls) == 2 and content._parts is None and os.listdir(store.inner._dir.tmp) == []
+    assert len(calls) == 2 and content.parts.stream is None and os.listdir(store.inner._dir.tmp) == []
     monkeypatch.undo()
     fs.release(fh)
     fs.cache.drop_file(fs.nodes.get(attr.ino).entry.id)

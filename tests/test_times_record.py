@@ -59,7 +59,7 @@ def write_in_parts(vol: Volume, tmp_path, e, data: bytes):
         for pos in range(0, len(data), 3000):
             content.write(pos, data[pos : pos + 3000])
             e = replace(e, mtime_ns=now_ns(), ctime_ns=now_ns())
-        assert content._parts is not None, "parts were not sent while writing"
+        assert content.parts.stream is not None, "parts were not sent while writing"
         return content.upload(e)
     finally:
         content.close()
@@ -309,7 +309,7 @@ def test_on_s3_a_file_written_in_parts_is_not_copied_at_close(make_bucket, moto_
         data = os.urandom(3 * context.PART_SIZE + 100)
         for pos in range(0, len(data), 1 << 20):
             content.write(pos, data[pos : pos + (1 << 20)])
-        assert content._parts is not None
+        assert content.parts.stream is not None
         e = replace(e, mtime_ns=now_ns())
         new = content.upload(e)
         content.close()

@@ -3,8 +3,10 @@
 A :class:`FileContent` starts from a stored version of the file (the
 *base*, read through the block cache with readahead) and collects local
 changes: dirty blocks in memory, spilled to a :class:`Spool` (sealed as
-they will be stored) past a memory budget.  :meth:`FileContent.upload` writes a new version in
-which unchanged blocks are reused as ciphertext.
+they will be stored) past a memory budget (see sealfs.fs.spool).
+:meth:`FileContent.upload` writes a new version in which unchanged blocks
+are reused as ciphertext; a file rewritten from its start may have most of
+it sent already, while it was written (see sealfs.fs.parts).
 
 Truncation invalidates base blocks without touching the store: only blocks
 below ``_valid_base`` may still come from the base; later ones are holes
@@ -20,44 +22,18 @@ from __future__ import annotations
 
 import enum
 import errno
-import logging
-import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import replace
 
 from ..codec.blocks import MAX_FILE_SIZE, FileCipher
-from ..errors import FsError, PreconditionFailed, StoreError, WouldBlock
+from ..errors import FsError, PreconditionFailed, WouldBlock
 from ..fileio.reader import FileReader, join_range
-from ..fileio.streams import AppendStream, PartStream, stream_class
 from ..fileio.writer import ContentWriter
 from ..volume import Entry, Volume
 from .cache import BlockCache, block_key
+from .parts import PartSender
 from .readahead import BaseReads
-from .spool import Spool
-
-log = logging.getLogger(__name__)
-
-
-class DirtyBudget:
-    """The dirty blocks in memory of all files of a mount together: past
-    ``limit`` bytes, a write spills its own file's blocks to the spool (as
-    past the file's own ``dirty_limit``), so that many files written at
-    once do not hold many times one file's budget."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._files: weakref.WeakSet[FileContent] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def add(self, content: FileContent) -> None:
-        with self._lock:
-            self._files.add(content)
-
-    def over(self) -> bool:
-        with self._lock:
-            files = list(self._files)
-        return sum(len(c.dirty) * c.block_size for c in files) > self.limit
+from .spool import DirtyBudget, Spill, Spool
 
 
 class Place(enum.Enum):
@@ -94,19 +70,15 @@ class FileContent:
         budget: DirtyBudget | None = None,
     ):
         self.vol = vol
-        self.budget = budget
         if budget is not None:
             budget.add(self)
         self.cache = cache
-        self.spool_dir = spool_dir
-        self.dirty_limit = dirty_limit
         self.block_size = vol.layout.block_size
         #: Changed blocks: a bytearray, or a memoryview of bytes written whole.
         self.dirty: dict[int, bytearray | memoryview] = {}
-        self.spool: Spool | None = None
+        self.spill = Spill(spool_dir, dirty_limit, self.block_size, budget, self._spool_cipher)
         self.reads = BaseReads(vol, cache)
-        #: The upload of a sequential rewrite, sent while it is written.
-        self._parts: PartStream | AppendStream | None = None
+        self.parts = PartSender(self)
         self._set_base(vol.new_reader(entry) if new else vol.reader(entry))
         #: Not yet in the store (created here): its first upload creates
         #: the object, if the name is still free; until then it has
@@ -115,13 +87,18 @@ class FileContent:
 
     def _set_base(self, reader: FileReader) -> None:
         self.reads.set_base(reader)
-        self._abort_parts()
+        self.parts.reset()
         self.base = reader
         self.size = reader.size
-        self._stream_parts = True
         self._valid_base = -(-reader.size // self.block_size)
         #: Local changes not yet uploaded.
         self.changed = False
+
+    @property
+    def spool(self) -> Spool | None:
+        """Where dirty blocks past the budgets went (see Spill); None until
+        the first."""
+        return self.spill.spool
 
     @property
     def etag(self) -> str:
@@ -162,8 +139,7 @@ class FileContent:
             return Place.DIRTY
         if self.spool is not None and index in self.spool:
             return Place.SPOOLED
-        parts = self._parts
-        if parts is not None and not parts.keeps_sent and index < parts.next_block:
+        if self.parts.holds(index):
             return Place.SENT
         if index >= self._valid_base:
             return Place.ZEROS
@@ -188,7 +164,7 @@ class FileContent:
             raise WouldBlock
         if place is Place.SPOOLED:
             return self._fits(self.spool.get(index), index)  # type: ignore[union-attr]
-        return self._parts.block(index)  # type: ignore[union-attr]
+        return self.parts.block(index)
 
     def extents(self) -> list[tuple[int, int]]:
         """The runs of blocks (``(first, stop)``, in order) that the next
@@ -199,8 +175,7 @@ class FileContent:
         if self.size == 0:
             return [(0, 1)]  # (the empty last block of an empty file)
         runs = [(a, min(b, self._valid_base)) for a, b in self.base.extents() if a < self._valid_base]
-        if self._parts is not None:
-            runs.append((0, self._parts.next_block))
+        runs.append((0, self.parts.sent))
         written = set(self.dirty)
         if self.spool is not None:
             written.update(self.spool.indices())
@@ -220,7 +195,7 @@ class FileContent:
     def idle(self) -> bool:
         """Whether :meth:`close` has nothing to wait for (no upload, stream,
         background read or spool file)."""
-        return self._parts is None and self.spool is None and self.reads.idle
+        return self.parts.stream is None and self.spool is None and self.reads.idle
 
     def read(self, offset: int, length: int, nowait: bool = False) -> bytes:
         end = min(self.size, offset + length)
@@ -252,8 +227,8 @@ class FileContent:
         if nowait and not self._writes_in_memory(offset, end):
             raise WouldBlock
         new_size = max(self.size, end)
-        if self._parts is not None and offset < self._parts.next_block * bs:
-            self._abort_parts()  # rewriting what was sent: upload it all at flush
+        if offset < self.parts.sent * bs:
+            self.parts.abort()  # rewriting what was sent: upload it all at flush
         # A whole block of immutable bytes (what FUSE hands over) is kept as a
         # view of them, copied only if a later write changes part of it.
         keep_views = isinstance(data, bytes)
@@ -279,8 +254,8 @@ class FileContent:
             pos += take
         self.size = new_size
         self.changed = True
-        self._spill()
-        self._send_parts()
+        self.spill.spill(self.dirty)
+        self.parts.send()
         return len(view)
 
     def _writes_in_memory(self, offset: int, end: int) -> bool:
@@ -288,7 +263,7 @@ class FileContent:
         disk: the blocks it only partly covers are in memory, the dirty
         blocks stay within budget, and no part upload starts or stops."""
         bs = self.block_size
-        if self._parts is not None and offset < self._parts.next_block * bs:
+        if offset < self.parts.sent * bs:
             return False
         first, last = offset // bs, (end - 1) // bs
         for index in {first, last}:
@@ -299,19 +274,15 @@ class FileContent:
                 except WouldBlock:
                     return False
         touched = set(range(first, last + 1))
-        if len(self.dirty.keys() | touched) * bs > self.dirty_limit or (self.budget is not None and self.budget.over()):
+        if self.spill.over(len(self.dirty.keys() | touched)):
             return False
-        return not (
-            self._rewritten_in_parts() and max(self.size, end) > self._parts_class().blocks_per_part(self.vol.io) * bs
-        )
+        return not self.parts.may_send(max(self.size, end))
 
-    def _parts_class(self) -> type[PartStream | AppendStream] | None:
-        return stream_class(self.vol.io)
-
-    def _rewritten_in_parts(self) -> bool:
-        """Whether parts of this file are sent while it is written (see
-        :meth:`_send_parts`)."""
-        return self._valid_base == 0 and self._stream_parts and self._parts_class() is not None
+    @property
+    def rewritten(self) -> bool:
+        """Whether the file is written again from its start (new, or
+        truncated to zero): no block comes from the base."""
+        return self._valid_base == 0
 
     def truncate(self, new_size: int) -> None:
         if not 0 <= new_size <= MAX_FILE_SIZE:
@@ -320,8 +291,8 @@ class FileContent:
                 f"size {new_size} is outside 0 to the maximum file size, {MAX_FILE_SIZE}",
             )
         bs = self.block_size
-        if self._parts is not None and new_size <= self._parts.next_block * bs:
-            self._abort_parts()  # a sent block would become the last, or go
+        if new_size <= self.parts.sent * bs:
+            self.parts.abort()  # a sent block would become the last, or go
         if new_size < self.size:
             keep = -(-new_size // bs)
             if new_size % bs:
@@ -336,28 +307,6 @@ class FileContent:
             self._valid_base = min(self._valid_base, new_size // bs)
         self.size = new_size
         self.changed = True
-
-    def _spill(self) -> None:
-        """Move dirty blocks to the encrypted spool while over budget (the
-        highest block, likely still being appended to, stays), or while
-        the files of the mount together are over theirs."""
-        if len(self.dirty) * self.block_size <= self.dirty_limit and (
-            len(self.dirty) <= 1 or self.budget is None or not self.budget.over()
-        ):
-            return
-        spool = self._spool()
-        top = max(self.dirty)
-        for i in sorted(self.dirty):
-            if i != top:
-                # (dropped from memory only once spooled: a full cache_dir
-                # fails the write with ENOSPC, never loses the block)
-                spool.put(i, self.dirty[i])
-                del self.dirty[i]
-
-    def _spool(self) -> Spool:
-        if self.spool is None:
-            self.spool = Spool(self.spool_dir, self._spool_cipher())
-        return self.spool
 
     # -- uploading ------------------------------------------------------------------
 
@@ -382,75 +331,21 @@ class FileContent:
         except PreconditionFailed:
             return self.vol.new_reader(self.base.entry).cipher()
 
-    def _sendable(self, index: int) -> bool:
+    def whole(self, index: int) -> bool:
+        """Whether block ``index`` is written here and whole (in memory or
+        the spool)."""
         place = self.where(index)
         if place is Place.DIRTY:
             return len(self.dirty[index]) == self.block_size
         return place is Place.SPOOLED and self.spool.is_full(index)  # type: ignore[union-attr]
-
-    def _send_parts(self) -> None:
-        """A file rewritten from its start (new, or truncated to zero) on a
-        store that can take it while it is written: send each part as soon
-        as its blocks and the one after are written (so none of them is the
-        last).  Where the store can read them back (AppendStream), the
-        blocks sent leave memory and the spool."""
-        if not self._rewritten_in_parts():
-            return
-        cls = self._parts_class()
-        per_part = cls.blocks_per_part(self.vol.io)
-        start = self._parts.next_block if self._parts is not None else 0
-        while self.size > (start + per_part) * self.block_size and all(
-            self._sendable(i) for i in range(start, start + per_part + 1)
-        ):
-            try:
-                if self._parts is None:
-                    self._parts = self.vol.start_stream(self.base.entry, self.base.cipher())
-                self._parts.send(self)
-            except StoreError as exc:
-                # The store cannot take it now (or the version we opened is
-                # gone: another mount): the blocks stay here, and the flush
-                # stores the file whole, or reports the error or conflict.
-                log.info("%s: not sent while written (%s)", self.base.name, exc)
-                self._abort_parts()
-                self._stream_parts = False
-                return
-            if not self._parts.keeps_sent:
-                for i in range(start, self._parts.next_block):
-                    self.dirty.pop(i, None)
-                    if self.spool is not None:
-                        self.spool.discard(i)
-            start = self._parts.next_block
-
-    def _abort_parts(self, keep: bool = True) -> None:
-        """Stop sending this file while it is written: it is stored whole at
-        its next flush.  ``keep``: blocks that only the stream holds move to
-        the spool first (if that fails, nothing changed); else they are
-        being thrown away."""
-        parts = self._parts
-        if parts is None:
-            return
-        if keep and not parts.keeps_sent:
-            spool = self._spool()
-            for i in range(parts.next_block):
-                spool.put_sealed(i, parts.sealed(i))
-        self._parts = None
-        self._stream_parts = False  # (not again from the start at each write)
-        parts.abort()
 
     def upload(self, entry: Entry, progress: Callable[[int], None] | None = None) -> Entry:
         """Write the current contents as a new version with ``entry``'s
         metadata.  PreconditionFailed if the stored object changed under us
         (another mount wrote it); local changes are then kept."""
         cond = {"if_match": None, "if_none_match": True} if self.unstored else {"if_match": self.base.etag}
-        if self._parts is not None and self.extents() != [(0, self.vol.layout.block_count(self.size))]:
-            self._abort_parts()  # it has holes: stored sparse, by a ContentWriter
-        if self._parts is not None:
-            try:
-                new = self.vol.finish_stream(self._parts, entry, self.size, self, **cond)
-            except BaseException:
-                self._abort_parts()  # every block is still here for the next try
-                raise
-            self._parts = None
+        new = self.parts.finish(entry, **cond)
+        if new is not None:
             if progress:
                 progress(self.size)
         else:
@@ -462,18 +357,13 @@ class FileContent:
             if len(data) == self.vol.layout.plain_block_len(i, self.size):
                 self.cache.put(block_key(new.id, new.etag, new.header_hash, i), bytes(data))
         self.dirty.clear()
-        self._drop_spool()
+        self.spill.close()
         self._set_base(reader)
         self.unstored = False
         return new
 
-    def _drop_spool(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
-
     def close(self) -> None:
-        self._abort_parts(keep=False)
+        self.parts.abort(keep=False)
         self.reads.close()
-        self._drop_spool()
+        self.spill.close()
         self.dirty.clear()

@@ -30,11 +30,11 @@ import os
 from ..volume import Volume
 from .attrs import Attributes
 from .cache import BlockCache
-from .content import DirtyBudget
 from .dirs import Listings
 from .files import Files
 from .names import Namespace
 from .nodes import NodeTable, Options
+from .spool import DirtyBudget
 from .writeback import Writeback
 
 #: The dirty blocks in memory of all files together: this many times

@@ -13,15 +13,26 @@ Blocks go to slots of the spool file in the order they arrive (a freed
 slot is used again), not at an offset computed from their index: a block
 written a petabyte into a sparse file takes one slot, not a petabyte of
 file offsets.
+
+When blocks spill is decided here too: past a file's own budget of dirty
+blocks in memory, or past the mount's for all its files together
+(:class:`Spill`, :class:`DirtyBudget`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..codec.blocks import BLOCK_OVERHEAD, FileCipher
 from ..errors import FsError
+
+if TYPE_CHECKING:
+    from .content import FileContent
 
 
 class Spool:
@@ -79,7 +90,7 @@ class Spool:
 
     def put_sealed(self, index: int, sealed: bytes) -> None:
         """Block ``index`` as this spool's cipher sealed it, whole and not
-        the last (a block read back from a stream: see FileContent)."""
+        the last (a block read back from a stream: see PartSender.abort)."""
         self._write(index, sealed, False)
 
     def _read(self, index: int) -> bytes:
@@ -110,3 +121,78 @@ class Spool:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class DirtyBudget:
+    """The dirty blocks in memory of all files of a mount together: past
+    ``limit`` bytes, a write spills its own file's blocks to the spool (as
+    past the file's own ``dirty_limit``), so that many files written at
+    once do not hold many times one file's budget."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._files: weakref.WeakSet[FileContent] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, content: FileContent) -> None:
+        with self._lock:
+            self._files.add(content)
+
+    def over(self) -> bool:
+        with self._lock:
+            files = list(self._files)
+        return sum(len(c.dirty) * c.block_size for c in files) > self.limit
+
+
+class Spill:
+    """Where one file's dirty blocks go past its budgets (``limit`` bytes of
+    its own, and the mount's ``budget``): a Spool in ``directory``, opened
+    on first use with the cipher that ``cipher`` returns."""
+
+    def __init__(
+        self,
+        directory: str,
+        limit: int,
+        block_size: int,
+        budget: DirtyBudget | None,
+        cipher: Callable[[], FileCipher],
+    ):
+        self.directory = directory
+        self.limit = limit
+        self.block_size = block_size
+        self.budget = budget
+        self._cipher = cipher
+        self.spool: Spool | None = None
+
+    def over(self, blocks: int) -> bool:
+        """Whether ``blocks`` dirty blocks in memory are past the file's
+        budget, or the mount's is spent."""
+        return blocks * self.block_size > self.limit or (self.budget is not None and self.budget.over())
+
+    def spill(self, dirty: dict[int, bytearray | memoryview]) -> None:
+        """Move ``dirty`` blocks to the spool while over budget (the highest
+        block, likely still being appended to, stays), or while the files
+        of the mount together are over theirs."""
+        if len(dirty) * self.block_size <= self.limit and (
+            len(dirty) <= 1 or self.budget is None or not self.budget.over()
+        ):
+            return
+        spool = self.open()
+        top = max(dirty)
+        for i in sorted(dirty):
+            if i != top:
+                # (dropped from memory only once spooled: a full cache_dir
+                # fails the write with ENOSPC, never loses the block)
+                spool.put(i, dirty[i])
+                del dirty[i]
+
+    def open(self) -> Spool:
+        """The spool, opened on first use."""
+        if self.spool is None:
+            self.spool = Spool(self.directory, self._cipher())
+        return self.spool
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None

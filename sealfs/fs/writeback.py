@@ -25,8 +25,9 @@ from dataclasses import replace
 from ..errors import FsError, NotFound, PreconditionFailed, SealfsError, WouldBlock
 from ..volume import ROOT_ID, Entry, Volume, now_ns
 from .cache import BlockCache
-from .content import DirtyBudget, FileContent
+from .content import FileContent
 from .nodes import Node, NodeTable, Options
+from .spool import DirtyBudget
 
 log = logging.getLogger(__name__)
 
