@@ -1,21 +1,7 @@
 """sealfs: an encrypted filesystem over an object store, with access decided
 per calling workload.
 
-General layout (imports only go downwards):
-
-    cli/          argparse tree and dispatch, the commands, the one -o parser, the
-                  mount.sealfs helper
-    daemon.py     mount lifecycle: harden, fork, serve, flush, unmount
-    fuseops/      the pyfuse3 adapter: request -> policy -> filesystem core -> reply
-    policy/       who is calling (/proc), the TOML access policy, the audit log
-    fs/           the filesystem core: inodes, open files, write-back, caches
-                  (FUSE-shaped, never imports pyfuse3 or trio)
-    volume/       the library API: entries, names, contents by plaintext path
-    fileio/       file I/O: file objects read and written (sealed metadata in, etag out)
-    keys/         key slots, key sources, KMS
-    store/        object stores: local directory, S3
-    codec/        the format: pure crypto and byte layouts, no I/O
-    errors.py     one error hierarchy with exit codes
+The layers and every module's job: docs/DEVELOPMENT.md.
 
 The format and store layers never import pyfuse3 or trio, so programs that
 cannot mount can use :func:`open_volume`.
