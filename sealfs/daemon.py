@@ -94,14 +94,10 @@ READ_AHEAD_KB = 4096
 
 
 def _raise_readahead(mountpoint: str) -> None:
-    """Set the mount's read_ahead_kb (root only; best effort), once the
-    kernel has taken the answer to FUSE_INIT, which caps readahead at what
-    it offered: the kernel sends no other request before that, so a stat
-    of the mountpoint (served by this daemon's loop, so called from a
-    worker thread) returns only after it.  The device number comes from
-    /proc/self/mountinfo."""
+    """Set the mount's read_ahead_kb (root only; best effort).  The device
+    number comes from /proc/self/mountinfo: a stat of the mountpoint would
+    ask ourselves."""
     try:
-        os.stat(mountpoint)
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
@@ -254,7 +250,7 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
             guard.policy.audit,
         )
     try:
-        trio.run(_main, fs, pyfuse3, guard, cfg.mountpoint)
+        trio.run(_main, fs, pyfuse3, guard, cfg.mountpoint, ops.serving)
     except BaseException:
         log.exception("the FUSE main loop failed")
         raise
@@ -273,11 +269,11 @@ def serve(vol: Volume, cfg: MountConfig, ready_fd: int | None = None) -> int:
     return 0
 
 
-async def _main(fs: Filesystem, pyfuse3, guard: Guard | None = None, mountpoint: str = "") -> None:
+async def _main(fs: Filesystem, pyfuse3, guard: Guard | None, mountpoint: str, serving) -> None:
     import trio
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_tune_readahead, mountpoint)
+        nursery.start_soon(_tune_readahead, mountpoint, serving)
         nursery.start_soon(_signals, fs, pyfuse3, nursery.cancel_scope, guard)
         nursery.start_soon(_flush_timer, fs, guard)
         await pyfuse3.main()
@@ -303,11 +299,15 @@ async def _signals(fs: Filesystem, pyfuse3, scope, guard: Guard | None = None) -
             return
 
 
-async def _tune_readahead(mountpoint: str) -> None:
+async def _tune_readahead(mountpoint: str, serving) -> None:
+    """Raise readahead once the kernel has taken the answer to FUSE_INIT,
+    which caps it at what the kernel offered: it sends no other request
+    before, so from the first request served on (``serving``, a
+    trio.Event) the value stays."""
     import trio
 
-    # (abandoned if the mount ends first: the stat then waits for the unmount)
-    await trio.to_thread.run_sync(_raise_readahead, mountpoint, abandon_on_cancel=True)
+    await serving.wait()
+    await trio.to_thread.run_sync(_raise_readahead, mountpoint)
 
 
 async def _flush_timer(fs: Filesystem, guard: Guard | None = None) -> None:

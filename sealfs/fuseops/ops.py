@@ -43,6 +43,7 @@ import logging
 import stat
 
 import pyfuse3
+import trio
 
 from ..errors import WouldBlock
 from ..fs.attrs import Attr
@@ -75,6 +76,8 @@ class SealfsOps(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.workers = Workers(threads)
+        #: Set at the first request: the kernel has taken the answer to FUSE_INIT by then.
+        self.serving = trio.Event()
         if guard is not None:
             # hashing for identities may hold half of the threads, a quarter for one uid
             hashes = guard.identifier.hashes
@@ -98,6 +101,8 @@ class SealfsOps(pyfuse3.Operations):
             call = functools.partial(self.gate.creating, call, *creates)
         if check is not None:
             call = functools.partial(checked, check, call)
+        if not self.serving.is_set():
+            self.serving.set()
         with fuse_errors(fn.__name__):
             if check is None and (inline or quick):
                 try:

