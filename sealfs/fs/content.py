@@ -70,8 +70,6 @@ class FileContent:
         budget: DirtyBudget | None = None,
     ):
         self.vol = vol
-        if budget is not None:
-            budget.add(self)
         self.cache = cache
         self.block_size = vol.layout.block_size
         #: Changed blocks: a bytearray, or a memoryview of bytes written whole.
@@ -84,6 +82,8 @@ class FileContent:
         #: the object, if the name is still free; until then it has
         #: something to upload, itself.
         self.unstored = self.changed = new
+        if budget is not None:  # (last: another file's write may count this one's blocks from now on)
+            budget.add(self)
 
     def _set_base(self, reader: FileReader) -> None:
         self.reads.set_base(reader)
