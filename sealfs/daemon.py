@@ -1,10 +1,11 @@
 """The mount's lifecycle: harden, mount, daemonize, serve, flush, unmount.
 
 Everything that can fail with a message a user should read (store, keys,
-mountpoint) happens *before* the fork, in :func:`prepare`; the parent then
-waits on a pipe until the child reports that the kernel mount exists, so
-``sealfs mount`` returns only when the mount is usable and exits non-zero
-with one line when it is not.
+mountpoint) happens *before* the fork, in ``sealfs mount``
+(:func:`sealfs.cli.mount.cmd_mount`); the parent then waits on a pipe
+until the child reports that the kernel mount exists, so ``sealfs mount``
+returns only when the mount is usable and exits non-zero with one line
+when it is not.
 
 Signals: SIGTERM/SIGINT upload dirty data and unmount; SIGHUP reloads the
 policy (when one is configured: an invalid file is refused and the old

@@ -281,7 +281,7 @@ class Entries:
         (copied as they are, server-side where the store can) under a new
         header, so that no earlier metadata of the file opens with this
         version's content.  The header is sealed under the current
-        generation (this is also how :meth:`rekey_file` re-wraps).  It
+        generation (this is also how :meth:`Volume.rekey_file` re-wraps).  It
         costs a GET and a PUT of the object, or, when the object is uploaded
         in parts, of its first part plus a server-side copy of the rest.
         ``reader``: one of ``e`` already open (its header authenticated)."""

@@ -507,7 +507,7 @@ def _small_volume(store):
     assert vol.lookup(ROOT_ID, b"xattrs").overflow
     deps["/xattrs"].add(overflow_key(x.id))
     t = file(ROOT_ID, "/", b"timed", b"with a times record")
-    nonce = os.urandom(16)  # (as a file uploaded in parts has: see PartStream)
+    nonce = os.urandom(16)  # (as a file uploaded in parts has: see Volume.start_stream)
     vol.sealed.put_times(t, nonce)
     store.copy(t.key, t.key, vol.sealed.seal(t, nonce))
     assert vol.lookup(ROOT_ID, b"timed").times_record == nonce
