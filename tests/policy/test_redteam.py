@@ -328,13 +328,15 @@ int main(int argc, char **argv) {
 """
 
 
-def _injector(lab) -> Path:
-    """INJECT_C compiled once per lab, owned by the attacker."""
+def _injector(lab, pid: int) -> list[str]:
+    """The command that attaches INJECT_C (compiled once per lab, owned by
+    the attacker) to process ``pid``, run as the attacker."""
     inject = lab.own / "inject"
     if not inject.exists():
         _cc(inject, INJECT_C)
         os.chown(inject, lab.attacker.uid, lab.attacker.gid)
-    return inject
+    a = lab.attacker
+    return ["setpriv", f"--reuid={a.uid}", f"--regid={a.gid}", "--clear-groups", str(inject), str(pid)]
 
 
 def test_a_tracer_that_was_seen_cannot_make_the_process_forget_it(lab):
@@ -345,21 +347,13 @@ def test_a_tracer_that_was_seen_cannot_make_the_process_forget_it(lab):
     untraced again."""
     import subprocess
 
-    inject = _injector(lab)
     ident = Identifier(stable_ttl=0)
     text = policy(lab, exe=f'"{lab.prog("waiter")}"', untraced="true")
     with attack(lab.attacker, [lab.prog("waiter")]) as p:
         assert verdict(text, identify(p, lab.attacker, ident)) is None, "control: untraced, it is in the workload"
         before = Path(f"/proc/{p.pid}/stat").read_text()
         tracer = subprocess.Popen(
-            [
-                "setpriv",
-                f"--reuid={lab.attacker.uid}",
-                f"--regid={lab.attacker.gid}",
-                "--clear-groups",
-                str(inject),
-                str(p.pid),
-            ],
+            _injector(lab, p.pid),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -390,19 +384,11 @@ def test_a_tracer_is_forgotten_at_an_exec_of_the_same_program(lab):
     afresh, also of the very same file."""
     import subprocess
 
-    inject = _injector(lab)
     ident = Identifier(stable_ttl=0)
     execer = lab.prog("execer")
     with attack(lab.attacker, [execer, execer]) as p:
         tracer = subprocess.Popen(
-            [
-                "setpriv",
-                f"--reuid={lab.attacker.uid}",
-                f"--regid={lab.attacker.gid}",
-                "--clear-groups",
-                str(inject),
-                str(p.pid),
-            ],
+            _injector(lab, p.pid),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -431,7 +417,6 @@ def test_a_loader_variable_seen_once_stays_seen_after_a_new_layout(lab):
     seen afresh."""
     import subprocess
 
-    inject = _injector(lab)
     ident = Identifier(stable_ttl=0)
     text = policy(lab, exe=f'"{lab.prog("eraser")}"', no_preload="true")
     with attack(lab.attacker, [lab.prog("eraser")], env={"LD_LIBRARY_PATH": str(lab.own)}) as p:
@@ -442,14 +427,7 @@ def test_a_loader_variable_seen_once_stays_seen_after_a_new_layout(lab):
         assert b"LD_LIBRARY_PATH" not in Path(f"/proc/{p.pid}/environ").read_bytes()
         assert "LD_LIBRARY_PATH" in verdict(text, identify(p, lab.attacker, ident)), "control: seen once, kept"
         tracer = subprocess.run(
-            [
-                "setpriv",
-                f"--reuid={lab.attacker.uid}",
-                f"--regid={lab.attacker.gid}",
-                "--clear-groups",
-                str(inject),
-                str(p.pid),
-            ],
+            _injector(lab, p.pid),
             input="go\n",
             capture_output=True,
             text=True,
