@@ -58,39 +58,21 @@ workloads = ["sleeper"]
 allow = ["read", "list"]
 """)
     proc = subprocess.Popen([SLEEP, "60"], env=CLEAN_ENV)
+
+    def explain(op: str, path: str, **kw):
+        return sealfs("policy", "explain", "--policy", str(f), "--pid", str(proc.pid), "--op", op, path, **kw)
+
     try:
-        out = sealfs("policy", "explain", "--policy", str(f), "--pid", str(proc.pid), "--op", "read", "/data/x.csv")
+        out = explain("read", "/data/x.csv")
         text = out.stdout.decode()
         assert f"caller: pid {proc.pid}, uid {os.getuid()}" in text and f"exe {SLEEP}" in text
         assert "workload sleeper (line 2): matches" in text
         assert "workload nobody (line 7): no: uid" in text
         assert "rule 1 (line 10) matches the path; applies to sleeper: allow read" in text
         assert text.strip().endswith("decision: ALLOW read /data/x.csv: rule 1 (line 10) allows read to sleeper")
-        denied = sealfs(
-            "policy",
-            "explain",
-            "--policy",
-            str(f),
-            "--pid",
-            str(proc.pid),
-            "--op",
-            "write",
-            "data/../data/x.csv",
-            check=False,
-        )
+        denied = explain("write", "data/../data/x.csv", check=False)
         assert denied.returncode == 2 and "starting with /" in denied.stderr.decode()
-        denied = sealfs(
-            "policy",
-            "explain",
-            "--policy",
-            str(f),
-            "--pid",
-            str(proc.pid),
-            "--op",
-            "write",
-            "/data/../data/x.csv",
-            check=False,
-        )
+        denied = explain("write", "/data/../data/x.csv", check=False)
         assert denied.returncode == 1
         assert "decision: DENY write /data/x.csv: no rule allows write" in denied.stdout.decode()
     finally:
